@@ -1,0 +1,42 @@
+"""Match the features of layer L to layer L+1 for one model and site; write Parquet."""
+
+import json
+import resource
+import time
+
+import torch
+
+from saematch import ALGO_VERSION, logs
+from saematch.load import load_att_projection, load_model_files, load_sae, project_att
+from saematch.match import match_pair
+from saematch.write import write_matches
+
+logs.to_file(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+t0 = time.perf_counter()
+layer = int(snakemake.wildcards.layer)
+pointers = {side: json.load(open(snakemake.input[side])) for side in ("src", "dst")}
+src, dst = (load_sae(pointers[side]) for side in ("src", "dst"))
+if "model" in snakemake.input.keys():
+    model_files = load_model_files(json.load(open(snakemake.input.model)))
+    src = project_att(src, *load_att_projection(model_files, layer), where=str(snakemake.input.src))
+    dst = project_att(dst, *load_att_projection(model_files, layer + 1), where=str(snakemake.input.dst))
+load_seconds = time.perf_counter() - t0
+
+opts = snakemake.params.options
+columns, stats = match_pair(src, dst, **opts)
+stats["seconds"] = {"load": round(load_seconds, 4), **stats["seconds"]}
+stats["seconds"]["total"] = round(time.perf_counter() - t0, 4)
+provenance = {
+    "model": snakemake.wildcards.model,
+    "site": snakemake.wildcards.site,
+    "layer": layer,
+    "src": pointers["src"],
+    "dst": pointers["dst"],
+    "options": opts,
+    "algo_version": ALGO_VERSION,
+    "versions": logs.versions(),
+    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    **stats,
+}
+write_matches(snakemake.output[0], columns, provenance)

@@ -1,0 +1,13 @@
+"""saematch: data-free matching of SAE features across the layers of a language model.
+
+The data path, one module each: ``hub`` (download) → ``load`` (Gemma Scope / Llama Scope
+files → :class:`~saematch.sae.Sae`) → ``fold`` → ``cost`` → ``solve`` → ``match`` (scores,
+one pair end to end) → ``write`` (Parquet + provenance) → ``summary``.
+"""
+
+__version__ = "0.1.0"
+
+# Bump by hand whenever a change to the library changes results. It is a param of every
+# compute rule, so Snakemake reruns exactly those jobs (imported code is invisible to its
+# code trigger).
+ALGO_VERSION = "1"

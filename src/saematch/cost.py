@@ -1,0 +1,104 @@
+"""The SAE Match cost matrix, built in row chunks with torch (CUDA when present)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from .sae import Sae, SaeError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SETS = ("dec", "enc+dec", "enc+dec+benc")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' → cuda when available, else cpu; or an explicit torch device string."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def feature_vectors(sae: Sae, weights: str) -> torch.Tensor:
+    """Each feature's matched parameters as one row: (F, p) float32.
+
+    dec: [W_dec[i]]; enc+dec: [W_dec[i], W_enc[:, i]]; enc+dec+benc: [..., b_enc[i]].
+    Squared distances between rows are then the summed squared differences of the tensors.
+    """
+    if weights not in WEIGHT_SETS:
+        raise ValueError(f"weights must be one of {WEIGHT_SETS}, got {weights!r}")
+    parts = [sae.W_dec]
+    if weights != "dec":
+        if sae.W_enc is None:
+            raise SaeError(f"{sae.source.get('where', 'SAE')}: weights={weights!r} needs an encoder "
+                           "in the same space as the other layer's; this SAE has none (use 'dec')")
+        parts.append(sae.W_enc.T)
+    if weights == "enc+dec+benc":
+        parts.append(sae.b_enc[:, None])
+    return torch.cat(parts, dim=1)
+
+
+def check_pair(src: Sae, dst: Sae, weights: str) -> None:
+    """The two SAEs of a pair must live in the same spaces."""
+    a, b = src.source.get("where", "layer L"), dst.source.get("where", "layer L+1")
+    if src.d_out != dst.d_out:
+        raise SaeError(f"{a} decodes to d_model={src.d_out} but {b} to d_model={dst.d_out}: "
+                       "a pair must share the model width")
+    if weights != "dec" and src.W_enc is not None and dst.W_enc is not None \
+            and src.W_enc.shape[0] != dst.W_enc.shape[0]:
+        raise SaeError(f"{a} encodes {src.W_enc.shape[0]}-d input but {b} {dst.W_enc.shape[0]}-d")
+
+
+def pair_matrices(
+    src: Sae,
+    dst: Sae,
+    weights: str = "enc+dec+benc",
+    device: str = "auto",
+    chunk_size: int = 2048,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SAE Match cost and Feature Flow top-1, in one pass over row chunks of ``src``.
+
+    Returns
+    -------
+    cost : (F_src, F_dst) float32, C[i, j] = ‖x_i − y_j‖², x, y = :func:`feature_vectors`
+        of src and dst (pass folded SAEs for SAE Match's folded objective).
+    top1 : (F_src,) int32, argmax_j cos(W_dec_src[i], W_dec_dst[j]) (Feature Flow, k = 1)
+    top1_cosine : (F_src,) float32, that cosine
+
+    Notes
+    -----
+    Peak memory is the float32 cost matrix on the host (4·F_src·F_dst bytes) plus, on the
+    device, both SAEs' feature vectors and two chunk_size × F_dst blocks.
+    """
+    check_pair(src, dst, weights)
+    dev = pick_device(device)
+    X = feature_vectors(src, weights).to(dev)  # (F_src, p)
+    Y = feature_vectors(dst, weights).to(dev)  # (F_dst, p)
+    U = torch.nn.functional.normalize(src.W_dec.to(dev), dim=1)  # (F_src, d) unit decoders
+    V = torch.nn.functional.normalize(dst.W_dec.to(dev), dim=1)  # (F_dst, d)
+    y2 = (Y * Y).sum(dim=1)  # (F_dst,)
+    n_src, n_dst = X.shape[0], Y.shape[0]
+    cost = np.empty((n_src, n_dst), dtype=np.float32)
+    top1 = np.empty(n_src, dtype=np.int32)
+    top1_cos = np.empty(n_src, dtype=np.float32)
+    t0, last = time.perf_counter(), 0.0
+    with torch.no_grad():
+        for start in range(0, n_src, chunk_size):
+            rows = slice(start, min(start + chunk_size, n_src))
+            x = X[rows]
+            c = (x * x).sum(dim=1, keepdim=True) + y2[None, :] - 2.0 * (x @ Y.T)  # (chunk, F_dst)
+            cost[rows] = c.clamp_min_(0.0).cpu().numpy()  # rounding can give tiny negatives
+            best = (U[rows] @ V.T).max(dim=1)
+            top1[rows] = best.indices.cpu().numpy()
+            top1_cos[rows] = best.values.cpu().numpy()
+            now = time.perf_counter() - t0
+            if now - last > 5 or rows.stop == n_src:
+                log.info("cost rows %d/%d (%.1f s)", rows.stop, n_src, now)
+                last = now
+    if not np.isfinite(cost).all():
+        raise SaeError(f"{src.source.get('where')} → {dst.source.get('where')}: cost matrix "
+                       "has NaN/Inf (parameter overflow after folding?)")
+    return cost, top1, top1_cos

@@ -1,0 +1,178 @@
+"""A small demo in the exact Gemma Scope Hub layout, with planted cross-layer structure.
+
+Writes, into a local Hugging Face cache (blobs named by sha256, snapshot symlinks, refs/main),
+one repo per site holding ``layer_{L}/width_{width}/average_l0_{X}/params.npz`` and a stand-in
+model repo (``model.safetensors.index.json`` + shards) holding each layer's
+``self_attn.o_proj.weight`` and ``post_attention_layernorm.weight``.
+
+Planted structure, per site: a share ``persist`` of each layer's features lives on in the next
+layer (direction perturbed to cosine U(0.6, 0.95), threshold rescaled by the layer's growth and
+a log-normal jitter, then permuted); the rest die and fresh features are born in their place.
+Attention SAEs are generated in the residual stream and mapped back into z through the
+pseudo-inverse of the stand-in (1 + g) ⊙ W_O, so the pipeline's projection recovers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save as save_safetensors
+
+SITES = ("res", "mlp", "att")
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """np.savez's format, but byte-for-byte reproducible (fixed zip timestamps)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_hub_repo(cache_dir: str | Path, repo_id: str, files: dict[str, bytes]) -> str:
+    """Write ``files`` (path in repo → bytes) as one commit of a cached Hub model repo.
+
+    Same layout huggingface_hub writes: blobs/<sha256>, snapshots/<commit>/<path> → blob,
+    refs/main = commit. Returns the (content-derived, so reproducible) commit hash.
+    """
+    repo_dir = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    commit = hashlib.sha1(json.dumps(sorted(digests.items())).encode()).hexdigest()
+    for name, data in files.items():
+        blob = repo_dir / "blobs" / digests[name]
+        if not blob.exists():
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            tmp = blob.with_suffix(".incomplete")
+            tmp.write_bytes(data)
+            os.replace(tmp, blob)
+        link = repo_dir / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    return commit
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _perturb(dirs: np.ndarray, cos: np.ndarray, rng) -> np.ndarray:
+    """Unit vectors at cosine ``cos`` to the unit rows of ``dirs``."""
+    noise = rng.standard_normal(dirs.shape)
+    noise = _unit(noise - (noise * dirs).sum(1, keepdims=True) * dirs)
+    return cos[:, None] * dirs + np.sqrt(1 - cos[:, None] ** 2) * noise
+
+
+def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng):
+    """Per-layer feature states (residual-space) and the planted map layer L → L+1.
+
+    Returns a list of dicts (dec_dir (F, d), enc_dir (F, d), enc_gain, threshold, b_enc)
+    and a list of n_layers − 1 int arrays planted[i] = successor of feature i in L+1 or −1.
+    """
+    F = n_features
+
+    def fresh(n, scale):
+        return {
+            "dec_dir": _unit(rng.standard_normal((n, d))),
+            "enc_dir": None,
+            "threshold": scale * rng.lognormal(0.0, 0.3, n),
+            "enc_gain": rng.lognormal(0.0, 0.2, n),
+            "b_enc": -0.1 * scale * rng.random(n),
+        }
+
+    state = fresh(F, 1.0)
+    state["enc_dir"] = _unit(state["dec_dir"] + 0.3 * rng.standard_normal((F, d)))
+    layers, planted = [state], []
+    for L in range(1, n_layers):
+        prev, growth = layers[-1], 1.15**L
+        keep = rng.random(F) < persist
+        nxt = fresh(F, growth)
+        k = int(keep.sum())
+        cos = rng.uniform(0.6, 0.95, k)
+        nxt["dec_dir"][keep] = _perturb(prev["dec_dir"][keep], cos, rng)
+        jitter = rng.lognormal(0.0, 0.1, k)
+        nxt["threshold"][keep] = prev["threshold"][keep] * 1.15 * jitter
+        nxt["enc_gain"][keep] = prev["enc_gain"][keep] / 1.15 / jitter
+        nxt["b_enc"][keep] = prev["b_enc"][keep] * 1.15 * jitter
+        nxt["enc_dir"] = _unit(nxt["dec_dir"] + 0.3 * rng.standard_normal((F, d)))
+        nxt["enc_dir"][keep] = _unit(_perturb(prev["enc_dir"][keep], np.full(k, 0.9), rng))
+        order = rng.permutation(F)  # new position p holds old-index-order feature order[p]
+        for key in nxt:
+            nxt[key] = nxt[key][order]
+        position = np.empty(F, dtype=np.int64)
+        position[order] = np.arange(F)
+        planted.append(np.where(keep, position, -1).astype(np.int32))
+        layers.append(nxt)
+    return layers, planted
+
+
+def make_demo(
+    cache_dir: str | Path,
+    model_repo: str,
+    site_repos: dict[str, str],
+    paths: dict[str, list[list[str]]],
+    n_layers: int,
+    d_model: int,
+    d_att: int,
+    n_features: int,
+    persist: float = 0.75,
+    seed: int = 0,
+) -> tuple[dict, dict[str, list[np.ndarray]]]:
+    """Write the demo repos; return (manifest, planted maps per site).
+
+    ``paths[site][L]`` lists the params.npz paths to write for layer L: the first is the
+    nominal SAE, each further one the same features at a lower threshold (another L0).
+    """
+    rng = np.random.default_rng(seed)
+    o_proj = rng.standard_normal((n_layers, d_model, d_att)).astype(np.float32) / np.sqrt(d_att)
+    gain = (0.3 * rng.standard_normal((n_layers, d_model))).astype(np.float32)
+    manifest, truth = {"repos": {}}, {}
+    for site, repo in site_repos.items():
+        layers, planted = planted_site(n_layers, n_features, d_model, persist, rng)
+        truth[site] = planted
+        files = {}
+        for L, st in enumerate(layers):
+            dec, enc = st["dec_dir"], st["enc_dir"]
+            if site == "att":  # back into z: solve (1 + g) ⊙ (W_O u) = w for each row w
+                to_resid = o_proj[L] * (1.0 + gain[L])[:, None]  # (d_model, d_att)
+                pinv = np.linalg.pinv(to_resid)  # (d_att, d_model)
+                dec, enc = dec @ pinv.T, _unit(enc @ pinv.T)
+            d_in = dec.shape[1]
+            for k, path in enumerate(paths[site][L]):
+                files[path] = npz_bytes({
+                    "W_enc": (enc * st["enc_gain"][:, None]).T.astype(np.float32),  # (d_in, F)
+                    "W_dec": dec.astype(np.float32),  # (F, d_in)
+                    "threshold": (st["threshold"] * 0.5**k).astype(np.float32),
+                    "b_enc": st["b_enc"].astype(np.float32),
+                    "b_dec": (0.01 * np.ones(d_in)).astype(np.float32),
+                })
+        manifest["repos"][repo] = {"commit": write_hub_repo(cache_dir, repo, files), "files": sorted(files)}
+
+    # Stand-in model: two shards, layers split between them, plus the index.
+    shards = {}
+    weight_map = {}
+    half = (n_layers + 1) // 2
+    for L in range(n_layers):
+        shard = f"model-0000{1 if L < half else 2}-of-00002.safetensors"
+        for key, value in ((f"model.layers.{L}.self_attn.o_proj.weight", o_proj[L]),
+                           (f"model.layers.{L}.post_attention_layernorm.weight", gain[L])):
+            shards.setdefault(shard, {})[key] = torch.from_numpy(np.ascontiguousarray(value))
+            weight_map[key] = shard
+    files = {name: save_safetensors(t) for name, t in shards.items()}
+    files["model.safetensors.index.json"] = json.dumps(
+        {"metadata": {"total_size": sum(len(b) for b in files.values())}, "weight_map": weight_map},
+        indent=2, sort_keys=True).encode()
+    manifest["repos"][model_repo] = {"commit": write_hub_repo(cache_dir, model_repo, files), "files": sorted(files)}
+    return manifest, truth

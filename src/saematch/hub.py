@@ -1,0 +1,115 @@
+"""Download from the Hugging Face Hub into its normal cache, and find files there again.
+
+A download yields a *pointer*: a small JSON-able dict naming repo, pinned revision, resolved
+commit and, per file, its path in the repo, size and sha256. Pipelines keep the pointer,
+not a second copy of the file; :func:`resolve` finds the cached file again from it.
+HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE and HF_TOKEN are honoured by huggingface_hub itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+from .sae import SaeError
+
+log = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT = re.compile(r"snapshots/([0-9a-f]{40})/")
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_blob(path: str, repo_id: str, filename: str) -> dict:
+    """Size and sha256 of a cached file; LFS blobs are named by their sha256, so check it."""
+    real = os.path.realpath(path)
+    size = os.path.getsize(real)
+    digest = sha256_file(real)
+    blob_name = os.path.basename(real)
+    if _SHA256.match(blob_name) and blob_name != digest:
+        raise SaeError(
+            f"{repo_id}/{filename}: cached file {real} is corrupt or truncated "
+            f"({size} bytes, sha256 {digest[:12]}… but the Hub's sha256 is {blob_name[:12]}…); "
+            "delete it and download again"
+        )
+    return {"size": size, "sha256": digest}
+
+
+def fetch(
+    repo_id: str,
+    files: dict[str, str],
+    revision: str = "main",
+    cache_dir: str | None = None,
+    local_files_only: bool = False,
+) -> dict:
+    """Download ``files`` (role → path in repo) at ``revision``; return the pointer dict.
+
+    Files already in the cache are not downloaded again. Every file's sha256 is checked
+    against the Hub's LFS hash (the blob name) so a truncated download is an error.
+    """
+    pointer = {"repo_id": repo_id, "revision": revision, "commit": None, "files": {}}
+    for role, filename in sorted(files.items()):
+        log.info("fetching %s/%s @ %s", repo_id, filename, revision)
+        try:
+            path = hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+            )
+        except Exception as exc:  # huggingface_hub raises many types; name the file
+            raise SaeError(f"{repo_id}/{filename} @ {revision}: download failed: {exc}") from exc
+        m = _COMMIT.search(Path(path).as_posix())
+        commit = m.group(1) if m else None
+        if pointer["commit"] not in (None, commit):
+            raise SaeError(f"{repo_id}: files resolved to two commits ({pointer['commit']}, {commit})")
+        pointer["commit"] = commit
+        pointer["files"][role] = {"filename": filename, **_check_blob(path, repo_id, filename)}
+        log.info("  → %s (%d bytes, sha256 %s)", path, pointer["files"][role]["size"],
+                 pointer["files"][role]["sha256"][:12])
+    if cache_dir is not None:
+        pointer["cache_dir"] = str(cache_dir)
+    return pointer
+
+
+def resolve(pointer: dict, role: str, verify: bool = True) -> str:
+    """Path of the cached file ``role`` of a pointer; check its size (and sha256)."""
+    entry = pointer["files"].get(role)
+    where = f"{pointer['repo_id']}@{pointer.get('commit') or pointer['revision']}"
+    if entry is None:
+        raise SaeError(f"{where}: pointer has no file for role {role!r} (has {sorted(pointer['files'])})")
+    path = try_to_load_from_cache(
+        pointer["repo_id"],
+        entry["filename"],
+        cache_dir=pointer.get("cache_dir"),
+        revision=pointer.get("commit") or pointer["revision"],
+    )
+    if not isinstance(path, str):
+        raise SaeError(
+            f"{where}/{entry['filename']}: not in the Hugging Face cache any more "
+            "(HF_HOME or HF_HUB_CACHE changed, or the cache was cleaned); download it again"
+        )
+    size = os.path.getsize(path)
+    if size != entry["size"]:
+        raise SaeError(f"{path}: {size} bytes, expected {entry['size']} (truncated or replaced)")
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise SaeError(f"{path}: sha256 differs from the one recorded at download (file changed)")
+    return path
+
+
+def resolve_files(pointer: dict, verify: bool = True) -> dict[str, str]:
+    """Role → local path for every file of a pointer (see :func:`resolve`)."""
+    return {role: resolve(pointer, role, verify) for role in pointer["files"]}

@@ -1,0 +1,84 @@
+"""Per-model summary table (polars) and figure from the per-pair matches files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .write import read_provenance
+
+_KEYS = re.compile(r"model=([^/]+)/site=([^/]+)/layer=(\d+)/")
+
+
+def read_matches(paths: list[str]) -> pl.DataFrame:
+    """All rows of the given matches files, with model/site/layer from the hive path."""
+    frames = []
+    for p in paths:
+        m = _KEYS.search(Path(p).as_posix())
+        if m is None:
+            raise ValueError(f"{p}: not a results/matches/model=…/site=…/layer=…/ path")
+        frames.append(pl.read_parquet(p).with_columns(
+            model=pl.lit(m[1]), site=pl.lit(m[2]), layer=pl.lit(int(m[3]), pl.Int32)))
+    return pl.concat(frames)
+
+
+def summarize(paths: list[str], truth: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per (site, layer): n, cosine and mse statistics, top-1 agreement, total cost.
+
+    With ``truth`` (columns site, layer, feature, planted; planted = -1 for features that
+    die), also the share of planted matches that were recovered.
+    """
+    df = read_matches(paths)
+    if truth is not None:
+        df = df.join(truth, on=["site", "layer", "feature"], how="left")
+    aggs = [
+        pl.len().alias("n_features"),
+        pl.col("match").is_not_null().sum().alias("n_matched"),
+        pl.col("cosine").mean().alias("cosine_mean"),
+        pl.col("cosine").median().alias("cosine_median"),
+        (pl.col("cosine") > 0.5).mean().alias("share_cosine_gt_0_5"),
+        pl.col("mse").mean().alias("mse_mean"),
+        (pl.col("top1") == pl.col("match")).mean().alias("top1_agreement"),
+        pl.col("top1_cosine").mean().alias("top1_cosine_mean"),
+    ]
+    if truth is not None:
+        persists = pl.col("planted") >= 0
+        aggs += [
+            persists.sum().alias("n_planted"),
+            (pl.col("match") == pl.col("planted")).filter(persists).mean().alias("planted_recovered"),
+            (pl.col("top1") == pl.col("planted")).filter(persists).mean().alias("planted_top1"),
+        ]
+    out = df.group_by("model", "site", "layer").agg(aggs).sort("site", "layer")
+    provenance = [read_provenance(p) for p in paths]
+    totals = pl.DataFrame([
+        {"site": pv["site"], "layer": pv["layer"], "total_cost": pv["total_cost"]} for pv in provenance
+    ], schema={"site": pl.String, "layer": pl.Int32, "total_cost": pl.Float64})
+    return out.join(totals, on=["site", "layer"], how="left")
+
+
+def plot_cosines(paths: list[str], out: str, title: str) -> None:
+    """Per-layer distribution of matched decoder cosine, one panel per site."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = read_matches(paths)
+    sites = sorted(df["site"].unique())
+    fig, axes = plt.subplots(len(sites), 1, figsize=(10, 2.6 * len(sites)), squeeze=False, sharex=True)
+    for ax, site in zip(axes[:, 0], sites):
+        sub = df.filter(pl.col("site") == site, pl.col("cosine").is_not_null())
+        layers = sorted(sub["layer"].unique())
+        data = [sub.filter(pl.col("layer") == L)["cosine"].to_numpy() for L in layers]
+        ax.boxplot(data, positions=layers, widths=0.6, showfliers=False)
+        ax.set_ylabel(f"{site}\ncosine")
+        ax.set_ylim(min(-0.1, float(np.nanmin(np.concatenate(data)))), 1.02)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("layer L (pair L → L+1)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
