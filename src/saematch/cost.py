@@ -79,18 +79,22 @@ def pair_matrices(
     Y = feature_vectors(dst, weights).to(dev)  # (F_dst, p)
     U = torch.nn.functional.normalize(src.W_dec.to(dev), dim=1)  # (F_src, d) unit decoders
     V = torch.nn.functional.normalize(dst.W_dec.to(dev), dim=1)  # (F_dst, d)
-    y2 = (Y * Y).sum(dim=1)  # (F_dst,)
+    x2, y2 = (X * X).sum(dim=1), (Y * Y).sum(dim=1)  # (F_src,), (F_dst,)
     n_src, n_dst = X.shape[0], Y.shape[0]
     cost = np.empty((n_src, n_dst), dtype=np.float32)
     top1 = np.empty(n_src, dtype=np.int32)
     top1_cos = np.empty(n_src, dtype=np.float32)
+    cost_t = torch.from_numpy(cost)  # shares memory: CPU blocks are written in place
     t0, last = time.perf_counter(), 0.0
     with torch.no_grad():
         for start in range(0, n_src, chunk_size):
             rows = slice(start, min(start + chunk_size, n_src))
-            x = X[rows]
-            c = (x * x).sum(dim=1, keepdim=True) + y2[None, :] - 2.0 * (x @ Y.T)  # (chunk, F_dst)
-            cost[rows] = c.clamp_min_(0.0).cpu().numpy()  # rounding can give tiny negatives
+            # ‖x‖² + ‖y‖² − 2 x·y in one fused product; rounding can give tiny negatives
+            base = x2[rows, None] + y2[None, :]
+            if dev.type == "cpu":
+                torch.addmm(base, X[rows], Y.T, alpha=-2.0, out=cost_t[rows]).clamp_min_(0.0)
+            else:
+                cost_t[rows] = torch.addmm(base, X[rows], Y.T, alpha=-2.0).clamp_min_(0.0).cpu()
             best = (U[rows] @ V.T).max(dim=1)
             top1[rows] = best.indices.cpu().numpy()
             top1_cos[rows] = best.values.cpu().numpy()

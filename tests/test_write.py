@@ -1,0 +1,45 @@
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from saematch.write import read_provenance, write_matches
+
+
+def columns(n=6, unmatched=()):
+    match = np.arange(n, dtype=np.int32)[::-1].copy()
+    match[list(unmatched)] = -1
+    return {
+        "feature": np.arange(n, dtype=np.int32), "match": match, "top1": match.clip(0),
+        "cosine": np.linspace(0, 1, n, dtype=np.float32), "mse": np.ones(n, np.float32),
+        "top1_cosine": np.ones(n, np.float32),
+    }
+
+
+def test_matches_file_has_the_documented_schema_and_provenance(tmp_path):
+    path = tmp_path / "model=m/site=res/layer=3/part-0.parquet"
+    write_matches(path, columns(), {"total_cost": 1.5, "src": {"repo_id": "r"}})
+    schema = pq.read_schema(path)
+    assert schema.names == ["feature", "match", "top1", "cosine", "mse", "top1_cosine"]
+    assert [schema.field(c).type for c in schema.names] == [pa.int32()] * 3 + [pa.float32()] * 3
+    assert read_provenance(path) == {"total_cost": 1.5, "src": {"repo_id": "r"}}
+    assert pl.read_parquet_metadata(path)  # polars sees the metadata too
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert not list(tmp_path.rglob(".*tmp*"))
+
+
+def test_unmatched_features_have_null_match_cosine_and_mse(tmp_path):
+    path = tmp_path / "part-0.parquet"
+    write_matches(path, columns(unmatched=[1, 4]), {})
+    df = pl.read_parquet(path)
+    assert df["match"].null_count() == 2 and df["cosine"].null_count() == 2 and df["mse"].null_count() == 2
+    assert df["feature"].to_list() == list(range(6))  # one row per feature, sorted
+
+
+def test_hive_paths_give_partition_columns_that_are_not_in_the_files(tmp_path):
+    for layer in (0, 1):
+        write_matches(tmp_path / f"model=m/site=res/layer={layer}/part-0.parquet", columns(), {})
+    df = pl.scan_parquet(tmp_path / "**/*.parquet", hive_partitioning=True,
+                         hive_schema={"model": pl.String, "site": pl.String, "layer": pl.Int32}).collect()
+    assert df.height == 12 and set(df["layer"]) == {0, 1}
+    assert "layer" not in pq.read_schema(tmp_path / "model=m/site=res/layer=0/part-0.parquet").names
