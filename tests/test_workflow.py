@@ -28,7 +28,7 @@ CONFIG = yaml.safe_load((ROOT / "config/config.yaml").read_text())
 
 def copy_workflow(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    for item in ("Snakefile", "config", "workflow", "scripts", "envs"):
+    for item in ("Snakefile", "config", "workflow", "scripts", "envs", "profiles"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
     return dest
@@ -86,6 +86,14 @@ def test_unknown_config_values_fail_before_anything_runs(pristine, args, message
     out = smk(pristine, "-n", "--config", *args, check=False)
     assert out.returncode != 0
     assert re.search(message, out.stdout + out.stderr)
+
+
+def test_workflow_passes_lint_and_snakefmt(pristine):
+    out = smk(pristine, "--lint")
+    assert "Congratulations" in out.stdout + out.stderr
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=pristine,
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stderr
 
 
 # --- the real configs, run on small SAE files in the exact Hub layouts -------------------------

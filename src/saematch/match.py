@@ -49,6 +49,7 @@ def match_pair(
     seconds["cost"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    log.info("solving the %d × %d assignment with lapjv", *cost.shape)
     match, total = solve_lap(cost)
     seconds["solve"] = time.perf_counter() - t
     log.info("assignment: total cost %.6g (%.1f s)", total, seconds["solve"])

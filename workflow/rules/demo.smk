@@ -4,9 +4,9 @@ rule make_demo:
         truth="resources/demo/{model}/truth.parquet",
     log:
         "logs/make_demo/{model}.log",
-    params:
-        demo=demo_params,
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        demo=demo_params,
     script:
         "../../scripts/make_demo.py"

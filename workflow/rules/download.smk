@@ -10,13 +10,13 @@ rule download_sae:
         "resources/hub/model={model}/site={site}/layer={layer}.json",
     log:
         "logs/download_sae/model={model}/site={site}/layer={layer}.log",
-    params:
-        spec=download_sae_params,
-    resources:
-        hf_download=1,
     retries: 2
     conda:
         "../../envs/pipeline.yaml"
+    resources:
+        hf_download=1,
+    params:
+        spec=download_sae_params,
     script:
         "../../scripts/download.py"
 
@@ -28,12 +28,12 @@ rule download_model:
         "resources/hub/model={model}/model.json",
     log:
         "logs/download_model/model={model}.log",
-    params:
-        spec=download_model_params,
-    resources:
-        hf_download=1,
     retries: 2
     conda:
         "../../envs/pipeline.yaml"
+    resources:
+        hf_download=1,
+    params:
+        spec=download_model_params,
     script:
         "../../scripts/download.py"

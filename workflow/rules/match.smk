@@ -5,11 +5,11 @@ rule match_pair:
         "results/matches/model={model}/site={site}/layer={layer}/part-0.parquet",
     log:
         "logs/match_pair/model={model}/site={site}/layer={layer}.log",
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: 2
     params:
         options=match_options,
         algo_version=saematch.ALGO_VERSION,
-    threads: 2
-    conda:
-        "../../envs/pipeline.yaml"
     script:
         "../../scripts/match_pair.py"

@@ -1,0 +1,24 @@
+# Two commands do all the set-up, offline included:
+#   make demo   install into .venv and run the whole DAG on the bundled demo
+#   make test   install into .venv and run the tests (.ci/run calls this)
+# TORCH picks the torch build: torch==2.13.0 is the local CPU build here; on a CUDA
+# workstation any CUDA build >= 2.3 works (pip install torch before `make`).
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+CORES ?= 2
+PY := $(VENV)/bin/python
+
+.PHONY: demo test install
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+test: install
+	$(PY) -m pytest
