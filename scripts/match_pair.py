@@ -3,11 +3,13 @@
 import json
 import resource
 import time
+from pathlib import Path
 
 import torch
 
 from saematch import ALGO_VERSION, logs
-from saematch.load import load_att_projection, load_model_files, load_sae, project_att
+from saematch.hub import resolve_files
+from saematch.load import load_att_projection, load_sae, project_att
 from saematch.match import match_pair
 from saematch.write import write_matches
 
@@ -15,10 +17,10 @@ logs.to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 t0 = time.perf_counter()
 layer = int(snakemake.wildcards.layer)
-pointers = {side: json.load(open(snakemake.input[side])) for side in ("src", "dst")}
+pointers = {side: json.loads(Path(snakemake.input[side]).read_text()) for side in ("src", "dst")}
 src, dst = (load_sae(pointers[side]) for side in ("src", "dst"))
 if "model" in snakemake.input.keys():
-    model_files = load_model_files(json.load(open(snakemake.input.model)))
+    model_files = resolve_files(json.loads(Path(snakemake.input.model).read_text()))
     src = project_att(src, *load_att_projection(model_files, layer), where=str(snakemake.input.src))
     dst = project_att(dst, *load_att_projection(model_files, layer + 1), where=str(snakemake.input.dst))
 load_seconds = time.perf_counter() - t0

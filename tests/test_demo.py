@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from saematch.demo import make_demo
-from saematch.hub import fetch
-from saematch.load import load_att_projection, load_model_files, load_sae, project_att
+from saematch.hub import fetch, resolve_files
+from saematch.load import load_att_projection, load_sae, project_att
 from saematch.match import match_pair
 
 SITES = {s: f"demo/gemma-scope-2b-pt-{s}" for s in ("res", "mlp", "att")}
@@ -34,7 +34,7 @@ def get(cache, repo, files):
 @pytest.mark.parametrize("site", ["res", "mlp", "att"])
 def test_planted_matches_are_recovered_on_the_demo(demo_cache, site):
     cache, manifest, truth = demo_cache
-    model = load_model_files(get(cache, "demo/gemma-2-2b", {f: f for f in manifest["repos"]["demo/gemma-2-2b"]["files"]}))
+    model = resolve_files(get(cache, "demo/gemma-2-2b", {f: f for f in manifest["repos"]["demo/gemma-2-2b"]["files"]}))
     for L in (0, 1):
         saes = [load_sae(get(cache, SITES[site], {"params": f"layer_{k}/width_1k/average_l0_{10 + k}/params.npz"}))
                 for k in (L, L + 1)]

@@ -185,6 +185,11 @@ def test_demo_provenance_names_both_saes_options_versions_and_timings(demo_run):
     assert prov["total_cost"] > 0 and {"load", "cost", "solve", "total"} <= set(prov["seconds"])
 
 
+def test_the_report_carries_the_summary_figure(demo_run):
+    smk(demo_run, "--report", "report.html")
+    assert "demo.png" in (demo_run / "report.html").read_text(errors="replace")
+
+
 def test_a_second_run_has_nothing_to_do(demo_run):
     out = smk(demo_run, "-n")
     assert "Nothing to be done" in out.stdout + out.stderr

@@ -204,9 +204,3 @@ def load_sae(pointer: dict) -> Sae:
         return load_llama_scope(paths["weights"], paths["hyperparams"], dict(source, where=paths["weights"]))
     raise SaeError(f"{pointer.get('repo_id')}: unknown SAE format {fmt!r}")
 
-
-def load_model_files(pointer: dict) -> dict[str, str]:
-    """Repo filename → local path for a downloaded model (roles are the filenames)."""
-    from .hub import resolve_files
-
-    return resolve_files(pointer)
