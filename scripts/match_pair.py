@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from saematch import ALGO_VERSION, logs
+from saematch.devices import job_device
 from saematch.hub import resolve_files
 from saematch.load import load_att_projection, load_sae, project_att
 from saematch.match import match_pair
@@ -26,7 +27,8 @@ if "model" in snakemake.input.keys():
 load_seconds = time.perf_counter() - t0
 
 opts = snakemake.params.options
-columns, stats = match_pair(src, dst, **opts)
+with job_device(snakemake.resources.gpu > 0) as device:
+    columns, stats = match_pair(src, dst, device=device, **opts)
 stats["seconds"] = {"load": round(load_seconds, 4), **stats["seconds"]}
 stats["seconds"]["total"] = round(time.perf_counter() - t0, 4)
 provenance = {

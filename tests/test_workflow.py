@@ -180,7 +180,7 @@ def test_demo_provenance_names_both_saes_options_versions_and_timings(demo_run):
     assert prov["src"]["files"]["params"]["filename"] == "layer_3/width_1k/average_l0_46/params.npz"
     assert prov["dst"]["files"]["params"]["filename"] == "layer_4/width_1k/average_l0_44/params.npz"
     assert len(prov["src"]["files"]["params"]["sha256"]) == 64 and prov["src"]["revision"] == "main"
-    assert prov["options"] == {"fold": True, "weights": "enc+dec+benc", "device": "auto", "chunk_size": 2048}
+    assert prov["options"] == {"fold": True, "weights": "enc+dec+benc", "chunk_size": 2048}
     assert {"torch", "lapjv", "saematch"} <= set(prov["versions"]) and prov["device"] == "cpu"
     assert prov["total_cost"] > 0 and {"load", "cost", "solve", "total"} <= set(prov["seconds"])
 

@@ -109,13 +109,48 @@ def projects_att(model, site):
     return config["catalog"][model]["sites"][site].get("project_att", False)
 
 
-def match_options(wc):
-    """This site's match options; projected attention SAEs match on decoder terms only."""
+def site_match_config(wc):
+    """config["match"] with this site's per_site overrides applied."""
     opts = {k: v for k, v in config["match"].items() if k != "per_site"}
     opts.update(config["match"].get("per_site", {}).get(wc.site, {}))
+    return opts
+
+
+def match_options(wc):
+    """The options that shape this site's results (params: changing them reruns its pairs).
+
+    Projected attention SAEs match on decoder terms only. The device is not among them: it
+    is the `gpu` resource, so moving a run between CPU and GPU reruns nothing.
+    """
+    opts = site_match_config(wc)
+    del opts["device"]
     if projects_att(wc.model, wc.site):
         opts["weights"] = "dec"
     return opts
+
+
+def n_features(model):
+    """Features per SAE from the width label: 16k → 16384, 1m → 1048576, 8x → 8·d_model."""
+    entry = config["catalog"][model]
+    num, unit = int(entry["width"][:-1]), entry["width"][-1]
+    return num * {"k": 1024, "m": 1024 * 1024, "x": entry["d_model"]}[unit]
+
+
+def match_gpu(wc):
+    return 0 if site_match_config(wc)["device"] == "cpu" else 1
+
+
+def match_mem_mb(wc, attempt):
+    """Host memory of one pair, doubled on each retry (README, "Speed and memory")."""
+    F, d = n_features(wc.model), config["catalog"][wc.model]["d_model"]
+    chunk = site_match_config(wc)["chunk_size"]
+    need = 4 * F * F + 48 * F * d + 8 * chunk * F + 2**30
+    return int(1.25 * need / 1e6 * 2 ** (attempt - 1))
+
+
+def match_runtime(wc, attempt):
+    """Minutes: the CPU lapjv solve grows ≈ F^2.2 (about 6 s at 16k), plus loading."""
+    return int((10 + 5 * (n_features(wc.model) / 16384) ** 2.2) * 2 ** (attempt - 1))
 
 
 def match_input(wc):
@@ -149,6 +184,7 @@ def demo_params(wc):
         "site_repos": {s: c["repo_id"] for s, c in entry["sites"].items()},
         "paths": paths,
         "n_layers": entry["n_layers"],
+        "d_model": entry["d_model"],
         **{k: v for k, v in demo.items() if k != "extra_l0"},
     }
 

@@ -4,6 +4,8 @@ rule make_demo:
         truth="resources/demo/{model}/truth.parquet",
     log:
         "logs/make_demo/{model}.log",
+    benchmark:
+        "benchmarks/make_demo/{model}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     params:

@@ -10,6 +10,8 @@ rule download_sae:
         "resources/hub/model={model}/site={site}/layer={layer}.json",
     log:
         "logs/download_sae/model={model}/site={site}/layer={layer}.log",
+    benchmark:
+        "benchmarks/download_sae/model={model}/site={site}/layer={layer}.tsv"
     retries: 2
     conda:
         "../../envs/pipeline.yaml"
@@ -28,6 +30,8 @@ rule download_model:
         "resources/hub/model={model}/model.json",
     log:
         "logs/download_model/model={model}.log",
+    benchmark:
+        "benchmarks/download_model/model={model}.tsv"
     retries: 2
     conda:
         "../../envs/pipeline.yaml"

@@ -12,6 +12,8 @@ rule summarize:
         ),
     log:
         "logs/summarize/{model}.log",
+    benchmark:
+        "benchmarks/summarize/{model}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     script:

@@ -3,7 +3,7 @@
 Generates two Gemma-Scope-like SAEs with planted persisting features (saematch.demo), writes
 them as params.npz, and runs the pipeline's own path on them. Prints one Markdown table.
 
-    python benchmarks/bench_pair.py --n-features 16384 --d-model 2304 [--device cuda]
+    python bench/bench_pair.py --n-features 16384 --d-model 2304 [--device cuda]
 """
 
 from __future__ import annotations

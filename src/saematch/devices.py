@@ -1,0 +1,76 @@
+"""Which device a match job runs on.
+
+Snakemake counts GPUs (the ``gpu`` resource) but never says which one a job should use, so
+concurrent jobs on a multi-GPU workstation would all pick cuda:0. Each job therefore takes a
+free GPU by an exclusive ``fcntl`` lock on a per-device file, held until the job ends. Under
+SLURM (or whenever CUDA_VISIBLE_DEVICES is set by the scheduler) the job uses what it was
+given.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOCK_DIR = Path(tempfile.gettempdir()) / f"saematch-gpu-locks-{os.getuid()}"
+
+
+@contextmanager
+def gpu_lock(n_devices: int, lock_dir: str | Path = DEFAULT_LOCK_DIR, poll_seconds: float = 1.0):
+    """Hold an exclusive lock on one of ``n_devices`` GPUs; yield its index.
+
+    Waits (polling) while every device is held by another process. The lock is released when
+    the block exits or the process dies, so a killed job never leaves a GPU marked busy.
+    """
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for index in range(n_devices):
+            fh = open(lock_dir / f"gpu{index}.lock", "w")  # noqa: SIM115 - held while in use
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            try:
+                yield index
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                fh.close()
+            return
+        if not waited:
+            log.info("all %d GPUs are in use by other jobs; waiting", n_devices)
+            waited = True
+        time.sleep(poll_seconds)
+
+
+@contextmanager
+def job_device(use_gpu: bool):
+    """Yield the torch device string for a job: 'cpu', or a free 'cuda:N'.
+
+    ``use_gpu`` False → cpu. True → a GPU when CUDA is available (else cpu, logged): under
+    a scheduler that sets CUDA_VISIBLE_DEVICES the first visible one, otherwise a locked one.
+    """
+    import torch
+
+    if not use_gpu:
+        yield "cpu"
+        return
+    if not torch.cuda.is_available():
+        log.warning("a GPU was requested but CUDA is not available: running on the CPU")
+        yield "cpu"
+        return
+    if "SLURM_JOB_ID" in os.environ or "CUDA_VISIBLE_DEVICES" in os.environ:
+        yield "cuda:0"
+        return
+    with gpu_lock(torch.cuda.device_count()) as index:
+        log.info("using cuda:%d (lock held in %s)", index, DEFAULT_LOCK_DIR)
+        yield f"cuda:{index}"

@@ -1,0 +1,58 @@
+import multiprocessing as mp
+import time
+
+import pytest
+
+from saematch.devices import gpu_lock, job_device
+
+
+def hold(lock_dir, n, seconds, queue):
+    with gpu_lock(n, lock_dir, poll_seconds=0.05) as index:
+        queue.put((index, time.monotonic()))
+        time.sleep(seconds)
+
+
+def test_concurrent_jobs_get_different_gpus(tmp_path):
+    q = mp.get_context("fork").Queue()
+    procs = [mp.get_context("fork").Process(target=hold, args=(tmp_path, 3, 1.0, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    got = sorted(q.get(timeout=10)[0] for _ in procs)
+    for p in procs:
+        p.join()
+    assert got == [0, 1, 2]
+
+
+def test_a_job_waits_while_every_gpu_is_busy_and_gets_the_freed_one(tmp_path):
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    first = ctx.Process(target=hold, args=(tmp_path, 1, 0.8, q))
+    first.start()
+    i0, t0 = q.get(timeout=10)
+    second = ctx.Process(target=hold, args=(tmp_path, 1, 0.0, q))
+    second.start()
+    i1, t1 = q.get(timeout=10)
+    first.join(), second.join()
+    assert i0 == i1 == 0 and t1 - t0 > 0.5
+
+
+def test_a_killed_job_releases_its_gpu(tmp_path):
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=hold, args=(tmp_path, 1, 60, q))
+    p.start()
+    q.get(timeout=10)
+    p.kill()
+    p.join()
+    with gpu_lock(1, tmp_path) as index:
+        assert index == 0
+
+
+@pytest.mark.parametrize("use_gpu", [False, True])
+def test_without_cuda_a_job_runs_on_the_cpu(use_gpu):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with job_device(use_gpu) as device:
+        assert device == "cpu"
