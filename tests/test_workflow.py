@@ -190,38 +190,6 @@ def test_the_report_carries_the_summary_figure(demo_run):
     assert "demo.png" in (demo_run / "report.html").read_text(errors="replace")
 
 
-def test_a_second_run_has_nothing_to_do(demo_run):
-    out = smk(demo_run, "-n")
-    assert "Nothing to be done" in out.stdout + out.stderr
-
-
-def test_redownloading_identical_files_reruns_nothing_downstream(demo_run):
-    smk(demo_run, "--forcerun", "download_sae", "--until", "download_sae")
-    out = smk(demo_run, "-n")
-    assert "Nothing to be done" in out.stdout + out.stderr
-
-
-def test_changing_one_layers_sae_reruns_only_that_layers_jobs(demo_run):
-    cfg_path = demo_run / "config/config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["catalog"]["demo"]["sites"]["res"]["per_layer"] = {2: {"l0": 90}}  # the demo's second SAE
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    assert planned_jobs(demo_run) == {"download_sae": 1, "match_pair": 2, "summarize": 1, "all": 1}
-    before = mtimes(demo_run)
-    smk(demo_run)
-    after = mtimes(demo_run)
-    changed = sorted(k for k in after if after[k] != before.get(k))
-    assert changed == [
-        "resources/hub/model=demo/site=res/layer=2.json",
-        "results/matches/model=demo/site=res/layer=1/part-0.parquet",
-        "results/matches/model=demo/site=res/layer=2/part-0.parquet",
-        "results/summary/demo.parquet",
-        "results/summary/demo.png",
-    ]
-    prov = read_provenance(demo_run / "results/matches/model=demo/site=res/layer=2/part-0.parquet")
-    assert prov["src"]["files"]["params"]["filename"] == "layer_2/width_1k/average_l0_90/params.npz"
-
-
 def test_a_corrupt_sae_file_fails_the_job_and_leaves_no_partial_output(demo_run):
     pointer = json.loads((demo_run / "resources/hub/model=demo/site=mlp/layer=4.json").read_text())
     snap = demo_run / "resources/demo/hf-cache/models--saematch-demo--gemma-scope-2b-pt-mlp/snapshots"
