@@ -2,9 +2,8 @@
 
 Snakemake counts GPUs (the ``gpu`` resource) but never says which one a job should use, so
 concurrent jobs on a multi-GPU workstation would all pick cuda:0. Each job therefore takes a
-free GPU by an exclusive ``fcntl`` lock on a per-device file, held until the job ends. Under
-SLURM (or whenever CUDA_VISIBLE_DEVICES is set by the scheduler) the job uses what it was
-given.
+free GPU (among those CUDA_VISIBLE_DEVICES shows) by an exclusive ``fcntl`` lock on a
+per-device file, held until the job ends. Under SLURM the job uses the GPU it was given.
 """
 
 from __future__ import annotations
@@ -56,8 +55,8 @@ def gpu_lock(n_devices: int, lock_dir: str | Path = DEFAULT_LOCK_DIR, poll_secon
 def job_device(use_gpu: bool):
     """Yield the torch device string for a job: 'cpu', or a free 'cuda:N'.
 
-    ``use_gpu`` False → cpu. True → a GPU when CUDA is available (else cpu, logged): under
-    a scheduler that sets CUDA_VISIBLE_DEVICES the first visible one, otherwise a locked one.
+    ``use_gpu`` False → cpu. True → a GPU when CUDA is available (else cpu, logged): inside
+    a SLURM job the one it was allocated, otherwise a free one taken by lock.
     """
     import torch
 
@@ -68,9 +67,9 @@ def job_device(use_gpu: bool):
         log.warning("a GPU was requested but CUDA is not available: running on the CPU")
         yield "cpu"
         return
-    if "SLURM_JOB_ID" in os.environ or "CUDA_VISIBLE_DEVICES" in os.environ:
+    if "SLURM_JOB_ID" in os.environ:  # Slurm sets CUDA_VISIBLE_DEVICES to the allocation
         yield "cuda:0"
         return
     with gpu_lock(torch.cuda.device_count()) as index:
-        log.info("using cuda:%d (lock held in %s)", index, DEFAULT_LOCK_DIR)
+        log.info("using cuda:%d (lock in %s)", index, DEFAULT_LOCK_DIR)
         yield f"cuda:{index}"
