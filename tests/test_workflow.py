@@ -171,6 +171,7 @@ def test_demo_run_writes_every_pair_summary_and_figure(demo_run):
     assert summary.height == 15 and summary["n_features"].to_list() == [1024] * 15
     recovered = (summary["planted_recovered"] * summary["n_planted"]).sum() / summary["n_planted"].sum()
     assert recovered > 0.98
+    assert summary["certified"].all() and (summary["solver"] == "lapjv").all()
     assert (demo_run / "results/summary/demo.png").stat().st_size > 10_000
     assert (demo_run / "logs/match_pair/model=demo/site=att/layer=0.log").read_text()
 
@@ -180,7 +181,10 @@ def test_demo_provenance_names_both_saes_options_versions_and_timings(demo_run):
     assert prov["src"]["files"]["params"]["filename"] == "layer_3/width_1k/average_l0_46/params.npz"
     assert prov["dst"]["files"]["params"]["filename"] == "layer_4/width_1k/average_l0_44/params.npz"
     assert len(prov["src"]["files"]["params"]["sha256"]) == 64 and prov["src"]["revision"] == "main"
-    assert prov["options"] == {"fold": True, "weights": "enc+dec+benc", "chunk_size": 2048}
+    assert prov["options"] == {"fold": True, "weights": "enc+dec+benc", "chunk_size": 2048,
+                               "solver": "auto", "k": 32, "dense_max_gb": 6}
+    cert = prov["certificate"]
+    assert cert["certified"] and cert["solver"] == "lapjv" and cert["gap_bound"] < 1e-6 * prov["total_cost"]
     assert {"torch", "lapjv", "saematch"} <= set(prov["versions"]) and prov["device"] == "cpu"
     assert prov["total_cost"] > 0 and {"load", "cost", "solve", "total"} <= set(prov["seconds"])
 

@@ -52,6 +52,16 @@ def check_pair(src: Sae, dst: Sae, weights: str) -> None:
         raise SaeError(f"{a} encodes {src.W_enc.shape[0]}-d input but {b} {dst.W_enc.shape[0]}-d")
 
 
+def pair_vectors(src: Sae, dst: Sae, weights: str, device: torch.device):
+    """Feature vectors X (F_src, p), Y (F_dst, p) and unit decoders U (F_src, d), V (F_dst, d) on ``device``."""
+    check_pair(src, dst, weights)
+    X = feature_vectors(src, weights).to(device)
+    Y = feature_vectors(dst, weights).to(device)
+    U = torch.nn.functional.normalize(src.W_dec.to(device), dim=1)
+    V = torch.nn.functional.normalize(dst.W_dec.to(device), dim=1)
+    return X, Y, U, V
+
+
 def pair_matrices(
     src: Sae,
     dst: Sae,
@@ -73,12 +83,8 @@ def pair_matrices(
     Peak memory is the float32 cost matrix on the host (4·F_src·F_dst bytes) plus, on the
     device, both SAEs' feature vectors and two chunk_size × F_dst blocks.
     """
-    check_pair(src, dst, weights)
     dev = pick_device(device)
-    X = feature_vectors(src, weights).to(dev)  # (F_src, p)
-    Y = feature_vectors(dst, weights).to(dev)  # (F_dst, p)
-    U = torch.nn.functional.normalize(src.W_dec.to(dev), dim=1)  # (F_src, d) unit decoders
-    V = torch.nn.functional.normalize(dst.W_dec.to(dev), dim=1)  # (F_dst, d)
+    X, Y, U, V = pair_vectors(src, dst, weights, dev)
     x2, y2 = (X * X).sum(dim=1), (Y * Y).sum(dim=1)  # (F_src,), (F_dst,)
     n_src, n_dst = X.shape[0], Y.shape[0]
     cost = np.empty((n_src, n_dst), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""One pair of layers end to end: fold → cost → assignment → per-feature scores."""
+"""One pair of layers end to end: fold → cost → certified assignment → per-feature scores."""
 
 from __future__ import annotations
 
@@ -8,12 +8,27 @@ import time
 import numpy as np
 import torch
 
-from .cost import feature_vectors, pair_matrices, pick_device
+from .certify import certify_dense
+from .cost import feature_vectors, pair_matrices, pair_vectors, pick_device
 from .fold import fold as fold_sae
-from .sae import Sae
-from .solve import solve_lap
+from .sae import Sae, SaeError
+from .solve import LAPJV_MAX_N, solve_lap
+from .sparse import solve_sparse
 
 log = logging.getLogger(__name__)
+
+SOLVERS = ("auto", "dense", "sparse")
+
+
+def choose_solver(n_src: int, n_dst: int, solver: str = "auto", dense_max_gb: float = 6.0) -> str:
+    """'dense' (lapjv on the full cost matrix) while it fits lapjv and ``dense_max_gb``, else 'sparse'."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    n = max(n_src, n_dst)
+    fits = n <= LAPJV_MAX_N and 4 * n * n <= dense_max_gb * 2**30
+    if solver == "dense" and n > LAPJV_MAX_N:
+        raise ValueError(f"solver 'dense' cannot take n = {n} > {LAPJV_MAX_N} (lapjv's limit)")
+    return solver if solver != "auto" else ("dense" if fits else "sparse")
 
 
 def match_pair(
@@ -23,6 +38,9 @@ def match_pair(
     weights: str = "enc+dec+benc",
     device: str = "auto",
     chunk_size: int = 2048,
+    solver: str = "auto",
+    k: int = 32,
+    dense_max_gb: float = 6.0,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Match the features of ``src`` (layer L) to those of ``dst`` (layer L+1).
 
@@ -34,7 +52,7 @@ def match_pair(
         cosine (float32, decoder cosine of feature and match), mse (float32, mean squared
         difference of the matched (folded) parameters), top1_cosine (float32)
     stats : total_cost (float64 sum of the squared differences), n_params (per feature),
-        device, peak memory and seconds per stage
+        the optimality certificate (saematch.certify), device, peak memory, seconds per stage
     """
     dev = pick_device(device)
     if dev.type == "cuda":
@@ -43,27 +61,47 @@ def match_pair(
     t = time.perf_counter()
     a, b = (fold_sae(src), fold_sae(dst)) if fold else (src, dst)
     seconds["fold"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    cost, top1, top1_cosine = pair_matrices(a, b, weights=weights, device=device, chunk_size=chunk_size)
-    seconds["cost"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    log.info("solving the %d × %d assignment with lapjv", *cost.shape)
-    match, total = solve_lap(cost)
-    seconds["solve"] = time.perf_counter() - t
-    log.info("assignment: total cost %.6g (%.1f s)", total, seconds["solve"])
-
-    t = time.perf_counter()
     n_params = feature_vectors(a, weights).shape[1]
-    rows = np.nonzero(match >= 0)[0]
+    path = choose_solver(src.n_features, dst.n_features, solver, dense_max_gb)
+
+    if path == "dense":
+        t = time.perf_counter()
+        cost, top1, top1_cosine = pair_matrices(a, b, weights=weights, device=device, chunk_size=chunk_size)
+        seconds["cost"] = time.perf_counter() - t
+        t = time.perf_counter()
+        log.info("solving the %d × %d assignment with lapjv", *cost.shape)
+        match, total, u, v = solve_lap(cost)
+        seconds["solve"] = time.perf_counter() - t
+        t = time.perf_counter()
+        certificate = certify_dense(cost, total, u, v)
+        seconds["certify"] = time.perf_counter() - t
+        rows = np.nonzero(match >= 0)[0]
+        matched_cost = cost[rows, match[rows]].astype(np.float64)
+        del cost
+    else:
+        if src.n_features != dst.n_features:
+            raise SaeError(f"{src.source.get('where')}: the sparse solver needs equal widths "
+                           f"({src.n_features} vs {dst.n_features})")
+        X, Y, U, V = pair_vectors(a, b, weights, dev)
+        with torch.no_grad():
+            match, matched_cost, certificate, (top1, top1_cosine), sparse_seconds = solve_sparse(
+                X, Y, k=k, chunk=chunk_size, U=U, V=V)
+        del X, Y, U, V
+        seconds.update(sparse_seconds)
+        total = float(matched_cost.sum())
+        rows = np.arange(src.n_features)
+    log.info("assignment (%s): total cost %.10g, certified %s, gap ≤ %.3g, worst reduced cost %.3g",
+             certificate["solver"], total, certificate["certified"], certificate["gap_bound"],
+             certificate["worst_reduced_cost"])
+
+    t = time.perf_counter()
     cols = match[rows]
     mse = np.full(src.n_features, np.nan, dtype=np.float32)
-    mse[rows] = cost[rows, cols] / n_params
+    mse[rows] = matched_cost / n_params
     cosine = np.full(src.n_features, np.nan, dtype=np.float32)
-    u = torch.nn.functional.normalize(src.W_dec[torch.from_numpy(rows)], dim=1)
-    v = torch.nn.functional.normalize(dst.W_dec[torch.from_numpy(cols.astype(np.int64))], dim=1)
-    cosine[rows] = (u * v).sum(dim=1).numpy()
+    u_dec = torch.nn.functional.normalize(src.W_dec[torch.from_numpy(rows)], dim=1)
+    v_dec = torch.nn.functional.normalize(dst.W_dec[torch.from_numpy(cols.astype(np.int64))], dim=1)
+    cosine[rows] = (u_dec * v_dec).sum(dim=1).numpy()
     seconds["scores"] = time.perf_counter() - t
 
     columns = {
@@ -79,7 +117,8 @@ def match_pair(
         "n_params": int(n_params),
         "n_src": src.n_features,
         "n_dst": dst.n_features,
-        "device": str(dev) if dev.type != "cuda" else f"cuda ({torch.cuda.get_device_name(dev)})",
+        "certificate": certificate,
+        "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "peak_gpu_memory_bytes": int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else None,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
     }

@@ -5,29 +5,34 @@ from __future__ import annotations
 import numpy as np
 from lapjv import lapjv
 
+# lapjv 1.3.x indexes with int i * int dim: it segfaults from n = 46342 (lap_solvers.md).
+LAPJV_MAX_N = 46340
 
-def solve_lap(cost: np.ndarray) -> tuple[np.ndarray, float]:
+
+def solve_lap(cost: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """Minimum-cost one-to-one assignment of rows to columns.
 
     Parameters
     ----------
-    cost : (n_rows, n_cols) float32 array
+    cost : (n_rows, n_cols) float32 array, max(n_rows, n_cols) ≤ LAPJV_MAX_N
 
     Returns
     -------
     match : (n_rows,) int32, the column of each row, in row order; -1 for rows left
         unmatched when n_rows > n_cols.
     total : float, the summed cost of the matched pairs, in float64.
+    u, v : (n,) float64 dual potentials of the square problem padded to n = max(n_rows,
+        n_cols) with zero costs: cost − u_i − v_j ≥ 0 everywhere, = 0 on matched pairs, up to
+        float32 rounding; they certify the optimum (saematch.certify).
 
     Notes
     -----
-    Minimises Σ_i cost[i, match[i]] over injective maps. A non-square matrix is padded to
-    square with a constant (which adds the same amount to every assignment, so the optimum
-    over real pairs is unchanged). lapjv works in float32 and is exact up to its rounding.
+    Minimises Σ_i cost[i, match[i]] over injective maps. Padding with a constant adds the
+    same amount to every assignment, so the optimum over real pairs is unchanged.
 
     Examples
     --------
-    >>> match, total = solve_lap(np.array([[4, 1, 3], [2, 0, 5], [3, 2, 2]], np.float32))
+    >>> match, total, u, v = solve_lap(np.array([[4, 1, 3], [2, 0, 5], [3, 2, 2]], np.float32))
     >>> match.tolist(), total
     ([1, 0, 2], 5.0)
     """
@@ -37,16 +42,19 @@ def solve_lap(cost: np.ndarray) -> tuple[np.ndarray, float]:
     if not np.isfinite(cost).all():
         raise ValueError("cost matrix contains NaN or Inf")
     n_rows, n_cols = cost.shape
-    if n_rows == 0:
-        return np.empty(0, np.int32), 0.0
     n = max(n_rows, n_cols)
+    if n > LAPJV_MAX_N:
+        raise ValueError(f"lapjv cannot solve n = {n} > {LAPJV_MAX_N}: use the sparse solver")
+    if n_rows == 0:
+        return np.empty(0, np.int32), 0.0, np.empty(0), np.empty(0)
     if n_rows == n_cols:
         square = np.ascontiguousarray(cost, dtype=np.float32)
     else:
         square = np.zeros((n, n), dtype=np.float32)
         square[:n_rows, :n_cols] = cost
-    row_to_col = lapjv(square)[0][:n_rows].astype(np.int32)  # lapjv returns (row→col, col→row, duals)
-    row_to_col[row_to_col >= n_cols] = -1
-    matched = row_to_col >= 0
-    total = float(cost[np.nonzero(matched)[0], row_to_col[matched]].astype(np.float64).sum())
-    return row_to_col, total
+    row_to_col, _, (_, u, v) = lapjv(square)  # (row→col, col→row, (float32 total, u, v))
+    match = row_to_col[:n_rows].astype(np.int32)
+    match[match >= n_cols] = -1
+    matched = match >= 0
+    total = float(cost[np.nonzero(matched)[0], match[matched]].astype(np.float64).sum())
+    return match, total, u.astype(np.float64), v.astype(np.float64)

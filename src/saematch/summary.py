@@ -26,7 +26,8 @@ def read_matches(paths: list[str]) -> pl.DataFrame:
 
 
 def summarize(paths: list[str], truth: pl.DataFrame | None = None) -> pl.DataFrame:
-    """One row per (site, layer): n, cosine and mse statistics, top-1 agreement, total cost.
+    """One row per (site, layer): n, cosine and mse statistics, top-1 agreement, total cost,
+    and the assignment's certificate (certified, gap bound, solver).
 
     With ``truth`` (columns site, layer, feature, planted; planted = -1 for features that
     die), also the share of planted matches that were recovered.
@@ -54,8 +55,11 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None) -> pl.DataFra
     out = df.group_by("model", "site", "layer").agg(aggs).sort("site", "layer")
     provenance = [read_provenance(p) for p in paths]
     totals = pl.DataFrame([
-        {"site": pv["site"], "layer": pv["layer"], "total_cost": pv["total_cost"]} for pv in provenance
-    ], schema={"site": pl.String, "layer": pl.Int32, "total_cost": pl.Float64})
+        {"site": pv["site"], "layer": pv["layer"], "total_cost": pv["total_cost"],
+         "certified": pv["certificate"]["certified"], "gap_bound": pv["certificate"]["gap_bound"],
+         "solver": pv["certificate"]["solver"]} for pv in provenance
+    ], schema={"site": pl.String, "layer": pl.Int32, "total_cost": pl.Float64, "certified": pl.Boolean,
+               "gap_bound": pl.Float64, "solver": pl.String})
     return out.join(totals, on=["site", "layer"], how="left")
 
 
