@@ -69,27 +69,39 @@ def pair_matrices(
     device: str = "auto",
     chunk_size: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SAE Match cost and Feature Flow top-1, in one pass over row chunks of ``src``.
+    """SAE Match cost and Feature Flow top-1 of two SAEs (see :func:`dense_cost`).
+
+    cost[i, j] = ‖x_i − y_j‖², x, y = :func:`feature_vectors` of src and dst (pass folded SAEs
+    for SAE Match's folded objective); top-1 by decoder cosine.
+    """
+    X, Y, U, V = pair_vectors(src, dst, weights, pick_device(device))
+    cost, top1, top1_cos = dense_cost(X, Y, U, V, chunk_size)
+    if not np.isfinite(cost).all():
+        raise SaeError(f"{src.source.get('where')} → {dst.source.get('where')}: cost matrix "
+                       "has NaN/Inf (parameter overflow after folding?)")
+    return cost, top1, top1_cos
+
+
+def dense_cost(X: torch.Tensor, Y: torch.Tensor, U: torch.Tensor | None = None,
+               V: torch.Tensor | None = None, chunk_size: int = 2048):
+    """Squared distances of rows, and optionally each row's top-1 cosine, in one chunked pass.
 
     Returns
     -------
-    cost : (F_src, F_dst) float32, C[i, j] = ‖x_i − y_j‖², x, y = :func:`feature_vectors`
-        of src and dst (pass folded SAEs for SAE Match's folded objective).
-    top1 : (F_src,) int32, argmax_j cos(W_dec_src[i], W_dec_dst[j]) (Feature Flow, k = 1)
-    top1_cosine : (F_src,) float32, that cosine
+    cost : (n_src, n_dst) float32 on the host, C[i, j] = ‖X_i − Y_j‖²
+    top1 : (n_src,) int32, argmax_j U_i · V_j (unit decoders: Feature Flow, k = 1); or None
+    top1_cosine : (n_src,) float32, that cosine; or None
 
     Notes
     -----
-    Peak memory is the float32 cost matrix on the host (4·F_src·F_dst bytes) plus, on the
-    device, both SAEs' feature vectors and two chunk_size × F_dst blocks.
+    Peak memory is the float32 cost matrix on the host (4·n_src·n_dst bytes) plus, on the
+    device, the vectors and two chunk_size × n_dst blocks.
     """
-    dev = pick_device(device)
-    X, Y, U, V = pair_vectors(src, dst, weights, dev)
-    x2, y2 = (X * X).sum(dim=1), (Y * Y).sum(dim=1)  # (F_src,), (F_dst,)
+    x2, y2 = (X * X).sum(dim=1), (Y * Y).sum(dim=1)  # (n_src,), (n_dst,)
     n_src, n_dst = X.shape[0], Y.shape[0]
     cost = np.empty((n_src, n_dst), dtype=np.float32)
-    top1 = np.empty(n_src, dtype=np.int32)
-    top1_cos = np.empty(n_src, dtype=np.float32)
+    top1 = np.empty(n_src, dtype=np.int32) if U is not None else None
+    top1_cos = np.empty(n_src, dtype=np.float32) if U is not None else None
     cost_t = torch.from_numpy(cost)  # shares memory: CPU blocks are written in place
     t0, last = time.perf_counter(), 0.0
     with torch.no_grad():
@@ -97,18 +109,16 @@ def pair_matrices(
             rows = slice(start, min(start + chunk_size, n_src))
             # ‖x‖² + ‖y‖² − 2 x·y in one fused product; rounding can give tiny negatives
             base = x2[rows, None] + y2[None, :]
-            if dev.type == "cpu":
+            if X.device.type == "cpu":
                 torch.addmm(base, X[rows], Y.T, alpha=-2.0, out=cost_t[rows]).clamp_min_(0.0)
             else:
                 cost_t[rows] = torch.addmm(base, X[rows], Y.T, alpha=-2.0).clamp_min_(0.0).cpu()
-            best = (U[rows] @ V.T).max(dim=1)
-            top1[rows] = best.indices.cpu().numpy()
-            top1_cos[rows] = best.values.cpu().numpy()
+            if U is not None:
+                best = (U[rows] @ V.T).max(dim=1)
+                top1[rows] = best.indices.cpu().numpy()
+                top1_cos[rows] = best.values.cpu().numpy()
             now = time.perf_counter() - t0
             if now - last > 5 or rows.stop == n_src:
                 log.info("cost rows %d/%d (%.1f s)", rows.stop, n_src, now)
                 last = now
-    if not np.isfinite(cost).all():
-        raise SaeError(f"{src.source.get('where')} → {dst.source.get('where')}: cost matrix "
-                       "has NaN/Inf (parameter overflow after folding?)")
     return cost, top1, top1_cos

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .certify import certify_dense
-from .cost import feature_vectors, pair_matrices, pair_vectors, pick_device
+from .cost import dense_cost, feature_vectors, pair_vectors, pick_device
 from .fold import fold as fold_sae
 from .sae import Sae, SaeError
 from .solve import LAPJV_MAX_N, solve_lap
@@ -29,6 +29,36 @@ def choose_solver(n_src: int, n_dst: int, solver: str = "auto", dense_max_gb: fl
     if solver == "dense" and n > LAPJV_MAX_N:
         raise ValueError(f"solver 'dense' cannot take n = {n} > {LAPJV_MAX_N} (lapjv's limit)")
     return solver if solver != "auto" else ("dense" if fits else "sparse")
+
+
+def assign(X, Y, U=None, V=None, path: str = "dense", k: int = 32, chunk_size: int = 2048):
+    """Certified minimum-cost assignment of the rows of X (n_src, p) to those of Y (n_dst, p).
+
+    Cost C_ij = ‖X_i − Y_j‖². Returns match (n_src,) int32 (−1 unmatched), matched cost per row
+    (n_src,) float64 (0 where unmatched), the certificate, Feature Flow's (top1, top1_cosine)
+    from the unit decoders U, V (None without them), and seconds per stage.
+    """
+    seconds = {}
+    with torch.no_grad():
+        if path == "dense":
+            t = time.perf_counter()
+            cost, top1, top1_cosine = dense_cost(X, Y, U, V, chunk_size)
+            if not np.isfinite(cost).all():
+                raise SaeError("cost matrix has NaN/Inf (parameter overflow after folding?)")
+            seconds["cost"] = time.perf_counter() - t
+            t = time.perf_counter()
+            log.info("solving the %d × %d assignment with lapjv", *cost.shape)
+            match, total, u, v = solve_lap(cost)
+            seconds["solve"] = time.perf_counter() - t
+            t = time.perf_counter()
+            certificate = certify_dense(cost, total, u, v)
+            seconds["certify"] = time.perf_counter() - t
+            matched_cost = np.zeros(len(match))
+            rows = np.nonzero(match >= 0)[0]
+            matched_cost[rows] = cost[rows, match[rows]]
+            return match, matched_cost, certificate, (top1, top1_cosine), seconds
+        match, matched_cost, certificate, top, seconds = solve_sparse(X, Y, k=k, chunk=chunk_size, U=U, V=V)
+        return match, matched_cost, certificate, top, seconds
 
 
 def match_pair(
@@ -63,33 +93,18 @@ def match_pair(
     seconds["fold"] = time.perf_counter() - t
     n_params = feature_vectors(a, weights).shape[1]
     path = choose_solver(src.n_features, dst.n_features, solver, dense_max_gb)
-
-    if path == "dense":
-        t = time.perf_counter()
-        cost, top1, top1_cosine = pair_matrices(a, b, weights=weights, device=device, chunk_size=chunk_size)
-        seconds["cost"] = time.perf_counter() - t
-        t = time.perf_counter()
-        log.info("solving the %d × %d assignment with lapjv", *cost.shape)
-        match, total, u, v = solve_lap(cost)
-        seconds["solve"] = time.perf_counter() - t
-        t = time.perf_counter()
-        certificate = certify_dense(cost, total, u, v)
-        seconds["certify"] = time.perf_counter() - t
-        rows = np.nonzero(match >= 0)[0]
-        matched_cost = cost[rows, match[rows]].astype(np.float64)
-        del cost
-    else:
-        if src.n_features != dst.n_features:
-            raise SaeError(f"{src.source.get('where')}: the sparse solver needs equal widths "
-                           f"({src.n_features} vs {dst.n_features})")
-        X, Y, U, V = pair_vectors(a, b, weights, dev)
-        with torch.no_grad():
-            match, matched_cost, certificate, (top1, top1_cosine), sparse_seconds = solve_sparse(
-                X, Y, k=k, chunk=chunk_size, U=U, V=V)
-        del X, Y, U, V
-        seconds.update(sparse_seconds)
-        total = float(matched_cost.sum())
-        rows = np.arange(src.n_features)
+    if path == "sparse" and src.n_features != dst.n_features:
+        raise SaeError(f"{src.source.get('where')}: the sparse solver needs equal widths "
+                       f"({src.n_features} vs {dst.n_features})")
+    t = time.perf_counter()
+    X, Y, U, V = pair_vectors(a, b, weights, dev)
+    seconds["vectors"] = time.perf_counter() - t
+    match, matched_cost, certificate, (top1, top1_cosine), assign_seconds = assign(
+        X, Y, U, V, path, k=k, chunk_size=chunk_size)
+    del X, Y, U, V
+    seconds.update(assign_seconds)
+    total = float(matched_cost.sum())
+    rows = np.nonzero(match >= 0)[0]
     log.info("assignment (%s): total cost %.10g, certified %s, gap ≤ %.3g, worst reduced cost %.3g",
              certificate["solver"], total, certificate["certified"], certificate["gap_bound"],
              certificate["worst_reduced_cost"])
@@ -97,7 +112,7 @@ def match_pair(
     t = time.perf_counter()
     cols = match[rows]
     mse = np.full(src.n_features, np.nan, dtype=np.float32)
-    mse[rows] = matched_cost / n_params
+    mse[rows] = matched_cost[rows] / n_params
     cosine = np.full(src.n_features, np.nan, dtype=np.float32)
     u_dec = torch.nn.functional.normalize(src.W_dec[torch.from_numpy(rows)], dim=1)
     v_dec = torch.nn.functional.normalize(dst.W_dec[torch.from_numpy(cols.astype(np.int64))], dim=1)
