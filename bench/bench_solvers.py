@@ -55,7 +55,8 @@ def _peak_rss() -> float:
 
 
 def run_pipeline(tmp: str, k: int, chunk: int, dense_max_gb: float, device: str, solver: str = "auto") -> dict:
-    from saematch.match import assign, choose_solver
+    from saematch.match import assign
+    from saematch.solve import choose_solver
 
     X = torch.from_numpy(np.load(f"{tmp}/X.npy"))
     Y = torch.from_numpy(np.load(f"{tmp}/Y.npy"))

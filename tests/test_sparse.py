@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import saematch.solve
-from saematch.match import choose_solver, match_pair
-from saematch.solve import LAPJV_MAX_N, solve_lap
+from saematch.match import match_pair
+from saematch.solve import LAPJV_MAX_N, choose_solver, solve_lap
 from saematch.sparse import solve_sparse
 from conftest import random_sae
 

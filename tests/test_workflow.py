@@ -69,6 +69,9 @@ def pristine(tmp_path_factory):
     (["models=[gemma-2-2b]", "sites=[res]", "layers=[10,11,12]"], {"download_sae": 3, "match_pair": 2}),
     (["models=[gemma-2-2b,llama-3.1-8b]", "sites=[att]", "layers=[0,1]"],
      {"download_sae": 4, "download_model": 1, "match_pair": 2, "summarize": 2}),
+    (["models=[gemma-2-2b]", "sites=[res]", "layers=[11,12]",
+      "catalog={gemma-2-2b: {width: 65k, sites: {res: {l0: {65k: [" + ",".join(["9"] * 26) + "]}}}}}"],
+     {"download_sae": 2, "match_pair": 1}),
 ])
 def test_dry_run_of_the_real_configs_works_offline(pristine, args, expected):
     jobs = planned_jobs(pristine, "--config", *args, env={"HF_HUB_OFFLINE": "1"})
@@ -81,6 +84,7 @@ def test_dry_run_of_the_real_configs_works_offline(pristine, args, expected):
     (["sites=[resid]"], "'resid' is not one of"),
     (["models=[gemma-2-2b]", "layers=[25,26]"], r"model 'gemma-2-2b' has layers 0–25; unknown layer\(s\) \[26\]"),
     (["match={weights: everything}"], "'everything' is not one of"),
+    (["models=[gemma-2-2b]", "catalog={gemma-2-2b: {width: 65k}}"], "has no l0 list for width 65k"),
 ])
 def test_unknown_config_values_fail_before_anything_runs(pristine, args, message):
     out = smk(pristine, "-n", "--config", *args, check=False)
@@ -105,7 +109,7 @@ def fill_gemma_cache(cache: Path, layers=(12, 13)) -> None:
         files = {}
         for L in layers:
             a = gemma_arrays(d=d_z if site == "att" else d_model, F=24, seed=L)
-            files[cfg["files"]["params"].format(layer=L, width="16k", l0=cfg["l0"][L])] = npz_bytes(a)
+            files[cfg["files"]["params"].format(layer=L, width="16k", l0=cfg["l0"]["16k"][L])] = npz_bytes(a)
         commit = cfg["revision"] if cfg["revision"] != "main" else None
         write_hub_repo(cache, cfg["repo_id"], files, commit)
     rng = np.random.default_rng(0)

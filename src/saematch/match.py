@@ -12,24 +12,10 @@ from .certify import certify_dense
 from .cost import dense_cost, feature_vectors, pair_vectors, pick_device
 from .fold import fold as fold_sae
 from .sae import Sae, SaeError
-from .solve import LAPJV_MAX_N, solve_lap
+from .solve import choose_solver, solve_lap
 from .sparse import solve_sparse
 
 log = logging.getLogger(__name__)
-
-SOLVERS = ("auto", "dense", "sparse")
-
-
-def choose_solver(n_src: int, n_dst: int, solver: str = "auto", dense_max_gb: float = 6.0) -> str:
-    """'dense' (lapjv on the full cost matrix) while it fits lapjv and ``dense_max_gb``, else 'sparse'."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    n = max(n_src, n_dst)
-    fits = n <= LAPJV_MAX_N and 4 * n * n <= dense_max_gb * 2**30
-    if solver == "dense" and n > LAPJV_MAX_N:
-        raise ValueError(f"solver 'dense' cannot take n = {n} > {LAPJV_MAX_N} (lapjv's limit)")
-    return solver if solver != "auto" else ("dense" if fits else "sparse")
-
 
 def assign(X, Y, U=None, V=None, path: str = "dense", k: int = 32, chunk_size: int = 2048):
     """Certified minimum-cost assignment of the rows of X (n_src, p) to those of Y (n_dst, p).

@@ -7,6 +7,18 @@ from lapjv import lapjv
 
 # lapjv 1.3.x indexes with int i * int dim: it segfaults from n = 46342 (lap_solvers.md).
 LAPJV_MAX_N = 46340
+SOLVERS = ("auto", "dense", "sparse")
+
+
+def choose_solver(n_src: int, n_dst: int, solver: str = "auto", dense_max_gb: float = 6.0) -> str:
+    """'dense' (lapjv on the full cost matrix) while it fits lapjv and ``dense_max_gb``, else 'sparse'."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    n = max(n_src, n_dst)
+    fits = n <= LAPJV_MAX_N and 4 * n * n <= dense_max_gb * 2**30
+    if solver == "dense" and n > LAPJV_MAX_N:
+        raise ValueError(f"solver 'dense' cannot take n = {n} > {LAPJV_MAX_N} (lapjv's limit)")
+    return solver if solver != "auto" else ("dense" if fits else "sparse")
 
 
 def solve_lap(cost: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ import re
 from snakemake.utils import min_version, validate
 
 import saematch
+from saematch.solve import choose_solver
 
 min_version("9.0")
 
@@ -66,7 +67,14 @@ def sae_spec(model, site, layer):
     over = {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(layer, {})
     spec = {k: site_cfg[k] for k in ("repo_id", "revision", "files") if k in site_cfg}
     spec.update(over)
-    l0 = over.get("l0", site_cfg["l0"][layer] if "l0" in site_cfg else None)
+    l0_table = site_cfg.get("l0")
+    if isinstance(l0_table, dict):  # width → per-layer list
+        l0_table = l0_table.get(entry["width"])
+        if l0_table is None:
+            raise ValueError(
+                f"config: {model} {site} has no l0 list for width {entry['width']}"
+            )
+    l0 = over.get("l0", l0_table[layer] if l0_table else None)
     if isinstance(spec["revision"], dict):
         spec["revision"] = spec["revision"][entry["width"]]
     fields = {"layer": layer, "l0": l0, "width": entry["width"]}
@@ -79,6 +87,12 @@ def sae_spec(model, site, layer):
         "cache_dir": hub.get("cache_dir"),
         "local_files_only": hub.get("local_files_only", False),
     }
+
+
+def sae_spec_l0(model, site, layer):
+    """The catalog's own L0 for a layer (no per_layer override): what the demo writes."""
+    table = config["catalog"][model]["sites"][site]["l0"]
+    return (table[config["catalog"][model]["width"]] if isinstance(table, dict) else table)[layer]
 
 
 def download_sae_params(wc):
@@ -143,8 +157,10 @@ def match_gpu(wc):
 def match_mem_mb(wc, attempt):
     """Host memory of one pair, doubled on each retry (README, "Speed and memory")."""
     F, d = n_features(wc.model), config["catalog"][wc.model]["d_model"]
-    chunk = site_match_config(wc)["chunk_size"]
-    need = 4 * F * F + 48 * F * d + 8 * chunk * F + 2**30
+    opts = site_match_config(wc)
+    dense = choose_solver(F, F, opts["solver"], opts["dense_max_gb"]) == "dense"
+    matrix = 4 * F * F if dense else 40 * F * opts["k"]  # dense costs, or candidate edges
+    need = matrix + 48 * F * d + 8 * opts["chunk_size"] * F + 2**30
     return int(1.25 * need / 1e6 * 2 ** (attempt - 1))
 
 
@@ -174,7 +190,7 @@ def demo_params(wc):
         paths[site] = [
             [
                 template.format(layer=L, l0=l0, width=entry["width"])
-                for l0 in [site_cfg["l0"][L], *demo.get("extra_l0", [])]
+                for l0 in [sae_spec_l0(wc.model, site, L), *demo.get("extra_l0", [])]
             ]
             for L in range(entry["n_layers"])
         ]
