@@ -25,11 +25,11 @@ GAP_EPS = 1e-6
 def block_stats(C: torch.Tensor, u: torch.Tensor, v: torch.Tensor, eps: float = EPS):
     """Per-row minimum reduced cost (float64) and the number of violated entries of a block.
 
-    C (rows, n) float32; u (rows,), v (n,) float32 on the same device.
+    C (rows, n) float32 and ≥ 0; u (rows,), v (n,) float32 on the same device.
     """
-    rc = C - u[:, None] - v[None, :]
-    scale = C.abs() + u.abs()[:, None] + v.abs()[None, :]
-    violated = int((rc < -eps * scale).sum())
+    rc = (C - u[:, None]).sub_(v[None, :])
+    threshold = (C + u.abs()[:, None]).add_(v.abs()[None, :]).mul_(-eps)  # C ≥ 0: |C| = C
+    violated = int((rc < threshold).sum())
     return rc.min(dim=1).values.double(), violated
 
 
