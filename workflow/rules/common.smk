@@ -92,7 +92,9 @@ def sae_spec(model, site, layer):
 def sae_spec_l0(model, site, layer):
     """The catalog's own L0 for a layer (no per_layer override): what the demo writes."""
     table = config["catalog"][model]["sites"][site]["l0"]
-    return (table[config["catalog"][model]["width"]] if isinstance(table, dict) else table)[layer]
+    return (
+        table[config["catalog"][model]["width"]] if isinstance(table, dict) else table
+    )[layer]
 
 
 def download_sae_params(wc):
@@ -159,7 +161,9 @@ def match_mem_mb(wc, attempt):
     F, d = n_features(wc.model), config["catalog"][wc.model]["d_model"]
     opts = site_match_config(wc)
     dense = choose_solver(F, F, opts["solver"], opts["dense_max_gb"]) == "dense"
-    matrix = 4 * F * F if dense else 40 * F * opts["k"]  # dense costs, or candidate edges
+    matrix = (
+        4 * F * F if dense else 40 * F * opts["k"]
+    )  # dense costs, or candidate edges
     need = matrix + 48 * F * d + 8 * opts["chunk_size"] * F + 2**30
     return int(1.25 * need / 1e6 * 2 ** (attempt - 1))
 
