@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from .certify import EPS, block_stats, certificate
+from .certify import EPS, block_stats, certificate, violation_scale
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,8 @@ def price(X, Y, u, v, chunk: int = 2048, per_row: int = 16, eps: float = EPS):
         violated += bad
         if bad:
             rc = C - u32[rows, None] - v32[None, :]
-            scale = C.abs() + u32[rows].abs()[:, None] + v32.abs()[None, :]
             worst = (-rc).topk(min(per_row, n), dim=1)
-            ok = (-worst.values) < -eps * scale.gather(1, worst.indices)
+            ok = (-worst.values) < -eps * violation_scale(C, u32[rows], v32)
             r = torch.arange(rows.start, rows.stop, device=X.device)[:, None].expand_as(ok)
             new_r.append(r[ok])
             new_c.append(worst.indices[ok])
