@@ -160,7 +160,9 @@ def main() -> None:
                 else:
                     r = in_child({"lapjv": run_lapjv, "scipy": run_scipy}[solver], (tmp,), args.cap)
                 if "error" in r:
-                    print(f"| {solver} | {n} | {args.d} | {r['error']} | | | | | | |", flush=True)
+                    name = {"pipeline": "pipeline", "sparse": "pipeline (sparse, forced)", "lapjv": "lapjv (dense)",
+                            "scipy": "scipy linear_sum_assignment"}[solver]
+                    print(f"| {name} | {n} | {args.d} | {r['error']} | | | | | | |", flush=True)
                     continue
                 s = r["seconds"]
                 cost_s = s.get("cost", s.get("candidates"))
