@@ -4,9 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from saematch.cost import feature_vectors, pair_matrices
+from saematch.cost import dense_cost, feature_vectors, pair_vectors
 from saematch.sae import SaeError
 from conftest import random_sae
+
+
+def pair_matrices(src, dst, weights="enc+dec+benc", device="cpu", chunk_size=2048):
+    return dense_cost(*pair_vectors(src, dst, weights, torch.device(device)), chunk_size=chunk_size)
 
 
 def direct_cost(src, dst, weights):

@@ -62,26 +62,6 @@ def pair_vectors(src: Sae, dst: Sae, weights: str, device: torch.device):
     return X, Y, U, V
 
 
-def pair_matrices(
-    src: Sae,
-    dst: Sae,
-    weights: str = "enc+dec+benc",
-    device: str = "auto",
-    chunk_size: int = 2048,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SAE Match cost and Feature Flow top-1 of two SAEs (see :func:`dense_cost`).
-
-    cost[i, j] = ‖x_i − y_j‖², x, y = :func:`feature_vectors` of src and dst (pass folded SAEs
-    for SAE Match's folded objective); top-1 by decoder cosine.
-    """
-    X, Y, U, V = pair_vectors(src, dst, weights, pick_device(device))
-    cost, top1, top1_cos = dense_cost(X, Y, U, V, chunk_size)
-    if not np.isfinite(cost).all():
-        raise SaeError(f"{src.source.get('where')} → {dst.source.get('where')}: cost matrix "
-                       "has NaN/Inf (parameter overflow after folding?)")
-    return cost, top1, top1_cos
-
-
 def dense_cost(X: torch.Tensor, Y: torch.Tensor, U: torch.Tensor | None = None,
                V: torch.Tensor | None = None, chunk_size: int = 2048):
     """Squared distances of rows, and optionally each row's top-1 cosine, in one chunked pass.
