@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .certify import certify_dense
-from .cost import dense_cost, feature_vectors, pair_vectors, pick_device
+from .cost import dense_cost, pair_vectors, pick_device
 from .fold import fold as fold_sae
 from .sae import Sae, SaeError
 from .solve import choose_solver, solve_lap
@@ -77,13 +77,13 @@ def match_pair(
     t = time.perf_counter()
     a, b = (fold_sae(src), fold_sae(dst)) if fold else (src, dst)
     seconds["fold"] = time.perf_counter() - t
-    n_params = feature_vectors(a, weights).shape[1]
     path = choose_solver(src.n_features, dst.n_features, solver, dense_max_gb)
     if path == "sparse" and src.n_features != dst.n_features:
         raise SaeError(f"{src.source.get('where')}: the sparse solver needs equal widths "
                        f"({src.n_features} vs {dst.n_features})")
     t = time.perf_counter()
     X, Y, U, V = pair_vectors(a, b, weights, dev)
+    n_params = X.shape[1]
     seconds["vectors"] = time.perf_counter() - t
     match, matched_cost, certificate, (top1, top1_cosine), assign_seconds = assign(
         X, Y, U, V, path, k=k, chunk_size=chunk_size)

@@ -40,26 +40,27 @@ def _cost_block(G, nx_b, ny, x2_b, y2):
     return (x2_b[:, None] + y2[None, :] - 2.0 * (nx_b[:, None] * ny[None, :]) * G).clamp_min_(0.0)
 
 
-def candidates(X, Y, k: int, chunk: int = 2048, U=None, V=None):
+def candidates(prepared, k: int, chunk: int = 2048, U=None, V=None):
     """One pass: top-k by cosine per row and per column, plus the diagonal.
 
-    Returns (rows, cols, costs) int64/int64/float64 (unique pairs) and, when the unit
-    decoders U (n, d), V (n, d) are given, Feature Flow's top-1 (index, cosine) per row.
+    ``prepared`` is :func:`_prepared` of X, Y. Returns (rows, cols, costs) int64/int64/float64
+    (unique pairs) and, when the unit decoders U (n, d), V (n, d) are given, Feature Flow's
+    top-1 (index, cosine) per row.
     """
-    n = X.shape[0]
-    Xh, Yh, nx, ny, x2, y2 = _prepared(X, Y)
+    Xh, Yh, nx, ny, x2, y2 = prepared
+    n, device = Xh.shape[0], Xh.device
     k = min(k, n)
     row_r, row_c, row_v = [], [], []
-    col_cos = torch.full((k, n), -2.0, device=X.device)
-    col_row = torch.zeros((k, n), dtype=torch.long, device=X.device)
-    col_cost = torch.zeros((k, n), device=X.device)
+    col_cos = torch.full((k, n), -2.0, device=device)
+    col_row = torch.zeros((k, n), dtype=torch.long, device=device)
+    col_cost = torch.zeros((k, n), device=device)
     top1 = np.empty(n, np.int32)
     top1_cos = np.empty(n, np.float32)
     for rows in _blocks(n, chunk):
         G = Xh[rows] @ Yh.T  # (b, n) cosines
         C = _cost_block(G, nx[rows], ny, x2[rows], y2)
         best = G.topk(k, dim=1)
-        row_r.append(torch.arange(rows.start, rows.stop, device=X.device).repeat_interleave(k))
+        row_r.append(torch.arange(rows.start, rows.stop, device=device).repeat_interleave(k))
         row_c.append(best.indices.reshape(-1))
         row_v.append(C.gather(1, best.indices).reshape(-1))
         kb = min(k, rows.stop - rows.start)
@@ -72,10 +73,10 @@ def candidates(X, Y, k: int, chunk: int = 2048, U=None, V=None):
         if U is not None:
             b1 = (U[rows] @ V.T).max(dim=1)
             top1[rows], top1_cos[rows] = b1.indices.cpu().numpy(), b1.values.cpu().numpy()
-    diag = torch.arange(n, device=X.device)
-    diag_cost = (x2 + y2 - 2.0 * (X * Y).sum(dim=1)).clamp_min(0.0)
+    diag = torch.arange(n, device=device)
+    diag_cost = (x2 + y2 - 2.0 * (nx * ny) * (Xh * Yh).sum(dim=1)).clamp_min(0.0)  # _cost_block's formula
     rows = torch.cat([*row_r, col_row.reshape(-1), diag]).cpu().numpy()
-    cols = torch.cat([*row_c, torch.arange(n, device=X.device).repeat(k), diag]).cpu().numpy()
+    cols = torch.cat([*row_c, torch.arange(n, device=device).repeat(k), diag]).cpu().numpy()
     costs = torch.cat([*row_v, col_cost.reshape(-1), diag_cost]).double().cpu().numpy()
     rows, cols, costs = _unique_edges(n, rows, cols, costs)
     return (rows, cols, costs), (top1, top1_cos)
@@ -120,16 +121,16 @@ def duals_from_matching(n: int, rows, cols, costs, x, max_iter: int | None = Non
     return c_match - v[x], v
 
 
-def price(X, Y, u, v, chunk: int = 2048, per_row: int = 16, eps: float = EPS):
+def price(prepared, u, v, chunk: int = 2048, per_row: int = 16, eps: float = EPS):
     """Full pass over all n² pairs: per-row min reduced cost, count and the worst violators.
 
     Returns row_min (n,) float64, violated (int) and up to ``per_row`` most negative
     violating pairs of each row as (rows, cols, costs).
     """
-    n = X.shape[0]
-    Xh, Yh, nx, ny, x2, y2 = _prepared(X, Y)
-    u32 = torch.from_numpy(u.astype(np.float32)).to(X.device)
-    v32 = torch.from_numpy(v.astype(np.float32)).to(X.device)
+    Xh, Yh, nx, ny, x2, y2 = prepared
+    n, device = Xh.shape[0], Xh.device
+    u32 = torch.from_numpy(u.astype(np.float32)).to(device)
+    v32 = torch.from_numpy(v.astype(np.float32)).to(device)
     row_min = np.empty(n)
     violated = 0
     new_r, new_c, new_v = [], [], []
@@ -142,7 +143,7 @@ def price(X, Y, u, v, chunk: int = 2048, per_row: int = 16, eps: float = EPS):
             rc = C - u32[rows, None] - v32[None, :]
             worst = (-rc).topk(min(per_row, n), dim=1)
             ok = (-worst.values) < -eps * violation_scale(C, u32[rows], v32)
-            r = torch.arange(rows.start, rows.stop, device=X.device)[:, None].expand_as(ok)
+            r = torch.arange(rows.start, rows.stop, device=device)[:, None].expand_as(ok)
             new_r.append(r[ok])
             new_c.append(worst.indices[ok])
             new_v.append(C.gather(1, worst.indices)[ok])
@@ -164,7 +165,8 @@ def solve_sparse(X, Y, k: int = 32, chunk: int = 2048, U=None, V=None, max_round
         raise ValueError(f"the sparse solver needs equal widths, got {n} and {Y.shape[0]}")
     seconds = {"candidates": 0.0, "solve": 0.0, "duals": 0.0, "pricing": 0.0}
     t = time.perf_counter()
-    (rows, cols, costs), top = candidates(X, Y, k, chunk, U, V)
+    prepared = _prepared(X, Y)
+    (rows, cols, costs), top = candidates(prepared, k, chunk, U, V)
     seconds["candidates"] = time.perf_counter() - t
     log.info("sparse: %d candidate edges (k=%d, %.1f per row)", len(rows), k, len(rows) / n)
     for rounds in range(1, max_rounds + 1):
@@ -175,7 +177,7 @@ def solve_sparse(X, Y, k: int = 32, chunk: int = 2048, U=None, V=None, max_round
         u, v = duals_from_matching(n, rows, cols, costs, x)
         seconds["duals"] += time.perf_counter() - t
         t = time.perf_counter()
-        row_min, violated, extra = price(X, Y, u, v, chunk, eps=eps)
+        row_min, violated, extra = price(prepared, u, v, chunk, eps=eps)
         seconds["pricing"] += time.perf_counter() - t
         matched_cost = costs[np.searchsorted(rows * n + cols, np.arange(n) * n + x)]
         primal = float(matched_cost.sum())

@@ -25,14 +25,15 @@ def read_matches(paths: list[str]) -> pl.DataFrame:
     return pl.concat(frames)
 
 
-def summarize(paths: list[str], truth: pl.DataFrame | None = None) -> pl.DataFrame:
+def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (site, layer): n, cosine and mse statistics, top-1 agreement, total cost,
     and the assignment's certificate (certified, gap bound, solver).
 
     With ``truth`` (columns site, layer, feature, planted; planted = -1 for features that
-    die), also the share of planted matches that were recovered.
+    die), also the share of planted matches that were recovered. ``df``: the rows of
+    ``paths`` when already read (:func:`read_matches`).
     """
-    df = read_matches(paths)
+    df = read_matches(paths) if df is None else df
     if truth is not None:
         df = df.join(truth, on=["site", "layer", "feature"], how="left")
     aggs = [
@@ -63,14 +64,13 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None) -> pl.DataFra
     return out.join(totals, on=["site", "layer"], how="left")
 
 
-def plot_cosines(paths: list[str], out: str, title: str) -> None:
-    """Per-layer distribution of matched decoder cosine, one panel per site."""
+def plot_cosines(df: pl.DataFrame, out: str, title: str) -> None:
+    """Per-layer distribution of matched decoder cosine, one panel per site (df: :func:`read_matches`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    df = read_matches(paths)
     sites = sorted(df["site"].unique())
     fig, axes = plt.subplots(len(sites), 1, figsize=(10, 2.6 * len(sites)), squeeze=False, sharex=True)
     for ax, site in zip(axes[:, 0], sites):

@@ -59,6 +59,19 @@ def pair_layers(model):
     return [L for L in sorted(layers) if L + 1 in layers]
 
 
+def catalog_l0(model, site, layer):
+    """The catalog's L0 folder for a layer (no per_layer override; the demo writes these)."""
+    entry = config["catalog"][model]
+    table = entry["sites"][site]["l0"]
+    if isinstance(table, dict):  # width → per-layer list
+        if entry["width"] not in table:
+            raise ValueError(
+                f"config: {model} {site} has no l0 list for width {entry['width']}"
+            )
+        table = table[entry["width"]]
+    return table[int(layer)]
+
+
 def sae_spec(model, site, layer):
     """Repo, pinned revision and files of one SAE, with templates and per-layer overrides resolved."""
     entry = config["catalog"][model]
@@ -67,14 +80,8 @@ def sae_spec(model, site, layer):
     over = {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(layer, {})
     spec = {k: site_cfg[k] for k in ("repo_id", "revision", "files") if k in site_cfg}
     spec.update(over)
-    l0_table = site_cfg.get("l0")
-    if isinstance(l0_table, dict):  # width → per-layer list
-        l0_table = l0_table.get(entry["width"])
-        if l0_table is None:
-            raise ValueError(
-                f"config: {model} {site} has no l0 list for width {entry['width']}"
-            )
-    l0 = over.get("l0", l0_table[layer] if l0_table else None)
+    default_l0 = catalog_l0(model, site, layer) if "l0" in site_cfg else None
+    l0 = over.get("l0", default_l0)
     if isinstance(spec["revision"], dict):
         spec["revision"] = spec["revision"][entry["width"]]
     fields = {"layer": layer, "l0": l0, "width": entry["width"]}
@@ -87,14 +94,6 @@ def sae_spec(model, site, layer):
         "cache_dir": hub.get("cache_dir"),
         "local_files_only": hub.get("local_files_only", False),
     }
-
-
-def sae_spec_l0(model, site, layer):
-    """The catalog's own L0 for a layer (no per_layer override): what the demo writes."""
-    table = config["catalog"][model]["sites"][site]["l0"]
-    return (
-        table[config["catalog"][model]["width"]] if isinstance(table, dict) else table
-    )[layer]
 
 
 def download_sae_params(wc):
@@ -194,7 +193,7 @@ def demo_params(wc):
         paths[site] = [
             [
                 template.format(layer=L, l0=l0, width=entry["width"])
-                for l0 in [sae_spec_l0(wc.model, site, L), *demo.get("extra_l0", [])]
+                for l0 in [catalog_l0(wc.model, site, L), *demo.get("extra_l0", [])]
             ]
             for L in range(entry["n_layers"])
         ]
