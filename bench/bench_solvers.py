@@ -33,21 +33,34 @@ import torch
 LAPJV_MAX_N = 46340
 
 
-def sae_like_pair(n: int, p: int, persist: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of X with log-normal norms; Y: persisting rows at cosine 0.6–0.95, rest fresh, permuted."""
+def sae_like_pair(n: int, p: int, persist: float, seed: int, out: str, block: int = 8192) -> None:
+    """Write X.npy, Y.npy (n, p) float32 to ``out``, block by block (memory O(block·p)).
+
+    Rows of X: random directions with log-normal norms. Y: a share ``persist`` of X's rows
+    persisting at cosine U(0.6, 0.95) (norms jittered), the rest fresh, rows permuted.
+    """
     g = torch.Generator().manual_seed(seed)
     unit = lambda t: t / t.norm(dim=1, keepdim=True)  # noqa: E731
-    X = unit(torch.randn(n, p, generator=g)) * torch.exp(torch.randn(n, 1, generator=g) * 0.5)
-    Y = unit(torch.randn(n, p, generator=g)) * torch.exp(torch.randn(n, 1, generator=g) * 0.5)
-    keep = torch.rand(n, generator=g) < persist
-    m = int(keep.sum())
-    cos = 0.6 + 0.35 * torch.rand(m, 1, generator=g)
-    a = unit(X[keep])
-    noise = torch.randn(m, p, generator=g)
-    noise = unit(noise - (noise * a).sum(1, keepdim=True) * a)
-    Y[keep] = (cos * a + (1 - cos**2).sqrt() * noise) * X[keep].norm(dim=1, keepdim=True) \
-        * torch.exp(torch.randn(m, 1, generator=g) * 0.2)
-    return X.numpy(), Y[torch.randperm(n, generator=g)].numpy()
+    X = np.lib.format.open_memmap(f"{out}/X.npy", mode="w+", dtype=np.float32, shape=(n, p))
+    Y = np.lib.format.open_memmap(f"{out}/Y.npy", mode="w+", dtype=np.float32, shape=(n, p))
+    where = torch.randperm(n, generator=g).numpy()  # row i of the unpermuted Y goes to where[i]
+    for start in range(0, n, block):
+        b = min(block, n - start)
+        x = unit(torch.randn(b, p, generator=g)) * torch.exp(torch.randn(b, 1, generator=g) * 0.5)
+        y = unit(torch.randn(b, p, generator=g)) * torch.exp(torch.randn(b, 1, generator=g) * 0.5)
+        keep = torch.rand(b, generator=g) < persist
+        m = int(keep.sum())
+        cos = 0.6 + 0.35 * torch.rand(m, 1, generator=g)
+        a = unit(x[keep])
+        noise = torch.randn(m, p, generator=g)
+        noise = unit(noise - (noise * a).sum(1, keepdim=True) * a)
+        y[keep] = (cos * a + (1 - cos**2).sqrt() * noise) * x[keep].norm(dim=1, keepdim=True) \
+            * torch.exp(torch.randn(m, 1, generator=g) * 0.2)
+        X[start:start + b] = x.numpy()
+        Y[where[start:start + b]] = y.numpy()
+    X.flush()
+    Y.flush()
+    del X, Y
 
 
 def _peak_rss() -> float:
@@ -57,14 +70,15 @@ def _peak_rss() -> float:
 def run_pipeline(tmp: str, k: int, chunk: int, dense_max_gb: float, device: str, solver: str = "auto") -> dict:
     from saematch.match import assign
     from saematch.solve import choose_solver
+    from saematch.sparse import npy_rows
 
-    X = torch.from_numpy(np.load(f"{tmp}/X.npy"))
-    Y = torch.from_numpy(np.load(f"{tmp}/Y.npy"))
-    if device != "cpu":
-        X, Y = X.to(device), Y.to(device)
-    path = choose_solver(len(X), len(Y), solver, dense_max_gb)
+    X, Y = npy_rows(f"{tmp}/X.npy"), npy_rows(f"{tmp}/Y.npy")
+    path = choose_solver(X.n, Y.n, solver, dense_max_gb)
+    if path == "dense":  # the sparse path streams X from disk and loads Y itself
+        X, Y = (torch.from_numpy(np.load(f"{tmp}/{name}.npy")).to(device) for name in "XY")
     t = time.perf_counter()
-    match, matched_cost, cert, _, seconds = assign(X, Y, path=path, k=k, chunk_size=chunk)
+    match, matched_cost, cert, _, seconds = assign(X, Y, path=path, k=k, chunk_size=chunk,
+                                                   device=torch.device(device))
     return {"path": f"pipeline ({cert['solver']})", "seconds": seconds, "total": time.perf_counter() - t,
             "cost": float(matched_cost.sum()), "certified": cert["certified"], "rounds": cert["rounds"],
             "rss": _peak_rss()}
@@ -93,6 +107,9 @@ def run_scipy(tmp: str) -> dict:
 
 
 def _child(fn, args, queue):
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # progress on stderr
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     try:
         queue.put(fn(*args))
@@ -136,18 +153,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.n:
         with tempfile.TemporaryDirectory() as tmp:
-            X, Y = sae_like_pair(n, p, args.persist, args.seed)
-            np.save(f"{tmp}/X.npy", X)
-            np.save(f"{tmp}/Y.npy", Y)
+            sae_like_pair(n, p, args.persist, args.seed, tmp)
             dense_ok = 4 * n * n <= 0.45 * mem_gb * 2**30
             others = [s for s in args.solvers if s in ("lapjv", "scipy")]
             if others and dense_ok:  # the matrix lapjv and scipy get, built once
                 from saematch.cost import dense_cost
 
-                C, _, _ = dense_cost(torch.from_numpy(X), torch.from_numpy(Y), chunk_size=args.chunk)
+                X, Y = (torch.from_numpy(np.load(f"{tmp}/{name}.npy")) for name in "XY")
+                C, _, _ = dense_cost(X, Y, chunk_size=args.chunk)
                 np.save(f"{tmp}/C.npy", C)
-                del C
-            del X, Y
+                del C, X, Y
             for solver in args.solvers:
                 if solver in ("pipeline", "sparse"):
                     mode = "auto" if solver == "pipeline" else "sparse"

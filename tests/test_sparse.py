@@ -59,3 +59,48 @@ def test_a_width_above_lapjvs_limit_runs_through_the_sparse_path_without_lapjv(m
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(n)
     assert (cols["match"] == inverse.numpy()).mean() > 0.999
+
+
+@pytest.mark.parametrize("p", [7, 300, 4097])
+def test_the_bf16_screen_bound_holds_for_every_pair(p):
+    from saematch.sparse import screen_bound
+
+    g = torch.Generator().manual_seed(p)
+    X = torch.randn(300, p, generator=g) * torch.exp(2 * torch.randn(300, 1, generator=g))
+    Y = torch.cat([X[:100] * 3 + 1e-3 * torch.randn(100, p, generator=g),  # near-parallel pairs
+                   torch.randn(200, p, generator=g) * 1e-3])
+    a, b = screen_bound(p)
+    G = (X.bfloat16() @ (-2 * Y).bfloat16().T).double()  # what pricing computes
+    exact = -2 * X.double() @ Y.double().T
+    bound = 2 * a * X.double().norm(dim=1)[:, None] * Y.double().norm(dim=1)[None, :] + b * G.abs()
+    assert ((G - exact).abs() <= bound).all()
+    assert (G - exact).abs().max() > 0.05 * bound.max()  # bf16 rounding really is at work
+
+
+def test_x_streamed_from_disk_gives_the_same_certified_optimum(tmp_path):
+    from saematch.sparse import npy_rows
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(500, 20, generator=g) * torch.exp(0.5 * torch.randn(500, 1, generator=g))
+    Y = (X + 0.5 * torch.randn(500, 20, generator=g))[torch.randperm(500, generator=g)]
+    np.save(tmp_path / "X.npy", X.numpy())
+    np.save(tmp_path / "Y.npy", Y.numpy())
+    in_memory = solve_sparse(X, Y, k=2, chunk=64, col_chunk=128)
+    streamed = solve_sparse(npy_rows(tmp_path / "X.npy"), npy_rows(tmp_path / "Y.npy"), k=2, chunk=64,
+                            col_chunk=128)
+    assert streamed[2]["certified"] and in_memory[2]["certified"]
+    assert total64(X, Y, streamed[0]) == pytest.approx(total64(X, Y, in_memory[0]), rel=1e-9)
+
+
+def test_row_files_that_are_not_float32_matrices_or_are_truncated_are_refused(tmp_path):
+    from saematch.sparse import npy_rows, prepare
+
+    np.save(tmp_path / "f64.npy", np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="f64.npy.*float32"):
+        npy_rows(tmp_path / "f64.npy")
+    np.save(tmp_path / "X.npy", np.ones((40, 3), np.float32))
+    rows = npy_rows(tmp_path / "X.npy")
+    with open(tmp_path / "X.npy", "r+b") as f:
+        f.truncate(rows.offset + 4 * 3 * 30)
+    with pytest.raises(ValueError, match="X.npy: truncated"):
+        prepare(rows, torch.ones(40, 3), torch.device("cpu"))

@@ -17,7 +17,7 @@ from .sparse import solve_sparse
 
 log = logging.getLogger(__name__)
 
-def assign(X, Y, U=None, V=None, path: str = "dense", k: int = 32, chunk_size: int = 2048):
+def assign(X, Y, U=None, V=None, path: str = "dense", k: int = 32, chunk_size: int = 2048, device=None):
     """Certified minimum-cost assignment of the rows of X (n_src, p) to those of Y (n_dst, p).
 
     Cost C_ij = ‖X_i − Y_j‖². Returns match (n_src,) int32 (−1 unmatched), matched cost per row
@@ -43,7 +43,8 @@ def assign(X, Y, U=None, V=None, path: str = "dense", k: int = 32, chunk_size: i
             rows = np.nonzero(match >= 0)[0]
             matched_cost[rows] = cost[rows, match[rows]]
             return match, matched_cost, certificate, (top1, top1_cosine), seconds
-        match, matched_cost, certificate, top, seconds = solve_sparse(X, Y, k=k, chunk=chunk_size, U=U, V=V)
+        match, matched_cost, certificate, top, seconds = solve_sparse(X, Y, k=k, chunk=chunk_size, U=U, V=V,
+                                                                        device=device)
         return match, matched_cost, certificate, top, seconds
 
 

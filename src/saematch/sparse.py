@@ -1,26 +1,75 @@
 """Exact assignment beyond dense reach: candidates, sparse LAP, pricing until certified.
 
-Memory O(n·k): the n × n cost matrix is never stored. Each full pass computes blocks of
-C_ij = ‖x_i‖² + ‖y_j‖² − 2‖x_i‖‖y_j‖·cos(x_i, y_j) from the feature vectors, on the GPU when
-present. Round 1 keeps, per row and per column, the k partners of highest cosine (ranking by
-cost or inner product loses true partners when norms vary; lap_solvers.md) plus the diagonal
-(so a perfect matching always exists), and solves that sparse problem exactly (lap.lapmod).
-Dual potentials follow from shortest paths on the candidate graph. A pricing pass then checks
-every pair's reduced cost against them; violating pairs join the candidates and the problem is
-solved again, until a pass finds none: that pass is the optimality certificate.
+The cost is C_ij = ‖x_i‖² + ‖y_j‖² − 2‖x_i‖‖y_j‖·cos(x_i, y_j), float32; the n × n matrix is
+never stored. Memory: Y as float32 unit rows + bf16 rows (6 bytes per entry), X streamed from
+disk when given as a :class:`RowFile`, plus O(n·k) edges: ~7 GB for a 131072 × 8193 pair.
+
+1. Candidates, in one pass: per row and per column the k partners of highest cosine (ranking
+   by cost or inner product loses true partners when norms vary; lap_solvers.md), plus the
+   diagonal (so a perfect matching always exists).
+2. Solve that sparse problem exactly (lap.lapmod); dual potentials follow from shortest paths
+   on the candidate graph.
+3. Price all n² pairs against the duals: if none has a reduced cost below −tolerance, the pass
+   is the optimality certificate; else the m lowest reduced costs below a small slack of each
+   row and each column join the candidates, and back to 2.
+
+Full passes run in tiles as one bf16 product (2.5× the float32 rate on CPUs with AVX512-BF16,
+more on GPUs) with a rigorous error bound (:func:`screen_bound`): a pair is cleared when the
+bound proves its reduced cost ≥ the slack, and recomputed in float32 otherwise. Every cost
+that enters the LAP, the totals or the certificate is computed in float32 from the float32
+rows, like the dense path's.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .certify import EPS, block_stats, certificate, violation_scale
+from .certify import EPS, certificate
 
 log = logging.getLogger(__name__)
+
+BF16_UNIT_ROUNDOFF = 2.0**-8
+
+
+class RowFile(NamedTuple):
+    """Float32 rows (n, p), C order, in ``path`` from byte ``offset`` (e.g. the data of an .npy)."""
+
+    path: str
+    n: int
+    p: int
+    offset: int = 0
+
+
+def npy_rows(path: str) -> RowFile:
+    """The rows of a 2-D float32 .npy file, without loading it."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if len(shape) != 2 or fortran or dtype != np.float32:
+        raise ValueError(f"{path}: expected a C-order 2-D float32 array, got {dtype} {shape}")
+    return RowFile(str(path), shape[0], shape[1], offset)
+
+
+def _n_p(X) -> tuple[int, int]:
+    return (X.n, X.p) if isinstance(X, RowFile) else tuple(X.shape)
+
+
+def _read(X, rows: slice, device) -> torch.Tensor:
+    """Rows of X as float32 on ``device`` (read from disk for a RowFile: pread, not mmap)."""
+    if isinstance(X, RowFile):
+        count = (rows.stop - rows.start) * X.p
+        a = np.fromfile(X.path, dtype=np.float32, count=count, offset=X.offset + 4 * rows.start * X.p)
+        if a.size != count:
+            raise ValueError(f"{X.path}: truncated, expected {X.n} rows of {X.p} float32")
+        return torch.from_numpy(a).view(-1, X.p).to(device)
+    return X[rows].to(device, torch.float32)
 
 
 def _blocks(n: int, chunk: int):
@@ -28,64 +77,144 @@ def _blocks(n: int, chunk: int):
         yield slice(start, min(start + chunk, n))
 
 
-def _prepared(X: torch.Tensor, Y: torch.Tensor):
-    nx, ny = X.norm(dim=1), Y.norm(dim=1)
-    Xh = X / nx.clamp_min(1e-30)[:, None]
-    Yh = Y / ny.clamp_min(1e-30)[:, None]
-    return Xh, Yh, nx, ny, nx * nx, ny * ny
+def screen_bound(p: int) -> tuple[float, float]:
+    """(a, b): |bf16 cosine estimate G̃ − float32-exact cosine| ≤ a + b·|G̃| for unit rows of length p.
 
-
-def _cost_block(G, nx_b, ny, x2_b, y2):
-    """C from cosines G (rows, n): one formula for candidates and pricing alike."""
-    return (x2_b[:, None] + y2[None, :] - 2.0 * (nx_b[:, None] * ny[None, :]) * G).clamp_min_(0.0)
-
-
-def candidates(prepared, k: int, chunk: int = 2048, U=None, V=None):
-    """One pass: top-k by cosine per row and per column, plus the diagonal.
-
-    ``prepared`` is :func:`_prepared` of X, Y. Returns (rows, cols, costs) int64/int64/float64
-    (unique pairs) and, when the unit decoders U (n, d), V (n, d) are given, Feature Flow's
-    top-1 (index, cosine) per row.
+    Rounding each input to bf16 (unit roundoff u = 2⁻⁸) moves each product by ≤ (2u + u²)|x_k y_k|;
+    float32 accumulation adds ≤ γ_p Σ|x̃_k ỹ_k| (γ_p = p·2⁻²⁴ / (1 − p·2⁻²⁴)); Σ|x_k y_k| ≤ 1 for
+    unit rows; rounding the output to bf16 adds ≤ u/(1 − u)·|G̃|. The 1.01 covers the second-order
+    terms (unit rows are unit to float32 precision).
     """
-    Xh, Yh, nx, ny, x2, y2 = prepared
-    n, device = Xh.shape[0], Xh.device
+    u, g = BF16_UNIT_ROUNDOFF, p * 2.0**-24 / (1 - p * 2.0**-24)
+    return 1.01 * (2 * u + u * u + g * (1 + u) ** 2) + 1e-30, u / (1 - u)
+
+
+def prepare(X, Y, device, chunk: int = 1024) -> dict:
+    """Norms of X (streamed); Y's rows sorted by norm, as float32 unit rows and (−2×) bf16 rows.
+
+    Sorting Y by norm keeps the norms within a column tile alike, so the tile's bf16 error
+    bound stays tight; ``order`` maps the internal column index to Y's row.
+    """
+    n, p = _n_p(X)
+    if _n_p(Y) != (n, p):
+        raise ValueError(f"the sparse solver needs equal shapes, got {(n, p)} and {_n_p(Y)}")
+    nx = torch.cat([_read(X, rows, device).norm(dim=1) for rows in _blocks(n, chunk)])
+    ny = torch.cat([_read(Y, rows, device).norm(dim=1) for rows in _blocks(n, chunk)])
+    if not (torch.isfinite(nx).all() and torch.isfinite(ny).all()):
+        raise ValueError("feature vectors have NaN/Inf")
+    ny, order = ny.sort()
+    where = torch.empty_like(order)
+    where[order] = torch.arange(n, device=device)
+    Yh = torch.empty((n, p), device=device)
+    Yb = torch.empty((n, p), dtype=torch.bfloat16, device=device)
+    for rows in _blocks(n, chunk):
+        y = _read(Y, rows, device)
+        Yb[where[rows]] = (-2.0 * y).to(torch.bfloat16)  # −2·y: a power of two, no extra rounding
+        Yh[where[rows]] = y / y.norm(dim=1).clamp_min(1e-30)[:, None]
+    return {"X": X, "n": n, "p": p, "device": device, "nx": nx, "ny": ny, "x2": nx * nx, "y2": ny * ny,
+            "Yh": Yh, "Yb": Yb, "order": order, "bound": screen_bound(p)}
+
+
+def _x_unit(S: dict, rows: slice) -> torch.Tensor:
+    return _read(S["X"], rows, S["device"]) / S["nx"][rows].clamp_min(1e-30)[:, None]
+
+
+def _pair_costs(S: dict, xh: torch.Tensor, li: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Float32 costs of pairs (i, j); xh holds the unit rows of X with i = offset + li.
+
+    Gathers into two reused buffers (fresh tensors per step would cost a page fault per page).
+    """
+    out = torch.empty(len(j), device=xh.device)
+    step = min(len(j), max(256, 2**24 // S["p"]))
+    buf_x, buf_y = (torch.empty((step, S["p"]), device=xh.device) for _ in range(2))
+    for e in _blocks(len(j), step):
+        m = e.stop - e.start
+        torch.index_select(xh, 0, li[e], out=buf_x[:m])
+        torch.index_select(S["Yh"], 0, j[e], out=buf_y[:m])
+        dots = buf_x[:m].mul_(buf_y[:m]).sum(dim=1)
+        ii, jj = i[e], j[e]
+        out[e] = (S["x2"][ii] + S["y2"][jj] - 2.0 * (S["nx"][ii] * S["ny"][jj]) * dots).clamp_min(0.0)
+    return out
+
+
+def edge_costs(S: dict, rows: np.ndarray, cols: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Float32-exact costs (as float64) of the pairs (rows, cols), one sequential sweep over X."""
+    device = S["device"]
+    order = np.argsort(rows, kind="stable")
+    r_sorted = rows[order]
+    out = np.empty(len(rows))
+    for block in _blocks(S["n"], chunk):
+        lo, hi = np.searchsorted(r_sorted, [block.start, block.stop])
+        if lo == hi:
+            continue
+        sel = order[lo:hi]
+        i = torch.from_numpy(rows[sel]).to(device)
+        j = torch.from_numpy(cols[sel]).to(device)
+        out[sel] = _pair_costs(S, _x_unit(S, block), i - block.start, i, j).double().cpu().numpy()
+    return out
+
+
+def _merge_top(vals, idx, new_vals, new_idx, k, dim):
+    """Keep the k largest values along dim of the concatenation."""
+    v, i = torch.cat([vals, new_vals], dim), torch.cat([idx, new_idx], dim)
+    keep = v.topk(k, dim=dim).indices
+    return v.gather(dim, keep), i.gather(dim, keep)
+
+
+def candidates(S: dict, k: int, chunk: int = 1024, col_chunk: int = 8192, U=None, V=None):
+    """One bf16 pass: top-k by cosine per row and per column, plus the diagonal.
+
+    Returns (rows, cols, costs) int64/int64/float64 unique pairs sorted by (row, col), with
+    float32-exact costs (cols are internal: see :func:`prepare`), and, when the unit decoders
+    U (n, d), V (n, d) are given, Feature Flow's top-1 (index, cosine) per row (float32).
+    """
+    n, device, Yb, ny = S["n"], S["device"], S["Yb"], S["ny"]
     k = min(k, n)
-    row_r, row_c, row_v = [], [], []
-    col_cos = torch.full((k, n), -2.0, device=device)
+    col_val = torch.full((k, n), -float("inf"), device=device)
     col_row = torch.zeros((k, n), dtype=torch.long, device=device)
-    col_cost = torch.zeros((k, n), device=device)
+    row_parts = []
     top1 = np.empty(n, np.int32)
     top1_cos = np.empty(n, np.float32)
     for rows in _blocks(n, chunk):
-        G = Xh[rows] @ Yh.T  # (b, n) cosines
-        C = _cost_block(G, nx[rows], ny, x2[rows], y2)
-        best = G.topk(k, dim=1)
-        row_r.append(torch.arange(rows.start, rows.stop, device=device).repeat_interleave(k))
-        row_c.append(best.indices.reshape(-1))
-        row_v.append(C.gather(1, best.indices).reshape(-1))
-        kb = min(k, rows.stop - rows.start)
-        cb = G.topk(kb, dim=0)  # (kb, n) best rows of this block per column
-        all_cos = torch.cat([col_cos, cb.values])
-        all_row = torch.cat([col_row, cb.indices + rows.start])
-        all_cost = torch.cat([col_cost, C.gather(0, cb.indices)])
-        keep = all_cos.topk(k, dim=0).indices
-        col_cos, col_row, col_cost = all_cos.gather(0, keep), all_row.gather(0, keep), all_cost.gather(0, keep)
+        xb = _x_unit(S, rows).to(torch.bfloat16)
+        b = rows.stop - rows.start
+        best_val = torch.full((b, k), -float("inf"), device=device)
+        best_idx = torch.zeros((b, k), dtype=torch.long, device=device)
+        for cols in _blocks(n, col_chunk):
+            G = (xb @ Yb[cols].T).float()  # −2·ny_j·cos_ij: per column, cosine order reversed
+            c = G.topk(min(k, b), dim=0, largest=False)
+            col_val[:, cols], col_row[:, cols] = _merge_top(col_val[:, cols], col_row[:, cols], -c.values,
+                                                            c.indices + rows.start, k, 0)
+            G /= ny[None, cols].clamp_min(1e-30)  # −2·cos
+            t = G.topk(min(k, G.shape[1]), dim=1, largest=False)
+            best_val, best_idx = _merge_top(best_val, best_idx, -t.values, t.indices + cols.start, k, 1)
+        row_parts.append((torch.arange(rows.start, rows.stop, device=device).repeat_interleave(k),
+                          best_idx.reshape(-1)))
         if U is not None:
             b1 = (U[rows] @ V.T).max(dim=1)
             top1[rows], top1_cos[rows] = b1.indices.cpu().numpy(), b1.values.cpu().numpy()
-    diag = torch.arange(n, device=device)
-    diag_cost = (x2 + y2 - 2.0 * (nx * ny) * (Xh * Yh).sum(dim=1)).clamp_min(0.0)  # _cost_block's formula
-    rows = torch.cat([*row_r, col_row.reshape(-1), diag]).cpu().numpy()
-    cols = torch.cat([*row_c, torch.arange(n, device=device).repeat(k), diag]).cpu().numpy()
-    costs = torch.cat([*row_v, col_cost.reshape(-1), diag_cost]).double().cpu().numpy()
-    rows, cols, costs = _unique_edges(n, rows, cols, costs)
-    return (rows, cols, costs), (top1, top1_cos)
+    diag = S["order"].argsort()  # the pairs (i, i) in internal columns
+    r = torch.cat([*(p[0] for p in row_parts), col_row.reshape(-1), torch.arange(n, device=device)]).cpu().numpy()
+    c = torch.cat([*(p[1] for p in row_parts), torch.arange(n, device=device).repeat(k), diag]).cpu().numpy()
+    r, c = _unique_pairs(n, r, c)
+    return (r, c, edge_costs(S, r, c, chunk)), (top1, top1_cos)
 
 
-def _unique_edges(n, rows, cols, costs):
-    key = rows.astype(np.int64) * n + cols
-    key, first = np.unique(key, return_index=True)  # sorted by (row, col), as lapmod needs
-    return key // n, key % n, costs[first]
+def _unique_pairs(n, rows, cols):
+    key = np.unique(rows.astype(np.int64) * n + cols)  # sorted by (row, col), as lapmod needs
+    return key // n, key % n
+
+
+def _add_edges(S: dict, edges, new, chunk: int):
+    """The union of the edges (rows, cols, costs) and the pairs new (rows, cols), both sorted."""
+    n = S["n"]
+    rows, cols, costs = edges
+    key, new_key = rows * n + cols, new[0] * n + new[1]
+    new_key = new_key[~np.isin(new_key, key, assume_unique=True)]
+    r, c = new_key // n, new_key % n
+    key = np.concatenate([key, new_key])
+    order = np.argsort(key, kind="stable")
+    return key[order] // n, key[order] % n, np.concatenate([costs, edge_costs(S, r, c, chunk)])[order]
 
 
 def solve_candidates(n: int, rows, cols, costs) -> np.ndarray:
@@ -121,73 +250,122 @@ def duals_from_matching(n: int, rows, cols, costs, x, max_iter: int | None = Non
     return c_match - v[x], v
 
 
-def price(prepared, u, v, chunk: int = 2048, per_row: int = 16, eps: float = EPS):
-    """Full pass over all n² pairs: per-row min reduced cost, count and the worst violators.
+def _cap_per_row_and_col(i, j, rc, m):
+    """Mask of the m lowest rc per row and per column of the pairs (i, j) (torch, 1-D)."""
+    keep = torch.zeros(len(rc), dtype=torch.bool, device=rc.device)
+    by_rc = rc.argsort()
+    for a in (i, j):
+        order = by_rc[a[by_rc].sort(stable=True).indices]  # by a, then by rc
+        a_sorted = a[order]
+        rank = torch.arange(len(order), device=rc.device) - torch.searchsorted(a_sorted, a_sorted)
+        keep[order[rank < m]] = True
+    return keep
 
-    Returns row_min (n,) float64, violated (int) and up to ``per_row`` most negative
-    violating pairs of each row as (rows, cols, costs).
+
+def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk: int = 8192,
+          eps: float = EPS):
+    """Full pass over all n² pairs against the duals (u, v) (u by row of X, v by internal column).
+
+    A pair is violated when its reduced cost rc = C − u − v < −eps·M, M bounding |C|, |u|, |v|
+    over its row block. Each tile's bf16 estimate gives a lower bound rc̃ − b·|G̃| − 2a·nx·ny
+    on rc (:func:`screen_bound`, plus 16 ulps for the float32 sums); every pair whose bound is
+    ≥ slack is cleared, and the rest (about 50–150 per row on SAE-like pairs) are recomputed
+    in float32 (costs) and float64 (duals): those decide violations and each row's minimum.
+
+    Returns row_min (n,) float64 (min(0, min_j rc_ij): exact where negative), the number of
+    violated pairs, and new pairs (rows, cols) sorted unique: per row and per column the m
+    lowest rc below ``slack``, and every violated pair.
     """
-    Xh, Yh, nx, ny, x2, y2 = prepared
-    n, device = Xh.shape[0], Xh.device
-    u32 = torch.from_numpy(u.astype(np.float32)).to(device)
-    v32 = torch.from_numpy(v.astype(np.float32)).to(device)
-    row_min = np.empty(n)
+    n, device, Yb = S["n"], S["device"], S["Yb"]
+    a, b_rel = S["bound"]
+    nx, ny, x2, y2 = S["nx"], S["ny"], S["x2"], S["y2"]
+    u64, v64 = torch.from_numpy(u).to(device), torch.from_numpy(v).to(device)
+    w_col = (y2 - v64).float()
+    v_max, w_col_max = float(v64.abs().max()), float(w_col.abs().max())
+    row_min = torch.zeros(n, dtype=torch.float64, device=device)
     violated = 0
-    new_r, new_c, new_v = [], [], []
+    add_i, add_j, add_rc = [], [], []
+    n_hits = 0
     for rows in _blocks(n, chunk):
-        C = _cost_block(Xh[rows] @ Yh.T, nx[rows], ny, x2[rows], y2)
-        rmin, bad = block_stats(C, u32[rows], v32, eps)
-        row_min[rows] = rmin.cpu().numpy()
-        violated += bad
-        if bad:
-            rc = C - u32[rows, None] - v32[None, :]
-            worst = (-rc).topk(min(per_row, n), dim=1)
-            ok = (-worst.values) < -eps * violation_scale(C, u32[rows], v32)
-            r = torch.arange(rows.start, rows.stop, device=device)[:, None].expand_as(ok)
-            new_r.append(r[ok])
-            new_c.append(worst.indices[ok])
-            new_v.append(C.gather(1, worst.indices)[ok])
-    if new_r:
-        return row_min, violated, (torch.cat(new_r).cpu().numpy(), torch.cat(new_c).cpu().numpy(),
-                                   torch.cat(new_v).double().cpu().numpy())
-    return row_min, violated, None
+        x = _read(S["X"], rows, device)
+        xb = x.to(torch.bfloat16)
+        nx_r = nx[rows]
+        xh = x / nx_r.clamp_min(1e-30)[:, None]
+        tol = eps * max((float(nx_r.max()) + float(ny.max())) ** 2, float(u64[rows].abs().max()), v_max)
+        w_row = (x2[rows] - u64[rows]).float()[:, None]
+        # float32 rounding of the sums that form r, 16 ulps of their largest term
+        margin = 2.0**-20 * (float(w_row.abs().max()) + w_col_max + 2.0 * float(nx_r.max()) * float(ny.max()))
+        hits = []
+        for cols in _blocks(n, col_chunk):
+            G = (xb @ Yb[cols].T).float()  # −2 x·y, estimated
+            r = G.abs().mul_(-b_rel)
+            r += G
+            r += w_row
+            r += w_col[None, cols]
+            r.addr_(nx_r, ny[cols], alpha=-2 * a)  # rc̃ − b·|G̃| − 2a·nx·ny ≤ rc (+ margin)
+            del G
+            li, lj = (r < slack + margin).nonzero(as_tuple=True)
+            hits.append((li, lj + cols.start))
+            del r
+        li, j = (torch.cat(h) for h in zip(*hits))
+        i = li + rows.start
+        rc = _pair_costs(S, xh, li, i, j).double() - u64[i] - v64[j]  # float32 costs, float64 duals
+        n_hits += len(rc)
+        bad = rc < -tol
+        violated += int(bad.sum())
+        row_min[rows] = row_min[rows].scatter_reduce(0, li, rc.clamp_max(0.0), "amin")
+        keep = (rc < slack) | bad
+        add_i.append(i[keep])
+        add_j.append(j[keep])
+        add_rc.append(rc[keep])
+    i, j, rc = (torch.cat(t) for t in (add_i, add_j, add_rc))
+    keep = _cap_per_row_and_col(i, j, rc, m)
+    log.info("pricing: %d pairs (%.1f per row) not cleared by the bf16 screen, recomputed in float32; "
+             "%d below the slack, %d kept", n_hits, n_hits / n, len(rc), int(keep.sum()))
+    return row_min.cpu().numpy(), violated, _unique_pairs(n, i[keep].cpu().numpy(), j[keep].cpu().numpy())
 
 
-def solve_sparse(X, Y, k: int = 32, chunk: int = 2048, U=None, V=None, max_rounds: int = 100,
-                 eps: float = EPS):
+def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, U=None, V=None, max_rounds: int = 100,
+                 eps: float = EPS, m: int = 32, slack_rel: float = 0.003, col_chunk: int = 8192,
+                 device=None):
     """Exact, certified assignment of the rows of X to the rows of Y (square, n × p each).
 
-    Returns match (n,) int32, costs of the matched pairs (n,) float64, the certificate dict,
-    Feature Flow's (top1, top1_cosine), and seconds per stage.
+    X, Y are float32 tensors or :class:`RowFile` s (X is then streamed from disk each pass).
+    ``slack_rel`` · (mean matched cost) is the reduced-cost slack below which pricing adds
+    pairs. Returns match (n,) int32, costs of the matched pairs (n,) float64, the certificate
+    dict, Feature Flow's (top1, top1_cosine), and seconds per stage.
     """
-    n = X.shape[0]
-    if Y.shape[0] != n:
-        raise ValueError(f"the sparse solver needs equal widths, got {n} and {Y.shape[0]}")
+    if device is None:
+        device = X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
     seconds = {"candidates": 0.0, "solve": 0.0, "duals": 0.0, "pricing": 0.0}
     t = time.perf_counter()
-    prepared = _prepared(X, Y)
-    (rows, cols, costs), top = candidates(prepared, k, chunk, U, V)
+    S = prepare(X, Y, device, chunk)
+    n, order = S["n"], S["order"].cpu().numpy()
+    edges, top = candidates(S, k, chunk, col_chunk, U, V)
     seconds["candidates"] = time.perf_counter() - t
-    log.info("sparse: %d candidate edges (k=%d, %.1f per row)", len(rows), k, len(rows) / n)
+    log.info("sparse: %d candidate edges (k=%d, %.1f per row) in %.1f s", len(edges[0]), k,
+             len(edges[0]) / n, seconds["candidates"])
     for rounds in range(1, max_rounds + 1):
+        rows, cols, costs = edges
         t = time.perf_counter()
         x = solve_candidates(n, rows, cols, costs)
         seconds["solve"] += time.perf_counter() - t
         t = time.perf_counter()
         u, v = duals_from_matching(n, rows, cols, costs, x)
         seconds["duals"] += time.perf_counter() - t
-        t = time.perf_counter()
-        row_min, violated, extra = price(prepared, u, v, chunk, eps=eps)
-        seconds["pricing"] += time.perf_counter() - t
         matched_cost = costs[np.searchsorted(rows * n + cols, np.arange(n) * n + x)]
         primal = float(matched_cost.sum())
-        log.info("sparse round %d: total %.10g, %d violated pairs, worst reduced cost %.3g",
-                 rounds, primal, violated, row_min.min())
+        t = time.perf_counter()
+        row_min, violated, extra = price(S, u, v, slack_rel * primal / n, m, chunk, col_chunk, eps)
+        seconds["pricing"] += time.perf_counter() - t
+        log.info("sparse round %d: total %.10g on %d edges, %d violated pairs, worst reduced cost %.3g, "
+                 "%.0f s so far", rounds, primal, len(rows), violated, row_min.min(), sum(seconds.values()))
         if violated == 0:
             cert = certificate(primal, u, v, row_min, 0, "sparse lapmod + pricing", rounds, eps)
-            return x.astype(np.int32), matched_cost, cert, top, seconds
-        rows, cols, costs = _unique_edges(n, np.concatenate([rows, extra[0]]),
-                                          np.concatenate([cols, extra[1]]), np.concatenate([costs, extra[2]]))
+            return order[x].astype(np.int32), matched_cost, cert, top, seconds
+        t = time.perf_counter()
+        edges = _add_edges(S, edges, extra, chunk)
+        seconds["pricing"] += time.perf_counter() - t
     cert = certificate(primal, u, v, row_min, violated, "sparse lapmod + pricing", rounds, eps)
     log.warning("sparse: not certified after %d rounds", rounds)
-    return x.astype(np.int32), matched_cost, cert, top, seconds
+    return order[x].astype(np.int32), matched_cost, cert, top, seconds
