@@ -1,11 +1,13 @@
 """Assignment solvers side by side on the same SAE-like pairs: one Markdown table.
 
-For each n, generates folded-parameter vectors of two layers (a share `--persist` of the
-features persisting at cosine U(0.6, 0.95) with log-normal norms, the rest fresh; less similar
-pairs are slower to solve) and runs, each in its own process on the same float32 cost matrix:
+For each n, writes folded-parameter vectors of two layers to .npy files, block by block (a
+share `--persist` of the features persisting at cosine U(0.6, 0.95) with log-normal norms, the
+rest fresh; less similar pairs are slower to solve), and runs each solver in its own process
+(peak RSS is that process's) on the same pair:
 
   pipeline   saematch's own path (dense lapjv or sparse, as `solver: auto` picks) with its
-             cost build and its optimality certificate over all n² pairs
+             cost build and its optimality certificate over all n² pairs; the sparse path
+             streams X from its file and holds only Y (float32 + bf16) and the edges
   sparse     the pipeline's sparse path forced (candidates + lapmod + pricing), on request
   lapjv      plain dense lapjv.lapjv on the prebuilt matrix
   scipy      scipy.optimize.linear_sum_assignment on the prebuilt matrix
