@@ -2,7 +2,8 @@
 
 The cost is C_ij = ‖x_i‖² + ‖y_j‖² − 2‖x_i‖‖y_j‖·cos(x_i, y_j), float32; the n × n matrix is
 never stored. Memory: Y as float32 unit rows + bf16 rows (6 bytes per entry), X streamed from
-disk when given as a :class:`RowFile`, plus O(n·k) edges: ~7 GB for a 131072 × 8193 pair.
+disk when given as a :class:`RowFile`, plus O(n·k) edges: 6.4 GiB + edges for a 131072 × 8193
+pair (measured peak 9.13 GiB: README).
 
 1. Candidates, in one pass: per row and per column the k partners of highest cosine (ranking
    by cost or inner product loses true partners when norms vary; lap_solvers.md), plus the
@@ -269,7 +270,7 @@ def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk
     A pair is violated when its reduced cost rc = C − u − v < −eps·M, M bounding |C|, |u|, |v|
     over its row block. Each tile's bf16 estimate gives a lower bound rc̃ − b·|G̃| − 2a·nx·ny
     on rc (:func:`screen_bound`, plus 16 ulps for the float32 sums); every pair whose bound is
-    ≥ slack is cleared, and the rest (about 50–150 per row on SAE-like pairs) are recomputed
+    ≥ slack is cleared, and the rest (about 50–250 per row on SAE-like pairs) are recomputed
     in float32 (costs) and float64 (duals): those decide violations and each row's minimum.
 
     Returns row_min (n,) float64 (min(0, min_j rc_ij): exact where negative), the number of
