@@ -27,12 +27,11 @@ import platform
 import resource
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-LAPJV_MAX_N = 46340
+from saematch.solve import LAPJV_MAX_N
 
 
 def sae_like_pair(n: int, p: int, persist: float, seed: int, out: str, block: int = 8192) -> None:

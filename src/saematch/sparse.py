@@ -111,13 +111,17 @@ def prepare(X, Y, device, chunk: int = 1024) -> dict:
     for rows in _blocks(n, chunk):
         y = _read(Y, rows, device)
         Yb[where[rows]] = (-2.0 * y).to(torch.bfloat16)  # −2·y: a power of two, no extra rounding
-        Yh[where[rows]] = y / y.norm(dim=1).clamp_min(1e-30)[:, None]
+        Yh[where[rows]] = _unit(y, ny[where[rows]])
     return {"X": X, "n": n, "p": p, "device": device, "nx": nx, "ny": ny, "x2": nx * nx, "y2": ny * ny,
-            "Yh": Yh, "Yb": Yb, "order": order, "bound": screen_bound(p)}
+            "Yh": Yh, "Yb": Yb, "order": order, "where": where, "bound": screen_bound(p)}
+
+
+def _unit(rows: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    return rows / norms.clamp_min(1e-30)[:, None]
 
 
 def _x_unit(S: dict, rows: slice) -> torch.Tensor:
-    return _read(S["X"], rows, S["device"]) / S["nx"][rows].clamp_min(1e-30)[:, None]
+    return _unit(_read(S["X"], rows, S["device"]), S["nx"][rows])
 
 
 def _pair_costs(S: dict, xh: torch.Tensor, li: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -194,7 +198,7 @@ def candidates(S: dict, k: int, chunk: int = 1024, col_chunk: int = 8192, U=None
         if U is not None:
             b1 = (U[rows] @ V.T).max(dim=1)
             top1[rows], top1_cos[rows] = b1.indices.cpu().numpy(), b1.values.cpu().numpy()
-    diag = S["order"].argsort()  # the pairs (i, i) in internal columns
+    diag = S["where"]  # the pairs (i, i) in internal columns
     r = torch.cat([*(p[0] for p in row_parts), col_row.reshape(-1), torch.arange(n, device=device)]).cpu().numpy()
     c = torch.cat([*(p[1] for p in row_parts), torch.arange(n, device=device).repeat(k), diag]).cpu().numpy()
     r, c = _unique_pairs(n, r, c)
@@ -223,7 +227,7 @@ def solve_candidates(n: int, rows, cols, costs) -> np.ndarray:
     from lap import lapmod
 
     starts = np.searchsorted(rows, np.arange(n + 1)).astype(np.int32)
-    _, x, _ = lapmod(n, costs.astype(np.float64), starts, cols.astype(np.int32))
+    _, x, _ = lapmod(n, np.asarray(costs, dtype=np.float64), starts, cols.astype(np.int32))
     if (x < 0).any():
         raise RuntimeError("the candidate graph has no perfect matching")
     return x.astype(np.int64)
@@ -291,7 +295,7 @@ def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk
         x = _read(S["X"], rows, device)
         xb = x.to(torch.bfloat16)
         nx_r = nx[rows]
-        xh = x / nx_r.clamp_min(1e-30)[:, None]
+        xh = _unit(x, nx_r)
         tol = eps * max((float(nx_r.max()) + float(ny.max())) ** 2, float(u64[rows].abs().max()), v_max)
         w_row = (x2[rows] - u64[rows]).float()[:, None]
         # float32 rounding of the sums that form r, 16 ulps of their largest term
