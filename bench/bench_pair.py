@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from saematch.demo import npz_bytes, planted_site
 from saematch.load import load_gemma_scope
+from saematch.logs import peak_rss_bytes
 from saematch.match import match_pair
 from saematch.write import write_matches
 
@@ -85,7 +85,7 @@ def main() -> None:
         write_matches(tmp / "part-0.parquet", columns, {"benchmark": True, **stats})
         t_write = time.perf_counter() - t
         total = time.perf_counter() - t0
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak_rss = peak_rss_bytes()
         products = bare_products(src, dst, args.device, args.chunk_size)
     unavoidable = products + stats["seconds"]["solve"]
     keep = planted >= 0

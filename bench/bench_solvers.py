@@ -7,12 +7,13 @@ rest fresh; less similar pairs are slower to solve), and runs each solver in its
 
   pipeline   saematch's own path (dense lapjv or sparse, as `solver: auto` picks) with its
              cost build and its optimality certificate over all n² pairs; the sparse path
-             streams X from its file and holds only Y (float32 + bf16) and the edges
+             streams X from its file and holds only Y (float32 unit rows) and the edges
   sparse     the pipeline's sparse path forced (candidates + lapmod + pricing), on request
   lapjv      plain dense lapjv.lapjv on the prebuilt matrix
   scipy      scipy.optimize.linear_sum_assignment on the prebuilt matrix
 
-A solver that cannot run at a size, or exceeds --cap seconds, gets the reason instead.
+A solver that cannot run at a size, or exceeds --cap seconds, gets the reason instead. Peak
+RSS is the solver process's own high-water mark (VmHWM), measured after the pair is written.
 
     python bench/bench_solvers.py                       # n = 4096 16384 32768, d = 2304
     python bench/bench_solvers.py --n 131072 --d 4096 --solvers pipeline --cap 7200
@@ -24,13 +25,13 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
-import resource
 import tempfile
 import time
 
 import numpy as np
 import torch
 
+from saematch.logs import peak_rss_bytes
 from saematch.solve import LAPJV_MAX_N
 
 
@@ -65,7 +66,7 @@ def sae_like_pair(n: int, p: int, persist: float, seed: int, out: str, block: in
 
 
 def _peak_rss() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+    return peak_rss_bytes() / 2**30
 
 
 def run_pipeline(tmp: str, k: int, chunk: int, dense_max_gb: float, device: str, solver: str = "auto") -> dict:

@@ -1,7 +1,6 @@
 """Match the features of layer L to layer L+1 for one model and site; write Parquet."""
 
 import json
-import resource
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ provenance = {
     "options": opts,
     "algo_version": ALGO_VERSION,
     "versions": logs.versions(),
-    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "peak_rss_bytes": logs.peak_rss_bytes(),
     **stats,
 }
 write_matches(snakemake.output[0], columns, provenance)

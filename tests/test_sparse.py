@@ -63,14 +63,17 @@ def test_a_width_above_lapjvs_limit_runs_through_the_sparse_path_without_lapjv(m
 
 @pytest.mark.parametrize("p", [7, 300, 4097])
 def test_the_bf16_screen_bound_holds_for_every_pair(p):
-    from saematch.sparse import screen_bound
+    from saematch.sparse import _y_bf16, prepare, screen_bound
 
     g = torch.Generator().manual_seed(p)
     X = torch.randn(300, p, generator=g) * torch.exp(2 * torch.randn(300, 1, generator=g))
     Y = torch.cat([X[:100] * 3 + 1e-3 * torch.randn(100, p, generator=g),  # near-parallel pairs
                    torch.randn(200, p, generator=g) * 1e-3])
     a, b = screen_bound(p)
-    G = (X.bfloat16() @ (-2 * Y).bfloat16().T).double()  # what pricing computes
+    S = prepare(X, Y, torch.device("cpu"))
+    Y = Y[S["order"]]  # pricing's internal column order
+    yb = torch.empty((300, p), dtype=torch.bfloat16)
+    G = (X.bfloat16() @ _y_bf16(S, slice(0, 300), yb).T).double()  # what pricing computes
     exact = -2 * X.double() @ Y.double().T
     bound = 2 * a * X.double().norm(dim=1)[:, None] * Y.double().norm(dim=1)[None, :] + b * G.abs()
     assert ((G - exact).abs() <= bound).all()
@@ -104,3 +107,14 @@ def test_row_files_that_are_not_float32_matrices_or_are_truncated_are_refused(tm
         f.truncate(rows.offset + 4 * 3 * 30)
     with pytest.raises(ValueError, match="X.npy: truncated"):
         prepare(rows, torch.ones(40, 3), torch.device("cpu"))
+
+
+def test_pricing_selects_m_lowest_per_group_and_up_to_4m_where_that_many_are_negative():
+    from saematch.sparse import _lowest
+
+    group = torch.tensor([0] * 10 + [1] * 10 + [2] * 3)
+    rc = torch.cat([torch.arange(10.0), torch.arange(-10.0, 0.0), torch.tensor([5.0, -1.0, 2.0])])
+    keep = _lowest(group, rc, m=2)
+    assert keep[:10].tolist() == [True, True] + [False] * 8  # m = 2 lowest
+    assert keep[10:20].tolist() == [True] * 8 + [False] * 2  # 10 negative: 4m = 8 lowest
+    assert keep[20:].tolist() == [False, True, True]  # one negative: still m = 2

@@ -27,3 +27,21 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "unknown"
     return out
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident memory (bytes).
+
+    Linux's VmHWM: getrusage's ru_maxrss would also count the parent's memory at fork, which
+    survives exec (a spawned child "peaks" at its parent's size).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)

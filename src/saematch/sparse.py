@@ -1,9 +1,9 @@
 """Exact assignment beyond dense reach: candidates, sparse LAP, pricing until certified.
 
 The cost is C_ij = ‖x_i‖² + ‖y_j‖² − 2‖x_i‖‖y_j‖·cos(x_i, y_j), float32; the n × n matrix is
-never stored. Memory: Y as float32 unit rows + bf16 rows (6 bytes per entry), X streamed from
-disk when given as a :class:`RowFile`, plus O(n·k) edges: 6.4 GiB + edges for a 131072 × 8193
-pair (measured peak 9.13 GiB: README).
+never stored. Memory: Y as float32 unit rows (4 bytes per entry; each column tile's bf16 copy is
+made on the fly), X streamed from disk when given as a :class:`RowFile`, plus O(n·(k + m))
+edges and pricing additions: 4.0 GiB + those for a 131072 × 8193 pair (measured peak: README).
 
 1. Candidates, in one pass: per row and per column the k partners of highest cosine (ranking
    by cost or inner product loses true partners when norms vary; lap_solvers.md), plus the
@@ -11,8 +11,9 @@ pair (measured peak 9.13 GiB: README).
 2. Solve that sparse problem exactly (lap.lapmod); dual potentials follow from shortest paths
    on the candidate graph.
 3. Price all n² pairs against the duals: if none has a reduced cost below −tolerance, the pass
-   is the optimality certificate; else the m lowest reduced costs below a small slack of each
-   row and each column join the candidates, and back to 2.
+   is the optimality certificate; else, for each row and each column, the lowest reduced costs
+   below a small slack join the candidates (m of them, up to 4m where that many are negative),
+   and back to 2.
 
 Full passes run in tiles as one bf16 product (2.5× the float32 rate on CPUs with AVX512-BF16,
 more on GPUs) with a rigorous error bound (:func:`screen_bound`): a pair is cleared when the
@@ -91,7 +92,7 @@ def screen_bound(p: int) -> tuple[float, float]:
 
 
 def prepare(X, Y, device, chunk: int = 1024) -> dict:
-    """Norms of X (streamed); Y's rows sorted by norm, as float32 unit rows and (−2×) bf16 rows.
+    """Norms of X (streamed); Y's rows sorted by norm, as float32 unit rows.
 
     Sorting Y by norm keeps the norms within a column tile alike, so the tile's bf16 error
     bound stays tight; ``order`` maps the internal column index to Y's row.
@@ -107,13 +108,27 @@ def prepare(X, Y, device, chunk: int = 1024) -> dict:
     where = torch.empty_like(order)
     where[order] = torch.arange(n, device=device)
     Yh = torch.empty((n, p), device=device)
-    Yb = torch.empty((n, p), dtype=torch.bfloat16, device=device)
     for rows in _blocks(n, chunk):
-        y = _read(Y, rows, device)
-        Yb[where[rows]] = (-2.0 * y).to(torch.bfloat16)  # −2·y: a power of two, no extra rounding
-        Yh[where[rows]] = _unit(y, ny[where[rows]])
+        Yh[where[rows]] = _unit(_read(Y, rows, device), ny[where[rows]])
     return {"X": X, "n": n, "p": p, "device": device, "nx": nx, "ny": ny, "x2": nx * nx, "y2": ny * ny,
-            "Yh": Yh, "Yb": Yb, "order": order, "where": where, "bound": screen_bound(p)}
+            "Yh": Yh, "order": order, "where": where, "bound": screen_bound(p)}
+
+
+def _y_bf16(S: dict, cols: slice, out: torch.Tensor) -> torch.Tensor:
+    """bf16(−2·y) of the (internal) columns cols, into out's first rows, via 1024-row float32 steps.
+
+    −2·ny·(y/ny) differs from −2·y by float32 rounding (2⁻²³ relative), inside screen_bound's 1.01.
+    Converting a column tile costs about 4% of its product with a 2048-row block (and no
+    resident bf16 copy of Y: 2 bytes per entry saved).
+    """
+    Yh, ny = S["Yh"], S["ny"]
+    tmp = torch.empty((min(1024, cols.stop - cols.start), S["p"]), device=Yh.device)
+    for step in _blocks(cols.stop - cols.start, len(tmp)):
+        c = slice(cols.start + step.start, cols.start + step.stop)
+        m = step.stop - step.start
+        torch.mul(Yh[c], (-2.0 * ny[c])[:, None], out=tmp[:m])
+        out[step].copy_(tmp[:m])
+    return out[: cols.stop - cols.start]
 
 
 def _unit(rows: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
@@ -173,8 +188,9 @@ def candidates(S: dict, k: int, chunk: int = 1024, col_chunk: int = 8192, U=None
     float32-exact costs (cols are internal: see :func:`prepare`), and, when the unit decoders
     U (n, d), V (n, d) are given, Feature Flow's top-1 (index, cosine) per row (float32).
     """
-    n, device, Yb, ny = S["n"], S["device"], S["Yb"], S["ny"]
+    n, device, ny = S["n"], S["device"], S["ny"]
     k = min(k, n)
+    yb = torch.empty((min(col_chunk, n), S["p"]), dtype=torch.bfloat16, device=device)
     col_val = torch.full((k, n), -float("inf"), device=device)
     col_row = torch.zeros((k, n), dtype=torch.long, device=device)
     row_parts = []
@@ -186,7 +202,7 @@ def candidates(S: dict, k: int, chunk: int = 1024, col_chunk: int = 8192, U=None
         best_val = torch.full((b, k), -float("inf"), device=device)
         best_idx = torch.zeros((b, k), dtype=torch.long, device=device)
         for cols in _blocks(n, col_chunk):
-            G = (xb @ Yb[cols].T).float()  # −2·ny_j·cos_ij: per column, cosine order reversed
+            G = (xb @ _y_bf16(S, cols, yb).T).float()  # −2·ny_j·cos_ij: per column, cosine order reversed
             c = G.topk(min(k, b), dim=0, largest=False)
             col_val[:, cols], col_row[:, cols] = _merge_top(col_val[:, cols], col_row[:, cols], -c.values,
                                                             c.indices + rows.start, k, 0)
@@ -255,15 +271,19 @@ def duals_from_matching(n: int, rows, cols, costs, x, max_iter: int | None = Non
     return c_match - v[x], v
 
 
-def _cap_per_row_and_col(i, j, rc, m):
-    """Mask of the m lowest rc per row and per column of the pairs (i, j) (torch, 1-D)."""
+def _lowest(a: torch.Tensor, rc: torch.Tensor, m: int) -> torch.Tensor:
+    """Mask of the lowest rc within each group of a (1-D): m per group, more (up to 4m) where
+    that many of the group's rc are negative."""
     keep = torch.zeros(len(rc), dtype=torch.bool, device=rc.device)
+    if len(rc) == 0:
+        return keep
+    a = a.long()
     by_rc = rc.argsort()
-    for a in (i, j):
-        order = by_rc[a[by_rc].sort(stable=True).indices]  # by a, then by rc
-        a_sorted = a[order]
-        rank = torch.arange(len(order), device=rc.device) - torch.searchsorted(a_sorted, a_sorted)
-        keep[order[rank < m]] = True
+    order = by_rc[a[by_rc].sort(stable=True).indices]  # by a, then by rc
+    a_sorted = a[order]
+    rank = torch.arange(len(order), device=rc.device) - torch.searchsorted(a_sorted, a_sorted)
+    cap = torch.bincount(a[rc < 0], minlength=int(a_sorted[-1]) + 1).clamp(m, 4 * m)
+    keep[order[rank < cap[a_sorted]]] = True
     return keep
 
 
@@ -278,31 +298,34 @@ def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk
     in float32 (costs) and float64 (duals): those decide violations and each row's minimum.
 
     Returns row_min (n,) float64 (min(0, min_j rc_ij): exact where negative), the number of
-    violated pairs, and new pairs (rows, cols) sorted unique: per row and per column the m
-    lowest rc below ``slack``, and every violated pair.
+    violated pairs, and new pairs (rows, cols) sorted unique: per row and per column the
+    lowest rc below ``slack`` (:func:`_lowest`). Rows are complete within a block, so their
+    selection is final there; columns keep a pool, cut to its per-column selection whenever it
+    outgrows 2·m·n pairs, so memory stays O(m·n).
     """
-    n, device, Yb = S["n"], S["device"], S["Yb"]
+    n, device = S["n"], S["device"]
     a, b_rel = S["bound"]
     nx, ny, x2, y2 = S["nx"], S["ny"], S["x2"], S["y2"]
     u64, v64 = torch.from_numpy(u).to(device), torch.from_numpy(v).to(device)
     w_col = (y2 - v64).float()
     v_max, w_col_max = float(v64.abs().max()), float(w_col.abs().max())
     row_min = torch.zeros(n, dtype=torch.float64, device=device)
-    violated = 0
-    add_i, add_j, add_rc = [], [], []
-    n_hits = 0
+    yb = torch.empty((min(col_chunk, n), S["p"]), dtype=torch.bfloat16, device=device)
+    violated = n_hits = n_below = 0
+    by_row, pool, pool_max = [], [], 2 * m * n
     for rows in _blocks(n, chunk):
         x = _read(S["X"], rows, device)
         xb = x.to(torch.bfloat16)
         nx_r = nx[rows]
         xh = _unit(x, nx_r)
+        del x
         tol = eps * max((float(nx_r.max()) + float(ny.max())) ** 2, float(u64[rows].abs().max()), v_max)
         w_row = (x2[rows] - u64[rows]).float()[:, None]
         # float32 rounding of the sums that form r, 16 ulps of their largest term
         margin = 2.0**-20 * (float(w_row.abs().max()) + w_col_max + 2.0 * float(nx_r.max()) * float(ny.max()))
         hits = []
         for cols in _blocks(n, col_chunk):
-            G = (xb @ Yb[cols].T).float()  # −2 x·y, estimated
+            G = (xb @ _y_bf16(S, cols, yb).T).float()  # −2 x·y, estimated
             r = G.abs().mul_(-b_rel)
             r += G
             r += w_row
@@ -313,21 +336,34 @@ def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk
             hits.append((li, lj + cols.start))
             del r
         li, j = (torch.cat(h) for h in zip(*hits))
+        del hits
         i = li + rows.start
         rc = _pair_costs(S, xh, li, i, j).double() - u64[i] - v64[j]  # float32 costs, float64 duals
         n_hits += len(rc)
-        bad = rc < -tol
-        violated += int(bad.sum())
+        violated += int((rc < -tol).sum())
         row_min[rows] = row_min[rows].scatter_reduce(0, li, rc.clamp_max(0.0), "amin")
-        keep = (rc < slack) | bad
-        add_i.append(i[keep])
-        add_j.append(j[keep])
-        add_rc.append(rc[keep])
-    i, j, rc = (torch.cat(t) for t in (add_i, add_j, add_rc))
-    keep = _cap_per_row_and_col(i, j, rc, m)
+        below = rc < slack
+        i, j, rc = i[below].int(), j[below].int(), rc[below]
+        n_below += len(rc)
+        keep = _lowest(i, rc, m)
+        by_row.append((i[keep], j[keep]))
+        pool.append((i, j, rc))
+        if sum(len(t[2]) for t in pool) > pool_max:
+            pool = [_column_cut(pool, m)]
+            pool_max = max(pool_max, 2 * len(pool[0][2]))
+    i, j, _ = _column_cut(pool, m)
+    i, j = (torch.cat([*(t[s] for t in by_row), x]) for s, x in ((0, i), (1, j)))
+    new = _unique_pairs(n, i.cpu().numpy(), j.cpu().numpy())
     log.info("pricing: %d pairs (%.1f per row) not cleared by the bf16 screen, recomputed in float32; "
-             "%d below the slack, %d kept", n_hits, n_hits / n, len(rc), int(keep.sum()))
-    return row_min.cpu().numpy(), violated, _unique_pairs(n, i[keep].cpu().numpy(), j[keep].cpu().numpy())
+             "%d below the slack, %d selected", n_hits, n_hits / n, n_below, len(new[0]))
+    return row_min.cpu().numpy(), violated, new
+
+
+def _column_cut(pool, m: int):
+    """The pool's pairs (i, j, rc) that :func:`_lowest` selects per column."""
+    i, j, rc = (torch.cat(t) for t in zip(*pool))
+    keep = _lowest(j, rc, m)
+    return i[keep], j[keep], rc[keep]
 
 
 def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, U=None, V=None, max_rounds: int = 100,
@@ -364,7 +400,8 @@ def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, U=None, V=None, max_round
         row_min, violated, extra = price(S, u, v, slack_rel * primal / n, m, chunk, col_chunk, eps)
         seconds["pricing"] += time.perf_counter() - t
         log.info("sparse round %d: total %.10g on %d edges, %d violated pairs, worst reduced cost %.3g, "
-                 "%.0f s so far", rounds, primal, len(rows), violated, row_min.min(), sum(seconds.values()))
+                 "%.0f s so far (%s)", rounds, primal, len(rows), violated, row_min.min(), sum(seconds.values()),
+                 ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
         if violated == 0:
             cert = certificate(primal, u, v, row_min, 0, "sparse lapmod + pricing", rounds, eps)
             return order[x].astype(np.int32), matched_cost, cert, top, seconds
