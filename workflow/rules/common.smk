@@ -161,8 +161,8 @@ def match_mem_mb(wc, attempt):
     opts = site_match_config(wc)
     dense = choose_solver(F, F, opts["solver"], opts["dense_max_gb"]) == "dense"
     matrix = (
-        4 * F * F if dense else 40 * F * opts["k"]
-    )  # dense costs, or candidate edges
+        4 * F * F if dense else 40 * F * opts["k"] + 8 * F * d
+    )  # dense costs, or candidate edges + the sparse solver's float32 copy of Y
     need = matrix + 48 * F * d + 8 * opts["chunk_size"] * F + 2**30
     return int(1.25 * need / 1e6 * 2 ** (attempt - 1))
 
