@@ -63,7 +63,7 @@ def test_a_width_above_lapjvs_limit_runs_through_the_sparse_path_without_lapjv(m
 
 @pytest.mark.parametrize("p", [7, 300, 4097])
 def test_the_bf16_screen_bound_holds_for_every_pair(p):
-    from saematch.sparse import _y_bf16, prepare, screen_bound
+    from saematch.sparse import _y_bf16, _y_bf16_buffers, prepare, screen_bound
 
     g = torch.Generator().manual_seed(p)
     X = torch.randn(300, p, generator=g) * torch.exp(2 * torch.randn(300, 1, generator=g))
@@ -72,8 +72,7 @@ def test_the_bf16_screen_bound_holds_for_every_pair(p):
     a, b = screen_bound(p)
     S = prepare(X, Y, torch.device("cpu"))
     Y = Y[S["order"]]  # pricing's internal column order
-    yb = torch.empty((300, p), dtype=torch.bfloat16)
-    G = (X.bfloat16() @ _y_bf16(S, slice(0, 300), yb).T).double()  # what pricing computes
+    G = (X.bfloat16() @ _y_bf16(S, slice(0, 300), _y_bf16_buffers(S, 8192)).T).double()  # what pricing computes
     exact = -2 * X.double() @ Y.double().T
     bound = 2 * a * X.double().norm(dim=1)[:, None] * Y.double().norm(dim=1)[None, :] + b * G.abs()
     assert ((G - exact).abs() <= bound).all()

@@ -114,15 +114,24 @@ def prepare(X, Y, device, chunk: int = 1024) -> dict:
             "Yh": Yh, "order": order, "where": where, "bound": screen_bound(p)}
 
 
-def _y_bf16(S: dict, cols: slice, out: torch.Tensor) -> torch.Tensor:
-    """bf16(−2·y) of the (internal) columns cols, into out's first rows, via 1024-row float32 steps.
+def _y_bf16_buffers(S: dict, col_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reused buffers for :func:`_y_bf16`: a bf16 column tile and a 1024-row float32 step."""
+    rows = min(col_chunk, S["n"])
+    Yh = S["Yh"]
+    return (torch.empty((rows, S["p"]), dtype=torch.bfloat16, device=Yh.device),
+            torch.empty((min(1024, rows), S["p"]), device=Yh.device))
+
+
+def _y_bf16(S: dict, cols: slice, buffers) -> torch.Tensor:
+    """bf16(−2·y) of the (internal) columns cols, in the first rows of buffers[0], made through
+    buffers[1] (:func:`_y_bf16_buffers`) in 1024-row float32 steps.
 
     −2·ny·(y/ny) differs from −2·y by float32 rounding (2⁻²³ relative), inside screen_bound's 1.01.
     Converting a column tile costs about 4% of its product with a 2048-row block (and no
     resident bf16 copy of Y: 2 bytes per entry saved).
     """
     Yh, ny = S["Yh"], S["ny"]
-    tmp = torch.empty((min(1024, cols.stop - cols.start), S["p"]), device=Yh.device)
+    out, tmp = buffers
     for step in _blocks(cols.stop - cols.start, len(tmp)):
         c = slice(cols.start + step.start, cols.start + step.stop)
         m = step.stop - step.start
@@ -190,7 +199,7 @@ def candidates(S: dict, k: int, chunk: int = 1024, col_chunk: int = 8192, U=None
     """
     n, device, ny = S["n"], S["device"], S["ny"]
     k = min(k, n)
-    yb = torch.empty((min(col_chunk, n), S["p"]), dtype=torch.bfloat16, device=device)
+    yb = _y_bf16_buffers(S, col_chunk)
     col_val = torch.full((k, n), -float("inf"), device=device)
     col_row = torch.zeros((k, n), dtype=torch.long, device=device)
     row_parts = []
@@ -310,9 +319,9 @@ def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk
     w_col = (y2 - v64).float()
     v_max, w_col_max = float(v64.abs().max()), float(w_col.abs().max())
     row_min = torch.zeros(n, dtype=torch.float64, device=device)
-    yb = torch.empty((min(col_chunk, n), S["p"]), dtype=torch.bfloat16, device=device)
+    yb = _y_bf16_buffers(S, col_chunk)
     violated = n_hits = n_below = 0
-    by_row, pool, pool_max = [], [], 2 * m * n
+    by_row, pool, pool_len, pool_max = [], [], 0, 2 * m * n
     for rows in _blocks(n, chunk):
         x = _read(S["X"], rows, device)
         xb = x.to(torch.bfloat16)
@@ -348,9 +357,11 @@ def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk
         keep = _lowest(i, rc, m)
         by_row.append((i[keep], j[keep]))
         pool.append((i, j, rc))
-        if sum(len(t[2]) for t in pool) > pool_max:
+        pool_len += len(rc)
+        if pool_len > pool_max:
             pool = [_column_cut(pool, m)]
-            pool_max = max(pool_max, 2 * len(pool[0][2]))
+            pool_len = len(pool[0][2])
+            pool_max = max(pool_max, 2 * pool_len)
     i, j, _ = _column_cut(pool, m)
     i, j = (torch.cat([*(t[s] for t in by_row), x]) for s, x in ((0, i), (1, j)))
     new = _unique_pairs(n, i.cpu().numpy(), j.cpu().numpy())
