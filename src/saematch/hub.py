@@ -16,7 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-from .sae import SaeError
+from .errors import SaeError
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import SaeError
 
-class SaeError(ValueError):
-    """Bad SAE input. The message names the file and the problem."""
+__all__ = ["Sae", "SaeError", "check_sae", "encode", "decode", "reconstruct"]
 
 
 @dataclass(frozen=True)
