@@ -1,5 +1,6 @@
 # saematch: match SAE features across consecutive layers (SAE Match, ICLR 2025).
 # Usage: snakemake --cores 8 --config models=[gemma-2-2b] sites=[res] layers=[10,11,12]
+import time
 
 
 configfile: "config/config.yaml"
@@ -20,6 +21,21 @@ localrules:
     make_demo,
     download_sae,
     download_model,
+
+
+STARTED = time.time()
+
+
+onsuccess:
+    from saematch.report import results_message
+
+    print(results_message({m: summary_prefix(m) for m in config["models"]}), flush=True)
+
+
+onerror:
+    from saematch.report import failures_message
+
+    print(failures_message("logs", STARTED), flush=True)
 
 
 rule all:

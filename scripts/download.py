@@ -4,14 +4,14 @@ import json
 
 from saematch import hub, logs
 
-logs.to_file(snakemake.log[0])
-spec = snakemake.params.spec
-pointer = hub.fetch(
-    spec["repo_id"],
-    spec["files"],
-    revision=spec["revision"],
-    cache_dir=spec["cache_dir"],
-    local_files_only=spec["local_files_only"],
-)
-with open(snakemake.output[0], "w") as fh:
-    json.dump({"format": spec["format"], **pointer}, fh, indent=2, sort_keys=True)
+with logs.job(snakemake):
+    spec = snakemake.params.spec
+    pointer = hub.fetch(
+        spec["repo_id"],
+        spec["files"],
+        revision=spec["revision"],
+        cache_dir=spec["cache_dir"],
+        local_files_only=spec["local_files_only"],
+    )
+    with open(snakemake.output[0], "w") as fh:
+        json.dump({"format": spec["format"], **pointer}, fh, indent=2, sort_keys=True)

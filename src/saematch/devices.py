@@ -22,8 +22,9 @@ DEFAULT_LOCK_DIR = Path(tempfile.gettempdir()) / f"saematch-gpu-locks-{os.getuid
 
 
 @contextmanager
-def gpu_lock(n_devices: int, lock_dir: str | Path = DEFAULT_LOCK_DIR, poll_seconds: float = 1.0):
-    """Hold an exclusive lock on one of ``n_devices`` GPUs; yield its index.
+def gpu_lock(n_devices: int, lock_dir: str | Path = DEFAULT_LOCK_DIR, poll_seconds: float = 1.0,
+             only: int | None = None):
+    """Hold an exclusive lock on one of ``n_devices`` GPUs (or on GPU ``only``); yield its index.
 
     Waits (polling) while every device is held by another process. The lock is released when
     the block exits or the process dies, so a killed job never leaves a GPU marked busy.
@@ -32,7 +33,7 @@ def gpu_lock(n_devices: int, lock_dir: str | Path = DEFAULT_LOCK_DIR, poll_secon
     lock_dir.mkdir(parents=True, exist_ok=True)
     waited = False
     while True:
-        for index in range(n_devices):
+        for index in (range(n_devices) if only is None else [only]):
             fh = open(lock_dir / f"gpu{index}.lock", "w")  # noqa: SIM115 - held while in use
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -51,21 +52,42 @@ def gpu_lock(n_devices: int, lock_dir: str | Path = DEFAULT_LOCK_DIR, poll_secon
         time.sleep(poll_seconds)
 
 
+def host_has_gpu() -> bool:
+    """Whether this host shows an NVIDIA GPU to its processes (no torch import: the Snakefile
+    asks this when deciding whether `device: auto` match jobs need the `gpu` resource)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+
+
 @contextmanager
-def job_device(use_gpu: bool):
+def job_device(use_gpu: bool, device: str = "auto"):
     """Yield the torch device string for a job: 'cpu', or a free 'cuda:N'.
 
-    ``use_gpu`` False → cpu. True → a GPU when CUDA is available (else cpu, logged): inside
-    a SLURM job the one it was allocated, otherwise a free one taken by lock.
+    ``use_gpu`` False → cpu. True → a GPU when CUDA is available (else cpu, logged):
+    ``device`` 'cuda:N' → that one (held by its lock while in use); inside a SLURM job the
+    one it was allocated; otherwise a free one taken by lock.
     """
     import torch
 
-    if not use_gpu:
+    if not use_gpu or device == "cpu":
         yield "cpu"
         return
     if not torch.cuda.is_available():
         log.warning("a GPU was requested but CUDA is not available: running on the CPU")
         yield "cpu"
+        return
+    if device.startswith("cuda:"):
+        index = int(device.split(":")[1])
+        if index >= torch.cuda.device_count():
+            from .errors import SaeError
+
+            raise SaeError(f"config: match.device {device!r}, but this host has "
+                           f"{torch.cuda.device_count()} visible GPU(s)")
+        with gpu_lock(1, only=index) as index:
+            yield f"cuda:{index}"
         return
     if "SLURM_JOB_ID" in os.environ:  # Slurm sets CUDA_VISIBLE_DEVICES to the allocation
         yield "cuda:0"

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -47,6 +48,42 @@ def _check_blob(path: str, repo_id: str, filename: str) -> dict:
     return {"size": size, "sha256": digest}
 
 
+RETRIES = 3  # attempts at a download that fails on the network
+RETRY_SECONDS = 5.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network trouble worth another try (timeouts, dropped connections, HTTP 429 and 5xx);
+    not a missing, gated or corrupt file, nor an offline cache miss."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if isinstance(exc, LocalEntryNotFoundError):
+        return False
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return status is not None and (status == 429 or status >= 500)
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"ConnectionError", "Timeout", "TimeoutError", "ConnectTimeout", "ReadTimeout",
+                         "RemoteProtocolError", "ChunkedEncodingError", "TimeoutException",
+                         "NetworkError", "IncompleteRead"})
+
+
+def _download(repo_id, filename, revision, cache_dir, local_files_only, sleep=time.sleep) -> str:
+    """hf_hub_download, retried on transient network errors only; SaeError naming the file."""
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=local_files_only)
+        except Exception as exc:  # huggingface_hub raises many types; name the file
+            if attempt < RETRIES and is_transient(exc):
+                log.warning("%s/%s: %s; retrying in %.0f s (attempt %d of %d)", repo_id, filename,
+                            exc, RETRY_SECONDS * attempt, attempt + 1, RETRIES)
+                sleep(RETRY_SECONDS * attempt)
+                continue
+            raise SaeError(f"{repo_id}/{filename} @ {revision}: download failed: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
 def fetch(
     repo_id: str,
     files: dict[str, str],
@@ -62,16 +99,7 @@ def fetch(
     pointer = {"repo_id": repo_id, "revision": revision, "commit": None, "files": {}}
     for role, filename in sorted(files.items()):
         log.info("fetching %s/%s @ %s", repo_id, filename, revision)
-        try:
-            path = hf_hub_download(
-                repo_id,
-                filename,
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
-            )
-        except Exception as exc:  # huggingface_hub raises many types; name the file
-            raise SaeError(f"{repo_id}/{filename} @ {revision}: download failed: {exc}") from exc
+        path = _download(repo_id, filename, revision, cache_dir, local_files_only)
         m = _COMMIT.search(Path(path).as_posix())
         commit = m.group(1) if m else None
         if pointer["commit"] not in (None, commit):

@@ -1,6 +1,7 @@
 """Gemma Scope and Llama Scope files → one in-memory JumpReLU form (:class:`Sae`).
 
-Shapes come from the files. Every problem raises :class:`SaeError` naming the file.
+Shapes come from the files. Every problem raises :class:`SaeError` naming the file and the
+problem; headers (npy members, safetensors) are checked before any array data is read.
 Formats: ../shared/reference/sae_formats.md (§2.3 Gemma Scope, §3.3–3.5 Llama Scope).
 """
 
@@ -12,111 +13,302 @@ import math
 import os
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from .sae import Sae, SaeError, check_sae
+from .sae import Sae, SaeError, check_sae, shape_error
 
 log = logging.getLogger(__name__)
 
 GEMMA_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 LLAMA_KEYS = ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias")
+NORM_ACTIVATIONS = ("dataset-wise", "inference", "none", None)
+# safetensors dtypes → bits per element; only the float ones are read.
+ST_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16,
+           "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64,
+           "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+ST_FLOATS = ("F16", "BF16", "F32", "F64")
+ST_MAX_HEADER = 100_000_000  # safetensors' own limit on the header length
+JSON_KIND = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+             str: "a string", list: "a list", dict: "an object"}
+
+
+def _positive_number(v) -> bool:
+    """A finite JSON number > 0 (not a bool or a string)."""
+    try:
+        return type(v) in (int, float) and 0 < float(v) < math.inf
+    except OverflowError:
+        return False
+
+
+# --- Gemma Scope params.npz ---------------------------------------------------------------
+
+def _npy_header(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple, np.dtype]:
+    """Shape and dtype of npz member ``info``, from its npy header only (no data is read).
+
+    Refuses non-float dtypes and a declared shape × itemsize that differs from the stored size.
+    """
+    where = f"{path}: {info.filename}"
+    with zf.open(info) as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            shape, _, dtype = read(fh) if read else (None, None, None)
+        except ValueError as exc:
+            raise SaeError(f"{where} is not a readable .npy array: {exc}") from exc
+        stored = info.file_size - fh.tell()
+    if read is None:
+        raise SaeError(f"{where} has unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise SaeError(f"{where} holds pickled Python objects (dtype object); refused")
+    if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+        raise SaeError(f"{where} has dtype {dtype}; expected float16, float32 or float64")
+    declared = math.prod(shape) * dtype.itemsize
+    if min(shape, default=0) < 0 or declared != stored:
+        raise SaeError(f"{where}: npy header declares shape {shape} of {dtype} ({declared} bytes) "
+                       f"but the member holds {stored} bytes of data")
+    return shape, dtype
+
+
+def _read_npz(path: str, keys) -> dict[str, torch.Tensor]:
+    """Members ``keys`` (name → member name) of the .npz at ``path`` as float32 tensors.
+
+    All headers are checked first; each array is then read once, converted only if not float32.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
+            for stored in keys.values():
+                _npy_header(path, zf, members[stored])
+            out = {}
+            for key, stored in keys.items():
+                with zf.open(members[stored]) as fh:
+                    array = np.lib.format.read_array(fh, allow_pickle=False)
+                out[key] = torch.from_numpy(np.asarray(array, dtype=np.float32))
+            return out
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error,
+            NotImplementedError) as exc:
+        raise SaeError(f"{path}: not a readable .npz (truncated or corrupt download?): {exc}") from exc
+
+
+def _npz_members(path: str) -> list[str]:
+    """Member names of the .npz at ``path`` without ".npy"; refuses a .npy or a non-zip file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if head.startswith(b"\x93NUMPY"):
+            raise SaeError(f"{path}: is a single .npy array, not an .npz archive of {', '.join(GEMMA_KEYS)}")
+        if not head:
+            raise SaeError(f"{path}: empty file (truncated download?)")
+        if not head.startswith(b"PK"):
+            raise SaeError(f"{path}: neither an .npz (zip) archive nor an .npy array (starts with {head!r})")
+        with zipfile.ZipFile(path) as zf:
+            return [i.filename.removesuffix(".npy") for i in zf.infolist()]
+    except FileNotFoundError:
+        raise SaeError(f"{path}: file not found") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+        raise SaeError(f"{path}: not a readable .npz (truncated or corrupt download?): {exc}") from exc
 
 
 def load_gemma_scope(path: str, source: dict | None = None) -> Sae:
-    """Read a Gemma Scope ``params.npz`` (W_enc (d, F), b_enc, W_dec (F, d), b_dec, threshold)."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise SaeError(f"{path}: file not found") from None
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        raise SaeError(f"{path}: not a readable .npz (truncated or corrupt download?): {exc}") from exc
+    """Read a Gemma Scope ``params.npz``: W_enc (d, F), b_enc (F,), W_dec (F, d), b_dec (d,),
+    threshold (F,); float16/32/64 members, returned as float32."""
+    have = _npz_members(path)
     # SAELens accepts lower-case variants (w_enc …); map them to the stored names.
-    by_lower = {k.lower(): k for k in arrays}
-    tensors = {}
+    by_lower = {k.lower(): k for k in have}
+    keys = {}
     for key in GEMMA_KEYS:
-        found = by_lower.get(key.lower())
-        if found is None:
-            raise SaeError(f"{path}: missing key {key!r} (file has {sorted(arrays)})")
-        tensors[key] = torch.from_numpy(np.asarray(arrays.pop(found), dtype=np.float32))
-    scaling = arrays.pop("scaling_factor", None)
-    if scaling is not None and not np.all(scaling == 1):
-        raise SaeError(f"{path}: non-unit 'scaling_factor' is not supported (values {np.unique(scaling)[:4]})")
-    if arrays:
-        raise SaeError(f"{path}: unexpected keys {sorted(arrays)}")
+        keys[key] = key if key in have else by_lower.get(key.lower())
+        if keys[key] is None:
+            raise SaeError(f"{path}: missing key {key!r} (file has {sorted(have)})")
+    if "scaling_factor" in have:
+        keys["scaling_factor"] = "scaling_factor"
+    extra = sorted(set(have) - set(keys.values()))
+    if extra:
+        raise SaeError(f"{path}: unexpected keys {extra}")
+    tensors = _read_npz(path, keys)
+    scaling = tensors.pop("scaling_factor", None)
+    if scaling is not None and not bool((scaling == 1).all()):
+        raise SaeError(f"{path}: non-unit 'scaling_factor' is not supported (values {scaling.unique()[:4].tolist()})")
     return check_sae(Sae(**tensors, source=dict(source or {}, format="gemma-scope")), path)
 
 
-def _check_safetensors_complete(path: str) -> None:
-    """The header's data offsets must end exactly at the end of the file."""
+# --- safetensors ---------------------------------------------------------------------------
+
+def _safetensors_header(path: str) -> dict[str, dict]:
+    """The header of the safetensors file at ``path`` ({name: {dtype, shape, data_offsets}}),
+    checked in full before safe_open sees the file: sane header length, a JSON object, known
+    dtypes, shapes lists of ints ≥ 0, end - begin = dtype size × prod(shape), tensors back to
+    back from offset 0 to the end of the file."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
+            head = fh.read(8)
+            if len(head) < 8:
+                raise SaeError(f"{path}: not a safetensors file ({size} bytes, no 8-byte header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > ST_MAX_HEADER:
+                raise SaeError(f"{path}: safetensors header: declared length {n} bytes is absurd "
+                               f"(limit {ST_MAX_HEADER}; file {size} bytes): not a safetensors file?")
             if n > size - 8:
                 raise SaeError(f"{path}: truncated safetensors file (header of {n} bytes, file {size} bytes)")
-            header = json.loads(fh.read(n))
+            header = json.loads(fh.read(n).decode("utf-8"))
     except FileNotFoundError:
         raise SaeError(f"{path}: file not found") from None
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SaeError(f"{path}: not a safetensors file (truncated or corrupt?): {exc}") from exc
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end != size:
-        raise SaeError(f"{path}: truncated safetensors file ({size} bytes, header says {8 + n + end})")
+    except OSError as exc:
+        raise SaeError(f"{path}: cannot read: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise SaeError(f"{path}: safetensors header is not valid JSON (truncated or corrupt?): {exc}") from exc
+    if not isinstance(header, dict):
+        raise SaeError(f"{path}: safetensors header is not a JSON object (got {JSON_KIND[type(header)]})")
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise SaeError(f"{path}: safetensors header: __metadata__ must map strings to strings")
+    spans = []
+    for name, info in header.items():
+        bad = f"{path}: safetensors header: tensor {name!r}"
+        if not isinstance(info, dict):
+            raise SaeError(f"{bad} is {JSON_KIND[type(info)]}, not an object {{dtype, shape, data_offsets}}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in ST_BITS:
+            raise SaeError(f"{bad} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(x) is int and x >= 0 for x in shape):
+            raise SaeError(f"{bad} has shape {shape!r}; expected a list of non-negative integers")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(x) is int and x >= 0 for x in offsets)):
+            raise SaeError(f"{bad} has data_offsets {offsets!r}; expected [begin, end], integers ≥ 0")
+        begin, end = offsets
+        if end < begin:
+            raise SaeError(f"{bad} has data_offsets {offsets} but end is before begin")
+        bits = math.prod(shape) * ST_BITS[dtype]
+        if bits != 8 * (end - begin):
+            raise SaeError(f"{bad} has data_offsets {offsets} ({end - begin} bytes) but "
+                           f"dtype {dtype} × shape {shape} needs {bits / 8:g} bytes")
+        spans.append((begin, end, name))
+    at, last = 0, None
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            problem = (f"it overlaps tensor {last!r}, which ends at {at}" if begin < at
+                       else f"the data before it ends at {at} (a gap of {begin - at} bytes)")
+            raise SaeError(f"{path}: safetensors header: tensor {name!r} has data_offsets "
+                           f"[{begin}, {end}] but {problem}")
+        at, last = end, name
+    if 8 + n + at > size:
+        raise SaeError(f"{path}: truncated safetensors file ({size} bytes, header says {8 + n + at}): "
+                       f"tensor {last!r} has data_offsets {header[last]['data_offsets']} but only "
+                       f"{size - 8 - n} bytes of data follow the header")
+    if 8 + n + at < size:
+        raise SaeError(f"{path}: safetensors file has {size - 8 - n - at} bytes after the last "
+                       f"tensor's data (file {size} bytes, header says {8 + n + at}): corrupt?")
+    return header
 
 
 def _read_safetensors(path: str, keys) -> dict[str, torch.Tensor]:
-    _check_safetensors_complete(path)
-    with safe_open(path, framework="pt") as fh:
-        have = set(fh.keys())
-        missing = [k for k in keys if k not in have]
-        if missing:
-            raise SaeError(f"{path}: missing key(s) {missing} (file has {sorted(have)})")
-        return {k: fh.get_tensor(k).to(torch.float32) for k in keys}
+    """Tensors ``keys`` of a safetensors file as float32 (F16, BF16, F32 or F64 on disk)."""
+    header = _safetensors_header(path)
+    missing = [k for k in keys if k not in header]
+    if missing:
+        raise SaeError(f"{path}: missing key(s) {missing} (file has {sorted(header)})")
+    for k in keys:
+        if header[k]["dtype"] not in ST_FLOATS:
+            raise SaeError(f"{path}: tensor {k!r} has dtype {header[k]['dtype']}; "
+                           f"expected a float tensor ({', '.join(ST_FLOATS)})")
+    try:
+        with safe_open(path, framework="pt") as fh:
+            return {k: fh.get_tensor(k).to(torch.float32) for k in keys}
+    except (SafetensorError, OSError) as exc:
+        raise SaeError(f"{path}: unreadable safetensors file: {exc}") from exc
+
+
+# --- Llama Scope ---------------------------------------------------------------------------
+
+def _read_hyperparams(path: str) -> dict:
+    """Llama Scope ``hyperparams.json`` (sae_formats.md §3.3), the keys the loader uses checked."""
+    try:
+        with open(path, "rb") as fh:
+            hp = json.loads(fh.read())
+    except FileNotFoundError:
+        raise SaeError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise SaeError(f"{path}: cannot read: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise SaeError(f"{path}: not valid JSON (truncated?): {exc}") from exc
+    if not isinstance(hp, dict):
+        raise SaeError(f"{path}: expected a JSON object, got {JSON_KIND[type(hp)]}")
+    for key in ("d_model", "jump_relu_threshold", "norm_activation"):
+        if key not in hp:
+            raise SaeError(f"{path}: missing key {key!r}")
+    if type(hp["d_model"]) is not int or hp["d_model"] <= 0:
+        raise SaeError(f"{path}: 'd_model' must be a positive integer, got {json.dumps(hp['d_model'])}")
+    if not _positive_number(hp["jump_relu_threshold"]):
+        raise SaeError(f"{path}: 'jump_relu_threshold' must be a finite number > 0, "
+                       f"got {json.dumps(hp['jump_relu_threshold'])}")
+    if hp["norm_activation"] not in NORM_ACTIVATIONS:
+        raise SaeError(f"{path}: unsupported norm_activation {json.dumps(hp['norm_activation'])} "
+                       f"(expected \"dataset-wise\", \"inference\", \"none\" or null)")
+    if hp["norm_activation"] == "dataset-wise":
+        key, norms = "dataset_average_activation_norm", hp.get("dataset_average_activation_norm")
+        if key not in hp:
+            raise SaeError(f"{path}: missing key {key!r} {{in, out}} (norm_activation is 'dataset-wise')")
+        for side in ("in", "out"):
+            if not isinstance(norms, dict) or not _positive_number(norms.get(side)):
+                problem = (f"{side!r} is {json.dumps(norms[side])}" if isinstance(norms, dict) and side in norms
+                           else f"{side!r} is missing" if isinstance(norms, dict) else "not an object")
+                raise SaeError(f"{path}: {key!r} must hold positive finite numbers 'in' and 'out'; "
+                               f"{problem} (got {json.dumps(norms)})")
+    if not isinstance(hp.get("sparsity_include_decoder_norm", True), bool):
+        raise SaeError(f"{path}: 'sparsity_include_decoder_norm' must be true or false, "
+                       f"got {json.dumps(hp['sparsity_include_decoder_norm'])}")
+    return hp
+
+
+def _llama_dims(path: str, t: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """F and d of encoder.weight (F, d), encoder.bias (F,), decoder.weight (d, F), decoder.bias (d,).
+
+    Each is the size most tensors agree on, so the message names the tensor that is off.
+    """
+    for k in LLAMA_KEYS:
+        want = 1 if k.endswith(".bias") else 2
+        if t[k].ndim != want:
+            raise SaeError(f"{path}: {k} must be {want}-D, got shape {tuple(t[k].shape)}")
+    Fs = [t["encoder.bias"].shape[0], t["encoder.weight"].shape[0], t["decoder.weight"].shape[1]]
+    ds = [t["decoder.bias"].shape[0], t["encoder.weight"].shape[1], t["decoder.weight"].shape[0]]
+    F, d = max(Fs, key=Fs.count), max(ds, key=ds.count)
+    if F == 0 or d == 0:
+        raise SaeError(f"{path}: empty SAE ({F} features, d {d})")
+    for k, shape in {"encoder.weight": (F, d), "encoder.bias": (F,),
+                     "decoder.weight": (d, F), "decoder.bias": (d,)}.items():
+        if tuple(t[k].shape) != shape:
+            raise shape_error(path, k, t[k].shape, shape, f"F={F} features, d={d}")
+    return F, d
 
 
 def load_llama_scope(weights_path: str, hyperparams_path: str, source: dict | None = None) -> Sae:
     """Read a Llama Scope SAE with the official (LM-SAEs 2024) semantics, sae_formats.md §3.5.
 
+    Checkpoint: encoder.weight (F, d), encoder.bias (F,), decoder.weight (d, F), decoder.bias (d,).
     With c_in = √d / norm_in, c_out = √d / norm_out, n_i = ‖decoder.weight[:, i]‖ and
     s_i = n_i·c_in/c_out (1 when ``sparsity_include_decoder_norm`` is false), on raw input:
     W_enc[:, i] = encoder.weight[i]·s_i,  b_enc[i] = encoder.bias[i]·s_i / c_in,
     W_dec[i] = decoder.weight[:, i]·(c_in/c_out)/s_i (unit rows),  b_dec = decoder.bias / c_out,
     threshold = the scalar ``jump_relu_threshold`` broadcast to (F,).
     """
-    try:
-        with open(hyperparams_path) as fh:
-            hp = json.load(fh)
-    except FileNotFoundError:
-        raise SaeError(f"{hyperparams_path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise SaeError(f"{hyperparams_path}: not valid JSON (truncated?): {exc}") from exc
-    for key in ("d_model", "jump_relu_threshold", "norm_activation"):
-        if key not in hp:
-            raise SaeError(f"{hyperparams_path}: missing key {key!r}")
+    hp = _read_hyperparams(hyperparams_path)
     t = _read_safetensors(weights_path, LLAMA_KEYS)
     W_enc_raw, b_enc_raw = t["encoder.weight"], t["encoder.bias"]  # (F, d), (F,)
     W_dec_raw, b_dec_raw = t["decoder.weight"], t["decoder.bias"]  # (d, F), (d,)
-    if W_enc_raw.ndim != 2 or W_dec_raw.ndim != 2 or W_dec_raw.shape != W_enc_raw.T.shape:
-        raise SaeError(
-            f"{weights_path}: encoder.weight {tuple(W_enc_raw.shape)} and decoder.weight "
-            f"{tuple(W_dec_raw.shape)} are not (F, d) and (d, F)"
-        )
-    d = W_dec_raw.shape[0]
-    if int(hp["d_model"]) != d:
+    F, d = _llama_dims(weights_path, t)
+    if hp["d_model"] != d:
         raise SaeError(f"{weights_path}: d_model {d} differs from hyperparams.json's {hp['d_model']}")
     if hp["norm_activation"] == "dataset-wise":
-        norms = hp.get("dataset_average_activation_norm")
-        if not isinstance(norms, dict) or not {"in", "out"} <= set(norms):
-            raise SaeError(f"{hyperparams_path}: missing key 'dataset_average_activation_norm' {{in, out}}")
+        norms = hp["dataset_average_activation_norm"]
         c_in, c_out = math.sqrt(d) / float(norms["in"]), math.sqrt(d) / float(norms["out"])
-    elif hp["norm_activation"] in ("inference", "none", None):
+    else:  # "inference", "none", null
         c_in = c_out = 1.0
-    else:
-        raise SaeError(f"{hyperparams_path}: unsupported norm_activation {hp['norm_activation']!r}")
     n = W_dec_raw.norm(dim=0)  # (F,)
     if not torch.isfinite(n).all() or (n == 0).any():
         raise SaeError(f"{weights_path}: decoder.weight has NaN/Inf or all-zero columns")
@@ -127,7 +319,7 @@ def load_llama_scope(weights_path: str, hyperparams_path: str, source: dict | No
         b_enc=b_enc_raw * s / c_in,
         W_dec=(W_dec_raw * (c_in / c_out) / s).T.contiguous(),  # (F, d)
         b_dec=b_dec_raw / c_out,
-        threshold=torch.full((W_dec_raw.shape[1],), theta, dtype=torch.float32),
+        threshold=torch.full((F,), theta, dtype=torch.float32),
         source=dict(source or {}, format="llama-scope", scalar_threshold=theta,
                     c_in=c_in, c_out=c_out, decoder_norm_min=float(n.min()),
                     decoder_norm_max=float(n.max())),
@@ -136,6 +328,8 @@ def load_llama_scope(weights_path: str, hyperparams_path: str, source: dict | No
              weights_path, c_in, c_out, float(n.min()), float(n.max()), theta)
     return check_sae(sae, weights_path)
 
+
+# --- attention projection ------------------------------------------------------------------
 
 def load_att_projection(model_files: dict[str, str], layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer ``layer``'s o_proj (d_model, d_z) and post-attention RMSNorm weight g (d_model,).

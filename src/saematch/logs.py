@@ -1,9 +1,24 @@
-"""Send a job's logging, warnings, progress bars and traceback to its log file."""
+"""A job's log file, and what the console shows when the job fails.
+
+Every script runs inside :func:`job`: logging, warnings, progress bars and tracebacks go to
+the job's log; a failure prints one line to the console, ``saematch: error: <cause>`` (our
+own :class:`~saematch.errors.SaeError` messages name the file and the problem, with no
+traceback), and ends the log with the same line.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import SaeError
+
+MARK = "saematch: error: "
 
 
 def to_file(path: str) -> None:
@@ -45,3 +60,72 @@ def peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def _input_error_record(log_path: str | Path) -> Path:
+    return Path(f"{log_path}.input-error")
+
+
+def failed_on_input(log_path: str | Path) -> bool:
+    """Whether the last attempt of the job with this log failed on its input (not resources)."""
+    return _input_error_record(log_path).exists()
+
+
+@contextmanager
+def job(snakemake):
+    """Run a script's body as a job: log to its file, one-line cause on failure, exit 1.
+
+    An input error (:class:`SaeError`) is recorded next to the log; a retry of the same job
+    (Snakemake's ``attempt`` > 1) then stops at once with the same message instead of
+    reading the inputs again, and the rule's resource functions do not grow its request.
+    Any other error (out of memory, a bug) is retried as Snakemake is told to.
+    """
+    log_path = snakemake.log[0]
+    record = _input_error_record(log_path)
+    attempt = int(getattr(snakemake.resources, "attempt", 1) or 1)  # the rule's `attempt` resource
+    to_file(log_path)
+    if attempt > 1 and record.exists():
+        failed = json.loads(record.read_text())
+        logging.error("attempt %d failed on its input:\n%s", attempt - 1, failed.get("traceback", ""))
+        _fail(f"{failed['message']} (input error on attempt {attempt - 1}: not retried)")
+    record.unlink(missing_ok=True)
+    try:
+        yield
+    except SaeError as exc:
+        logging.error("input error", exc_info=True)
+        record.write_text(json.dumps({"message": str(exc), "traceback": traceback.format_exc()}))
+        _fail(str(exc))
+    except BaseException as exc:  # noqa: BLE001 - the console gets one line, the log the rest
+        if isinstance(exc, SystemExit) and not exc.code:
+            raise
+        logging.error("job failed", exc_info=True)
+        last = traceback.extract_tb(exc.__traceback__)[-1:]
+        where = f" ({Path(last[0].filename).name}:{last[0].lineno})" if last else ""
+        _fail(f"{type(exc).__name__}: {exc}{where}; traceback in {log_path}")
+
+
+def _fail(message: str) -> None:
+    line = MARK + message.replace("\n", " ")
+    for stream in {sys.stderr, sys.__stderr__}:
+        try:
+            print(line, file=stream, flush=True)
+        except (OSError, ValueError):
+            pass
+    os._exit(1)  # no interpreter teardown noise after the one line
+
+
+def failures_since(log_dir: str | Path, since: float) -> list[tuple[str, str]]:
+    """(log path, cause) of every job log under ``log_dir`` written since ``since`` that
+    ends in a failure line: what the end of a failed run prints."""
+    out = []
+    for p in sorted(Path(log_dir).rglob("*.log")):
+        try:
+            if p.stat().st_mtime < since:
+                continue
+            lines = p.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        causes = [ln[len(MARK):] for ln in lines if ln.startswith(MARK)]
+        if causes:
+            out.append((str(p), causes[-1]))
+    return out

@@ -54,25 +54,41 @@ def reconstruct(sae: Sae, x: torch.Tensor) -> torch.Tensor:
     return decode(sae, encode(sae, x))
 
 
+def shape_error(where: str, name: str, shape, expected: tuple, note: str) -> SaeError:
+    """The error for tensor ``name`` of shape ``shape`` where ``expected`` was due (hint if transposed)."""
+    shape = tuple(shape)
+    hint = " — transposed?" if len(expected) == 2 and shape == expected[::-1] else ""
+    return SaeError(f"{where}: {name} has shape {shape}, expected {expected}{hint} ({note})")
+
+
 def check_sae(sae: Sae, where: str) -> Sae:
-    """Check shapes, finiteness and θ > 0; raise SaeError naming ``where`` and the tensor."""
-    F = sae.W_dec.shape[0] if sae.W_dec.ndim == 2 else None
-    if F is None:
-        raise SaeError(f"{where}: W_dec must be 2-D (F, d), got shape {tuple(sae.W_dec.shape)}")
-    d_out = sae.W_dec.shape[1]
-    expected = {"W_dec": (F, d_out), "b_dec": (d_out,), "threshold": (F,)}
+    """Check shapes, finiteness and θ > 0; raise SaeError naming ``where`` and the tensor.
+
+    F is the size most of threshold (F,), b_enc (F,), W_enc (d_in, F) and W_dec (F, d_out)
+    agree on (threshold wins ties); d_out is b_dec's length. So the message names the tensor
+    that is actually off, e.g. "W_dec has shape (d, F), expected (F, d) — transposed?".
+    """
+    if (sae.W_enc is None) != (sae.b_enc is None):
+        raise SaeError(f"{where}: W_enc and b_enc must both be present or both be None")
+    ndim = {"W_enc": 2, "b_enc": 1, "W_dec": 2, "b_dec": 1, "threshold": 1}
+    tensors = {k: getattr(sae, k) for k in ndim if getattr(sae, k) is not None}
+    for name, t in tensors.items():
+        if t.ndim != ndim[name]:
+            raise SaeError(f"{where}: {name} must be {ndim[name]}-D, got shape {tuple(t.shape)}")
+    sizes = [sae.threshold.shape[0]] + ([sae.b_enc.shape[0], sae.W_enc.shape[1]] if sae.W_enc is not None else [])
+    sizes.append(sae.W_dec.shape[0])
+    F, d_out = max(sizes, key=sizes.count), sae.b_dec.shape[0]
+    if F == 0 or d_out == 0:
+        raise SaeError(f"{where}: empty SAE ({F} features, d_out {d_out})")
+    expected = {"threshold": (F,), "W_dec": (F, d_out), "b_dec": (d_out,)}
     if sae.W_enc is not None:
-        if sae.W_enc.ndim != 2:
-            raise SaeError(f"{where}: W_enc must be 2-D (d, F), got shape {tuple(sae.W_enc.shape)}")
-        expected["W_enc"] = (sae.W_enc.shape[0], F)
-        expected["b_enc"] = (F,)
+        d_in, F_enc = sae.W_enc.shape
+        expected |= {"b_enc": (F,), "W_enc": (F_enc if d_in == F != F_enc else d_in, F)}
     for name, shape in expected.items():
-        t = getattr(sae, name)
-        if tuple(t.shape) != shape:
-            raise SaeError(
-                f"{where}: {name} has shape {tuple(t.shape)}, expected {shape} "
-                f"(F={F} features from W_dec)"
-            )
+        if tuple(tensors[name].shape) != shape:
+            raise shape_error(where, name, tensors[name].shape, shape,
+                              f"F={F} features from threshold/b_enc, d_out={d_out} from b_dec")
+    for name, t in tensors.items():
         if not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise SaeError(f"{where}: {name} has {bad} NaN or Inf values")

@@ -10,18 +10,20 @@ import polars as pl
 
 from .write import read_provenance
 
-_KEYS = re.compile(r"model=([^/]+)/site=([^/]+)/layer=(\d+)/")
+_KEYS = re.compile(r"model=([^/]+)/variant=([^/]+)/matches/site=([^/]+)/layer=(\d+)/")
 
 
 def read_matches(paths: list[str]) -> pl.DataFrame:
-    """All rows of the given matches files, with model/site/layer from the hive path."""
+    """All rows of the given matches files, with model/variant/site/layer from the hive path."""
+    if not paths:
+        raise ValueError("no matches files to summarise")
     frames = []
     for p in paths:
         m = _KEYS.search(Path(p).as_posix())
         if m is None:
-            raise ValueError(f"{p}: not a results/matches/model=…/site=…/layer=…/ path")
+            raise ValueError(f"{p}: not a results/model=…/variant=…/matches/site=…/layer=…/ path")
         frames.append(pl.read_parquet(p).with_columns(
-            model=pl.lit(m[1]), site=pl.lit(m[2]), layer=pl.lit(int(m[3]), pl.Int32)))
+            model=pl.lit(m[1]), variant=pl.lit(m[2]), site=pl.lit(m[3]), layer=pl.lit(int(m[4]), pl.Int32)))
     return pl.concat(frames)
 
 
@@ -53,7 +55,8 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
             (pl.col("match") == pl.col("planted")).filter(persists).mean().alias("planted_recovered"),
             (pl.col("top1") == pl.col("planted")).filter(persists).mean().alias("planted_top1"),
         ]
-    out = df.group_by("model", "site", "layer").agg(aggs).sort("site", "layer")
+    out = df.group_by("model", "variant", "site", "layer").agg(aggs)
+    out = out.sort(pl.col("site").replace_strict({"res": 0, "mlp": 1, "att": 2}, default=3), "layer")
     provenance = [read_provenance(p) for p in paths]
     totals = pl.DataFrame([
         {"site": pv["site"], "layer": pv["layer"], "total_cost": pv["total_cost"],
@@ -62,6 +65,18 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
     ], schema={"site": pl.String, "layer": pl.Int32, "total_cost": pl.Float64, "certified": pl.Boolean,
                "gap_bound": pl.Float64, "solver": pl.String})
     return out.join(totals, on=["site", "layer"], how="left")
+
+
+def console_table(table: pl.DataFrame) -> str:
+    """The summary for people: per site and pair, matched cosine, top-1 agreement, certified."""
+    cols = [pl.col("site"), pl.format("{}→{}", "layer", pl.col("layer") + 1).alias("pair"),
+            pl.col("n_features").alias("features"), pl.col("cosine_mean").round(3).alias("cosine"),
+            pl.col("top1_agreement").round(3).alias("top1_agree"), pl.col("certified")]
+    if "planted_recovered" in table.columns:
+        cols.append(pl.col("planted_recovered").round(4).alias("planted_recovered"))
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=120, tbl_hide_column_data_types=True,
+                   tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
+        return str(table.select(cols))
 
 
 def plot_cosines(df: pl.DataFrame, out: str, title: str) -> None:

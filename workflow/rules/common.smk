@@ -1,62 +1,47 @@
 # Config validation, wildcard constraints, per-layer param functions and targets.
 # Each rule gets only its own slice of the config, so editing one layer's or one site's
-# settings reruns only the jobs that use them (snakemake_notes.md §4).
+# settings reruns only the jobs that use them (snakemake_notes.md §4). The rules of naming
+# (variants, summaries) and of reading command-line values live in saematch.config.
+import os
 import re
+from pathlib import Path
 
+import yaml
 from snakemake.utils import min_version, validate
 
 import saematch
+import saematch.devices
+import saematch.logs
+from saematch import config as cfg
 from saematch.solve import choose_solver
 
 min_version("9.0")
 
-validate(config, "../schemas/config.schema.yaml")
-if config["layers"] != "all":  # --config layers=[10,11] arrives as strings
-    config["layers"] = [int(L) for L in config["layers"]]
+SCHEMA = "../schemas/config.schema.yaml"
+with open(Path(workflow.current_basedir) / SCHEMA) as _fh:
+    config.update(cfg.coerce(config, yaml.safe_load(_fh)))  # --config values arrive as strings
+config.update(cfg.normalise(config))
+validate(config, SCHEMA)
+cfg.check_selection(config)
 
-SITES = ("res", "mlp", "att")
-
-
-def _check_selection():
-    """Unknown model, site or layer: a clear error before any job runs."""
-    catalog = config["catalog"]
-    for model in config["models"]:
-        if model not in catalog:
-            raise ValueError(
-                f"config: unknown model {model!r}; known models: {', '.join(sorted(catalog))}"
-            )
-        for site in config["sites"]:
-            if site not in catalog[model]["sites"]:
-                raise ValueError(
-                    f"config: model {model!r} has no site {site!r}; it has {', '.join(catalog[model]['sites'])}"
-                )
-        n = catalog[model]["n_layers"]
-        if config["layers"] != "all":
-            bad = [L for L in config["layers"] if L >= n]
-            if bad:
-                raise ValueError(
-                    f"config: model {model!r} has layers 0–{n - 1}; unknown layer(s) {bad}"
-                )
-
-
-_check_selection()
+SITES = cfg.SITES
+VARIANT = {model: cfg.variant_name(config, model) for model in config["models"]}
+SELECTION = {model: cfg.selection_label(config, model) for model in config["models"]}
+RUN = "results/model={model}/variant={variant}"
+MATCHES = RUN + "/matches/site={site}/layer={layer}/part-0.parquet"
+SUMMARY = RUN + "/summary/{selection}"
+MATCH_LOG = "logs/match_pair/model={model}/variant={variant}/site={site}/layer={layer}.log"
 
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in config["catalog"]),
+    variant=cfg.NAME.pattern[1:-1],
     site="|".join(SITES),
     layer=r"\d+",
-
-
-def selected_layers(model):
-    n = config["catalog"][model]["n_layers"]
-    return range(n) if config["layers"] == "all" else sorted(set(config["layers"]))
-
-
-def pair_layers(model):
-    """Source layers L of the pairs (L, L+1) to match: both layers selected."""
-    layers = set(selected_layers(model))
-    return [L for L in sorted(layers) if L + 1 in layers]
+    selection=r"[a-z+]+\.L[0-9_-]+",
+    repo=r"[^/]+",
+    revision=r"[^/]+",
+    key=r"[^=]+",
 
 
 def catalog_l0(model, site, layer):
@@ -90,18 +75,17 @@ def sae_spec(model, site, layer):
         "format": entry["format"],
         "repo_id": spec["repo_id"].format(**fields),
         "revision": spec["revision"],
-        "files": {role: path.format(**fields) for role, path in spec["files"].items()},
+        "files": {
+            role: path.format(**fields) for role, path in spec["files"].items()
+        },
         "cache_dir": hub.get("cache_dir"),
         "local_files_only": hub.get("local_files_only", False),
+        "demo": "demo" in entry and model,
     }
 
 
-def download_sae_params(wc):
-    return sae_spec(wc.model, wc.site, wc.layer)
-
-
-def download_model_params(wc):
-    entry = config["catalog"][wc.model]
+def model_spec(model):
+    entry = config["catalog"][model]
     hub = entry.get("hub", {})
     return {
         "format": "model",
@@ -110,38 +94,97 @@ def download_model_params(wc):
         "files": {f: f for f in entry["model"]["files"]},
         "cache_dir": hub.get("cache_dir"),
         "local_files_only": hub.get("local_files_only", False),
+        "demo": "demo" in entry and model,
     }
 
 
-def demo_input(wc):
-    """Demo models are first written into their local Hub cache."""
-    if "demo" in config["catalog"][wc.model]:
-        return f"resources/demo/{wc.model}/hub.json"
-    return []
+def pointer_path(spec):
+    """Where a download's pointer lives: named by repo, revision and the SAE's files, so every
+    SAE any variant uses has its own, shared by all variants that use it."""
+    repo = spec["repo_id"].replace("/", "--")
+    if spec["format"] == "model":
+        return f"resources/hub/model/{repo}/{spec['revision']}.json"
+    files = sorted(spec["files"].values())
+    key = files[0] if len(files) == 1 else os.path.commonpath(files) or "+".join(files)
+    return f"resources/hub/sae/{repo}/{spec['revision']}/{key}.json"
+
+
+def _downloads():
+    """Pointer path → spec for every SAE and model file set this run uses."""
+    table = {}
+    for model in config["models"]:
+        specs = [
+            sae_spec(model, site, L)
+            for site in config["sites"]
+            for L in cfg.selected_layers(config, model)
+        ]
+        if any(projects_att(model, s) for s in config["sites"]):
+            specs.append(model_spec(model))
+        for spec in specs:
+            path = pointer_path(spec)
+            same = {k: v for k, v in spec.items() if k != "demo"}
+            seen = table.setdefault(path, spec)
+            if {k: v for k, v in seen.items() if k != "demo"} != same:
+                raise ValueError(
+                    f"config: two different downloads map to {path}: {seen} and {spec}"
+                )
+    return table
 
 
 def projects_att(model, site):
     return config["catalog"][model]["sites"][site].get("project_att", False)
 
 
-def site_match_config(wc):
-    """config["match"] with this site's per_site overrides applied."""
-    opts = {k: v for k, v in config["match"].items() if k != "per_site"}
-    opts.update(config["match"].get("per_site", {}).get(wc.site, {}))
+DOWNLOADS = _downloads()
+
+
+def _download(wc):
+    if "key" in wc.keys():
+        path = f"resources/hub/sae/{wc.repo}/{wc.revision}/{wc.key}.json"
+    else:
+        path = f"resources/hub/model/{wc.repo}/{wc.revision}.json"
+    spec = DOWNLOADS.get(path)
+    if spec is None:
+        raise ValueError(f"{path}: no SAE or model of this run's config downloads here")
+    return spec
+
+
+def download_spec(wc):
+    return {k: v for k, v in _download(wc).items() if k != "demo"}
+
+
+def download_input(wc):
+    """Demo models are first written into their local Hub cache."""
+    spec = _download(wc)
+    return f"resources/demo/{spec['demo']}/hub.json" if spec["demo"] else []
+
+
+def check_variant(wc):
+    if VARIANT.get(wc.model) != wc.variant:
+        raise ValueError(
+            f"results/model={wc.model}/variant={wc.variant}: this run's config makes variant "
+            f"{VARIANT.get(wc.model)!r} of {wc.model}; ask for its paths or set --config variant={wc.variant}"
+        )
+
+
+def options_of(model, site):
+    """The options of this site's pairs (params: changing them reruns its pairs).
+
+    The device is not among them: it is the `gpu` resource, so moving a run between CPU and
+    GPU reruns nothing.
+    """
+    opts = cfg.site_options(config, model, site)
+    del opts["device"]
     return opts
 
 
 def match_options(wc):
-    """The options that shape this site's results (params: changing them reruns its pairs).
+    check_variant(wc)
+    return options_of(wc.model, wc.site)
 
-    Projected attention SAEs match on decoder terms only. The device is not among them: it
-    is the `gpu` resource, so moving a run between CPU and GPU reruns nothing.
-    """
-    opts = site_match_config(wc)
-    del opts["device"]
-    if projects_att(wc.model, wc.site):
-        opts["weights"] = "dec"
-    return opts
+
+def match_device(wc):
+    return cfg.site_options(config, wc.model, wc.site)["device"]
 
 
 def n_features(model):
@@ -152,34 +195,50 @@ def n_features(model):
 
 
 def match_gpu(wc):
-    return 0 if site_match_config(wc)["device"] == "cpu" else 1
+    """1: the job runs on a GPU. `auto` asks for one on a cluster, and locally only where the
+    host has an NVIDIA GPU, so CPU-only runs are not serialised by a `gpu` cap."""
+    device = match_device(wc)
+    if device == "cpu":
+        return 0
+    if device == "auto" and workflow.local_exec:
+        return int(saematch.devices.host_has_gpu())
+    return 1
+
+
+def match_threads(wc):
+    """One core for small pairs (the demo's run side by side), four for real widths."""
+    return 1 if n_features(wc.model) < 8192 else 4
 
 
 def match_mem_mb(wc, attempt):
-    """Host memory of one pair, doubled on each retry (README, "Speed and memory")."""
+    """Host memory of one pair, doubled on each retry after a resource failure (not after an
+    input error, which is not worth more memory: saematch.logs.failed_on_input)."""
     F, d = n_features(wc.model), config["catalog"][wc.model]["d_model"]
-    opts = site_match_config(wc)
+    opts = cfg.site_options(config, wc.model, wc.site)
     dense = choose_solver(F, F, opts["solver"], opts["dense_max_gb"]) == "dense"
     matrix = (
         4 * F * F if dense else 40 * F * opts["k"] + 8 * F * d
     )  # dense costs, or candidate edges + the sparse solver's float32 copy of Y
     need = matrix + 48 * F * d + 8 * opts["chunk_size"] * F + 2**30
+    if saematch.logs.failed_on_input(MATCH_LOG.format(**wc)):
+        attempt = 1
     return int(1.25 * need / 1e6 * 2 ** (attempt - 1))
 
 
 def match_runtime(wc, attempt):
     """Minutes: the CPU lapjv solve grows ≈ F^2.2 (about 6 s at 16k), plus loading."""
+    if saematch.logs.failed_on_input(MATCH_LOG.format(**wc)):
+        attempt = 1
     return int((10 + 5 * (n_features(wc.model) / 16384) ** 2.2) * 2 ** (attempt - 1))
 
 
 def match_input(wc):
-    sae = "resources/hub/model={model}/site={site}/layer={layer}.json"
     inputs = {
-        "src": sae.format(model=wc.model, site=wc.site, layer=wc.layer),
-        "dst": sae.format(model=wc.model, site=wc.site, layer=int(wc.layer) + 1),
+        "src": pointer_path(sae_spec(wc.model, wc.site, int(wc.layer))),
+        "dst": pointer_path(sae_spec(wc.model, wc.site, int(wc.layer) + 1)),
     }
     if projects_att(wc.model, wc.site):
-        inputs["model"] = f"resources/hub/model={wc.model}/model.json"
+        inputs["model"] = pointer_path(model_spec(wc.model))
     return inputs
 
 
@@ -208,21 +267,79 @@ def demo_params(wc):
     }
 
 
-def model_matches(wc):
+def matches_of(model, variant):
     return [
-        f"results/matches/model={wc.model}/site={site}/layer={L}/part-0.parquet"
+        MATCHES.format(model=model, variant=variant, site=site, layer=L)
         for site in config["sites"]
-        for L in pair_layers(wc.model)
+        for L in cfg.pair_layers(config, model)
     ]
 
 
+def summary_matches(wc):
+    check_variant(wc)
+    if wc.selection != SELECTION[wc.model]:
+        raise ValueError(
+            f"{SUMMARY.format(**wc)}: this run selects {SELECTION[wc.model]}, not {wc.selection}"
+        )
+    return matches_of(wc.model, wc.variant)
+
+
 def summary_truth(wc):
-    return demo_input(wc) and f"resources/demo/{wc.model}/truth.parquet"
+    if "demo" in config["catalog"][wc.model]:
+        return f"resources/demo/{wc.model}/truth.parquet"
+    return []
+
+
+def summary_prefix(model):
+    return SUMMARY.format(
+        model=model, variant=VARIANT[model], selection=SELECTION[model]
+    )
 
 
 def all_targets():
     return [
-        f"results/summary/{model}.{ext}"
+        f"{summary_prefix(model)}.{ext}"
         for model in config["models"]
-        for ext in ("parquet", "png")
+        for ext in ("parquet", "png", "tsv")
     ]
+
+
+def check_nothing_is_overwritten():
+    """Stop before any job when a planned matches file exists but was made from other SAEs or
+    options: a variant's results are never silently replaced (saematch.config)."""
+    from saematch.write import read_provenance
+
+    clashes = []
+    for model in config["models"]:
+        for site in config["sites"]:
+            opts = options_of(model, site)
+            for L in cfg.pair_layers(config, model):
+                path = MATCHES.format(
+                    model=model, variant=VARIANT[model], site=site, layer=L
+                )
+                if not os.path.exists(path):
+                    continue
+                expected = {
+                    "src": sae_spec(model, site, L),
+                    "dst": sae_spec(model, site, L + 1),
+                    "options": opts,
+                }
+                try:
+                    change = cfg.describe_change(read_provenance(path), expected)
+                except Exception as exc:  # not ours, or unreadable: leave it alone too
+                    change = f"unreadable provenance ({exc})"
+                if change:
+                    clashes.append(f"  {path}: {change}")
+    if clashes:
+        raise cfg.ConfigError(
+            f"{len(clashes)} existing result(s) of variant {', '.join(sorted(set(VARIANT.values())))} "
+            "were made from other SAEs or options than this run's config:\n"
+            + "\n".join(clashes[:5])
+            + ("\n  …" if len(clashes) > 5 else "")
+            + "\nNothing was run. Give this configuration its own variant "
+            "(--config variant=NAME, config/README.md 'Variants'), or move the old results away."
+        )
+
+
+if workflow.is_main_process:
+    check_nothing_is_overwritten()

@@ -1,43 +1,43 @@
 # Downloads run on the submitting node (localrules) into the normal Hugging Face cache.
-# Their outputs are small JSON pointers (repo, commit, size, sha256), so downstream jobs
-# rerun only when a file's content or pinned revision changes, never on a mere re-run.
+# Their outputs are small JSON pointers (repo, commit, size, sha256), named by repo, revision
+# and file, so every variant that uses an SAE shares its pointer and downstream jobs rerun
+# only when a file's content or pinned revision changes, never on a mere re-run. No Snakemake
+# retries: saematch.hub retries transient network errors itself and never a bad file.
 
 
 rule download_sae:
     input:
-        demo_input,
+        download_input,
     output:
-        "resources/hub/model={model}/site={site}/layer={layer}.json",
+        "resources/hub/sae/{repo}/{revision}/{key}.json",
     log:
-        "logs/download_sae/model={model}/site={site}/layer={layer}.log",
+        "logs/download_sae/{repo}/{revision}/{key}.log",
     benchmark:
-        "benchmarks/download_sae/model={model}/site={site}/layer={layer}.tsv"
-    retries: 2
+        "benchmarks/download_sae/{repo}/{revision}/{key}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     resources:
         hf_download=1,
     params:
-        spec=download_sae_params,
+        spec=download_spec,
     script:
         "../../scripts/download.py"
 
 
 rule download_model:
     input:
-        demo_input,
+        download_input,
     output:
-        "resources/hub/model={model}/model.json",
+        "resources/hub/model/{repo}/{revision}.json",
     log:
-        "logs/download_model/model={model}.log",
+        "logs/download_model/{repo}/{revision}.log",
     benchmark:
-        "benchmarks/download_model/model={model}.tsv"
-    retries: 2
+        "benchmarks/download_model/{repo}/{revision}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     resources:
         hf_download=1,
     params:
-        spec=download_model_params,
+        spec=download_spec,
     script:
         "../../scripts/download.py"

@@ -1,19 +1,29 @@
+# One summary per (model, variant, selection): it describes exactly the pairs its name lists,
+# so a narrower run writes its own summary and never shrinks a wider one.
+
+
 rule summarize:
     input:
-        matches=model_matches,
+        matches=summary_matches,
         truth=summary_truth,
     output:
-        table="results/summary/{model}.parquet",
+        table=SUMMARY + ".parquet",
+        text=report(
+            SUMMARY + ".tsv",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"model": "{model}", "variant": "{variant}", "pairs": "{selection}"},
+        ),
         figure=report(
-            "results/summary/{model}.png",
+            SUMMARY + ".png",
             caption="../report/cosine.rst",
             category="Matched cosine",
-            labels={"model": "{model}"},
+            labels={"model": "{model}", "variant": "{variant}", "pairs": "{selection}"},
         ),
     log:
-        "logs/summarize/{model}.log",
+        "logs/summarize/model={model}/variant={variant}/{selection}.log",
     benchmark:
-        "benchmarks/summarize/{model}.tsv"
+        "benchmarks/summarize/model={model}/variant={variant}/{selection}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     script:

@@ -1,0 +1,250 @@
+"""The run's selection and names: config values from the command line, variants, result paths.
+
+Torch-free: the Snakefile imports it at parse time. Everything here is a plain function over
+the config dict, tested without Snakemake (tests/test_config.py).
+
+A *variant* is one choice of SAEs and match options for a model. Its results live in
+``results/model={model}/variant={variant}/``, so two variants never share a file. The name is
+the catalog's width plus one part per deviation from the catalog's SAEs or from the default
+match options (``16k``, ``16k_nofold``, ``16k_res-L20-l0-41``, ``8x``, ``32x``), or the name
+given in ``config["variant"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from .errors import SaeError
+
+SITES = ("res", "mlp", "att")
+SITE_ALIASES = {"R": "res", "M": "mlp", "A": "att"}  # Llama Scope's names for its sites
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # a path segment: no '/', '=', leading '.'
+RESULT_OPTIONS = ("fold", "weights")  # the match options that change which features match
+DEFAULT_OPTIONS = {"fold": True, "weights": "enc+dec+benc"}
+
+
+class ConfigError(SaeError):
+    """A config value that cannot work; the message names the key."""
+
+
+# --- command-line values ----------------------------------------------------------------------
+
+_TRUE, _FALSE = {"true", "yes", "on"}, {"false", "no", "off"}
+
+
+def _convert(value, types: list[str]):
+    """A string from ``--config`` as the first JSON-schema type it parses as; else unchanged."""
+    if not isinstance(value, str):
+        return value
+    for t in types:
+        low = value.strip().lower()
+        if t == "boolean" and low in _TRUE | _FALSE:
+            return low in _TRUE
+        if t == "integer" and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+        if t == "number":
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if t == "null" and low in ("null", "none", "~"):
+            return None
+        if t == "string":
+            return value
+    return value
+
+
+def _types(schema: dict) -> list[str]:
+    t = schema.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def coerce(value, schema: dict, root: dict | None = None):
+    """``value`` with every string that the schema types as boolean/integer/number converted.
+
+    Snakemake hands ``--config 'match={fold: false, k: 8}'`` over as strings; the schema says
+    what each key holds. Objects and arrays are walked; ``oneOf`` branches are tried in order.
+    """
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    for branch in schema.get("oneOf", schema.get("anyOf", [])):
+        converted = coerce(value, branch, root)
+        if converted is not value:
+            return converted
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        out = {}
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            out[k] = coerce(v, sub, root) if sub is not None else v
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [coerce(v, schema["items"], root) for v in value]
+    if isinstance(value, str):
+        types = _types(schema)
+        if "enum" in schema and value not in schema["enum"]:
+            for candidate in schema["enum"]:  # an enum of booleans or numbers
+                if str(candidate).lower() == value.strip().lower():
+                    return candidate
+        return _convert(value, [t for t in types if t != "string"] + (["string"] if "string" in types else []))
+    return value
+
+
+def normalise(config: dict) -> dict:
+    """Site aliases (R/M/A → res/mlp/att) and layers as ints; the rest as given."""
+    config = dict(config)
+    config["sites"] = [SITE_ALIASES.get(s, s) if isinstance(s, str) else s for s in config["sites"]]
+    if config["layers"] != "all":
+        layers = config["layers"] if isinstance(config["layers"], list) else [config["layers"]]
+        try:
+            config["layers"] = [int(L) for L in layers]
+        except (TypeError, ValueError):
+            raise ConfigError(f"config: layers must be 'all' or a list of layer numbers, got {config['layers']!r}") from None
+    return config
+
+
+# --- the selection ------------------------------------------------------------------------------
+
+def selected_layers(config: dict, model: str) -> list[int]:
+    n = config["catalog"][model]["n_layers"]
+    return list(range(n)) if config["layers"] == "all" else sorted(set(config["layers"]))
+
+
+def pair_layers(config: dict, model: str) -> list[int]:
+    """Source layers L of the pairs (L, L+1) to match: both layers selected."""
+    layers = set(selected_layers(config, model))
+    return [L for L in sorted(layers) if L + 1 in layers]
+
+
+def check_selection(config: dict) -> None:
+    """Unknown model, site or layer, or a selection with no pair: ConfigError before any job."""
+    catalog = config["catalog"]
+    if config["layers"] != "all" and len(set(config["layers"])) < 2:
+        raise ConfigError(f"config: layers={config['layers']}: a pair needs two consecutive layers "
+                          "(e.g. layers=[3,4]); use layers=all for every pair")
+    for model in config["models"]:
+        if model not in catalog:
+            raise ConfigError(f"config: unknown model {model!r}; known models: {', '.join(sorted(catalog))}")
+        for site in config["sites"]:
+            if site not in catalog[model]["sites"]:
+                raise ConfigError(f"config: model {model!r} has no site {site!r}; it has "
+                                  f"{', '.join(catalog[model]['sites'])} (Llama Scope's R, M, A are res, mlp, att)")
+        n = catalog[model]["n_layers"]
+        if config["layers"] != "all":
+            bad = [L for L in config["layers"] if not 0 <= L < n]
+            if bad:
+                raise ConfigError(f"config: model {model!r} has layers 0–{n - 1}; unknown layer(s) {bad}")
+        if not pair_layers(config, model):
+            raise ConfigError(f"config: layers={config['layers']} contain no consecutive pair (L, L+1) for "
+                              f"model {model!r}: nothing to match. List both layers of a pair, e.g. "
+                              f"layers=[{config['layers'][0]},{config['layers'][0] + 1}]")
+
+
+def layers_label(layers: list[int]) -> str:
+    """Compact name of a set of layers: [0..25] → 'L0-25', [3, 5, 6, 7] → 'L3_5-7'."""
+    runs, layers = [], sorted(set(layers))
+    for L in layers:
+        if runs and L == runs[-1][1] + 1:
+            runs[-1][1] = L
+        else:
+            runs.append([L, L])
+    return "L" + "_".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def selection_label(config: dict, model: str) -> str:
+    """The name of a summary: its sites and layers, e.g. 'res+mlp+att.L0-25', 'res.L10-12'."""
+    sites = [s for s in SITES if s in config["sites"]]
+    return "+".join(sites) + "." + layers_label(selected_layers(config, model))
+
+
+# --- variants ---------------------------------------------------------------------------------
+
+def site_options(config: dict, model: str, site: str) -> dict:
+    """config["match"] with this site's per_site overrides; projected att sites match on 'dec'."""
+    opts = {k: v for k, v in config["match"].items() if k != "per_site"}
+    opts.update(config["match"].get("per_site", {}).get(site, {}))
+    if config["catalog"][model]["sites"][site].get("project_att", False):
+        opts["weights"] = "dec"
+    return opts
+
+
+def _short_hash(value) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def _option_parts(opts: dict, default: dict) -> list[str]:
+    parts = []
+    if opts["fold"] != default["fold"]:
+        parts.append("fold" if opts["fold"] else "nofold")
+    if opts["weights"] != default["weights"]:
+        parts.append("w-" + opts["weights"])
+    return parts
+
+
+def variant_name(config: dict, model: str) -> str:
+    """This run's variant of ``model``: ``config['variant']`` or a name from what deviates.
+
+    Parts: the width; per site and layer override in ``per_layer`` (l0 by value, other keys
+    by a short hash); the match options that change results (fold, weights) where they differ
+    from the defaults (globally, or per site).
+    """
+    if config.get("variant"):
+        return config["variant"]
+    entry = config["catalog"][model]
+    parts = [entry["width"]]
+    for site, site_cfg in entry["sites"].items():
+        for L, over in sorted(site_cfg.get("per_layer", {}).items(), key=lambda kv: int(kv[0])):
+            for key, value in sorted(over.items()):
+                tail = str(value) if key == "l0" and NAME.match(str(value)) else _short_hash(value)
+                parts.append(f"{site}-L{int(L)}-{key}-{tail}")
+    global_opts = {k: config["match"][k] for k in RESULT_OPTIONS}
+    parts += _option_parts(global_opts, DEFAULT_OPTIONS)
+    for site in entry["sites"]:
+        base = dict(global_opts)
+        if entry["sites"][site].get("project_att", False):
+            base["weights"] = "dec"
+        parts += [f"{site}-{p}" for p in _option_parts(site_options(config, model, site), base)]
+    name = "_".join(parts)
+    if not NAME.match(name):
+        raise ConfigError(f"config: variant name {name!r} of model {model!r} is not a safe folder name; "
+                          "set one with --config variant=NAME")
+    return name
+
+
+# --- never overwrite ----------------------------------------------------------------------------
+
+def sae_identity(pointer_or_spec: dict) -> dict:
+    """What identifies an SAE: format, repo, requested revision and file per role."""
+    files = pointer_or_spec["files"]
+    return {
+        "format": pointer_or_spec.get("format"),
+        "repo_id": pointer_or_spec["repo_id"],
+        "revision": pointer_or_spec["revision"],
+        "files": {role: f["filename"] if isinstance(f, dict) else f for role, f in files.items()},
+    }
+
+
+def describe_change(provenance: dict, expected: dict) -> str | None:
+    """How the planned pair differs from the one already written (None: same SAEs and options).
+
+    ``expected``: {"src": spec, "dst": spec, "options": {...}} with specs as in the config.
+    """
+    changes = []
+    for side in ("src", "dst"):
+        old, new = sae_identity(provenance[side]), sae_identity(expected[side])
+        for key in ("format", "repo_id", "revision", "files"):
+            if old[key] != new[key] and not (key == "format" and old[key] is None):
+                changes.append(f"{side} {key} {old[key]} → {new[key]}")
+    for key in RESULT_OPTIONS:
+        old, new = provenance.get("options", {}).get(key), expected["options"].get(key)
+        if old != new:
+            changes.append(f"match.{key} {old} → {new}")
+    return "; ".join(changes) or None

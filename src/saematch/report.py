@@ -1,0 +1,39 @@
+"""What the end of a run prints: where the results are and what they say, or why it failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .logs import failures_since
+
+
+def results_message(summaries: dict[str, str]) -> str:
+    """model → summary path prefix (…/summary/{selection}); the tables, read back from disk."""
+    import polars as pl
+
+    from .summary import console_table
+
+    out = []
+    for model, prefix in summaries.items():
+        table_path = Path(f"{prefix}.parquet")
+        run_dir = table_path.parent.parent
+        out.append(f"\nsaematch: {model}: results in {run_dir}/")
+        out.append(f"  matches  {run_dir}/matches/site=*/layer=*/part-0.parquet (one file per pair)")
+        out.append(f"  summary  {table_path} (and .tsv), figure {prefix}.png")
+        if table_path.exists():
+            table = pl.read_parquet(table_path)
+            out.append(console_table(table))
+            uncertified = table.filter(~pl.col("certified"))
+            if uncertified.height:
+                out.append(f"  {uncertified.height} pair(s) NOT certified optimal: see the 'certificate' "
+                           "in their files' provenance (saematch.write.read_provenance)")
+    return "\n".join(out)
+
+
+def failures_message(log_dir: str, since: float) -> str:
+    failures = failures_since(log_dir, since)
+    if not failures:
+        return "saematch: the run failed (see Snakemake's messages above)"
+    lines = [f"saematch: {len(failures)} job(s) failed:"]
+    lines += [f"  {cause}\n    (log: {path})" for path, cause in failures]
+    return "\n".join(lines)
