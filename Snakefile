@@ -29,7 +29,10 @@ STARTED = time.time()
 onsuccess:
     from saematch.report import results_message
 
-    print(results_message({m: summary_prefix(m) for m in config["models"]}), flush=True)
+    print(
+        results_message({m: summary_prefix(m) for m in config["models"]}),
+        flush=True,
+    )
 
 
 onerror:

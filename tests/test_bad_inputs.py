@@ -113,16 +113,22 @@ def join_safetensors(header, data):
     return struct.pack("<Q", len(head)) + head + data
 
 
-def llama_st(edit):
-    """Llama Scope folder whose checkpoint's header is ``edit(header)`` (data bytes unchanged);
-    ``edit`` may instead return the whole file's bytes."""
+def llama_raw(edit):
+    """Llama Scope folder whose checkpoint's bytes are ``edit(good file's bytes)``."""
     def make(tmp):
         w, h, *_ = llama_files(tmp)
-        header, data = split_safetensors(w.read_bytes())
-        out = edit(header)
-        w.write_bytes(out if isinstance(out, bytes) else join_safetensors(header, data))
+        w.write_bytes(edit(w.read_bytes()))
         return w, lambda: load_llama_scope(str(w), str(h))
     return make
+
+
+def llama_st(edit):
+    """Llama Scope checkpoint whose header is changed in place by ``edit(header)``; data unchanged."""
+    def rewrite(raw):
+        header, data = split_safetensors(raw)
+        edit(header)
+        return join_safetensors(header, data)
+    return llama_raw(rewrite)
 
 
 def by_offset(header, i):
@@ -229,13 +235,15 @@ CASES = [
      r"tensor 'encoder.weight' has shape \[-32, -16\]; expected a list of non-negative integers"),
     ("st-shape-float", llama_st(header_field("encoder.weight", "shape", [32.0, 16])),
      r"tensor 'encoder.weight' has shape \[32.0, 16\]; expected a list"),
-    ("st-header-length-absurd", llama_st(lambda h: struct.pack("<Q", 2**62) + b"{}"),
+    ("st-header-length-absurd", llama_raw(lambda raw: struct.pack("<Q", 2**62) + raw[8:]),
      r"safetensors header: declared length 4611686018427387904 bytes is absurd"),
-    ("st-header-not-object", llama_st(lambda h: join_safetensors(b"[1, 2]", b"")),
+    ("st-header-not-object", llama_raw(lambda raw: join_safetensors(b"[1, 2]", b"")),
      r"safetensors header is not a JSON object \(got a list\)"),
-    ("st-header-not-json", llama_st(lambda h: join_safetensors(b"{\"encoder.weight\": ", b"")),
+    ("st-header-not-json", llama_raw(lambda raw: join_safetensors(b'{"encoder.weight": ', b"")),
      r"safetensors header is not valid JSON"),
-    ("st-truncated", llama_st(lambda h: None) and gemma_bytes(b"") and None, None),  # placeholder, replaced below
+    ("st-truncated", llama_raw(lambda raw: raw[:-100]), r"truncated safetensors file"),
+    ("st-too-short", llama_raw(lambda raw: raw[:5]), r"truncated or not a safetensors file \(5 bytes"),
+    ("st-trailing-bytes", llama_raw(lambda raw: raw + b"\0" * 8), r"8 bytes after the last tensor's data"),
     # Llama Scope checkpoint: dtype and shapes
     ("st-int32-tensor", llama_tensors(tcast("encoder.weight", torch.int32)),
      r"tensor 'encoder.weight' has dtype I32; expected a float tensor"),
@@ -272,7 +280,7 @@ CASES = [
     ("npz-W_dec-transposed", gemma(lambda a: a.update(W_dec=a["W_dec"].T.copy())),
      r"W_dec has shape \(16, 32\), expected \(32, 16\) — transposed\?"),
     ("npz-threshold-shape", gemma(lambda a: a.update(threshold=a["threshold"][:5].copy())),
-     r"threshold has shape \(5,\), expected \(32,\)"),
+     r"threshold has shape \(5,\), expected \(32,\) \(F=32 features as most of threshold, b_enc, W_enc, W_dec say"),
     # good path: other float dtypes load like float32
     ("ok-npz-float16", gemma_as(np.float16), ACCEPTED),
     ("ok-npz-float64", gemma_as(np.float64), ACCEPTED),
@@ -280,5 +288,19 @@ CASES = [
     ("ok-st-float16", llama_as(torch.float16), ACCEPTED),
     ("ok-st-float64", llama_as(torch.float64), ACCEPTED),
 ]
-CASES[[c[0] for c in CASES].index("st-truncated")] = (
-    "st-truncated", llama_st(lambda h: None) if False else None, None)
+
+
+@pytest.mark.parametrize("make,problem", [pytest.param(make, problem, id=name) for name, make, problem in CASES])
+def test_loader_refuses_bad_input_naming_the_file_and_the_problem(tmp_path, make, problem):
+    path, load, *reference = make(tmp_path)
+    if problem is ACCEPTED:
+        sae, ref = load(), reference[0]()
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            got, want = getattr(sae, name), getattr(ref, name)
+            assert got.dtype == torch.float32 and torch.equal(got, want), name
+        return
+    with pytest.raises(SaeError) as err:
+        load()
+    message = str(err.value)
+    assert str(path) in message, message
+    assert re.search(problem, message), f"{problem!r} not in {message!r}"

@@ -74,3 +74,50 @@ def test_resolve_rejects_a_file_changed_after_download(cache):
     blob.write_bytes(bytes(data[:-10]))
     with pytest.raises(SaeError, match="truncated or replaced"):
         resolve_files(p)
+
+
+class _Flaky:
+    """hf_hub_download stand-in: raises the given errors in turn, then returns a path."""
+
+    def __init__(self, *errors, path="/cache/file"):
+        self.errors, self.calls, self.path = list(errors), 0, path
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.path
+
+
+def test_a_download_is_retried_on_network_errors_only(monkeypatch):
+    import saematch.hub as hub
+
+    flaky = _Flaky(ConnectionError("reset by peer"), TimeoutError("read timed out"))
+    monkeypatch.setattr(hub, "hf_hub_download", flaky)
+    waits = []
+    assert hub._download("r/x", "f.npz", "main", None, False, sleep=waits.append) == "/cache/file"
+    assert flaky.calls == 3 and len(waits) == 2
+
+
+@pytest.mark.parametrize("error", ["missing", "offline"])
+def test_a_missing_file_is_not_retried(monkeypatch, error):
+    import saematch.hub as hub
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    exc = EntryNotFoundError("404 Client Error: Entry Not Found") if error == "missing" else \
+        LocalEntryNotFoundError("offline and not in the cache")
+    flaky = _Flaky(exc, exc, exc)
+    monkeypatch.setattr(hub, "hf_hub_download", flaky)
+    with pytest.raises(SaeError, match="r/x/f.npz @ main: download failed"):
+        hub._download("r/x", "f.npz", "main", None, False, sleep=lambda s: None)
+    assert flaky.calls == 1
+
+
+def test_network_errors_that_persist_fail_after_three_attempts_naming_the_file(monkeypatch):
+    import saematch.hub as hub
+
+    flaky = _Flaky(*[ConnectionError("down")] * 5)
+    monkeypatch.setattr(hub, "hf_hub_download", flaky)
+    with pytest.raises(SaeError, match="r/x/f.npz @ main: download failed: down"):
+        hub._download("r/x", "f.npz", "main", None, False, sleep=lambda s: None)
+    assert flaky.calls == hub.RETRIES == 3

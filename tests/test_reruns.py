@@ -7,6 +7,7 @@ each leaves the workdir complete for the next.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,8 @@ import polars as pl
 import pytest
 import yaml
 
-from test_workflow import ROOT, copy_workflow, mtimes, planned_jobs, smk
+from saematch.write import read_provenance
+from test_workflow import ROOT, copy_workflow, match_path, mtimes, planned_jobs, smk, summary_path
 
 pytestmark = pytest.mark.workflow
 
@@ -54,11 +56,21 @@ def nothing_to_do(workdir: Path, *args: str, env: dict | None = None) -> bool:
     return "Nothing to be done" in out.stdout + out.stderr
 
 
-def matches(site: str, *layers: int) -> list[str]:
-    return [f"results/matches/model=demo/site={site}/layer={L}/part-0.parquet" for L in layers]
+def matches(site: str, *layers: int, variant: str = "1k") -> list[str]:
+    return [match_path("demo", variant, site, L) for L in layers]
 
 
-SUMMARY = ["results/summary/demo.parquet", "results/summary/demo.png"]
+def summary(selection: str = "res+mlp.L0-4", variant: str = "1k") -> list[str]:
+    return [summary_path("demo", variant, selection, ext) for ext in ("parquet", "png", "tsv")]
+
+
+def pointer(site: str, layer: int, l0: int) -> str:
+    return (f"resources/hub/sae/saematch-demo--gemma-scope-2b-pt-{site}/main/"
+            f"layer_{layer}/width_1k/average_l0_{l0}/params.npz.json")
+
+
+SUMMARY = summary()
+ALL_MATCHES = [*matches("mlp", 0, 1, 2, 3), *matches("res", 0, 1, 2, 3)]
 
 
 def test_a_second_run_has_nothing_to_do(wf):
@@ -78,6 +90,7 @@ def test_redownloading_identical_files_reruns_nothing_downstream(wf):
 
 def test_moving_between_cpu_and_gpu_reruns_nothing(wf):
     assert nothing_to_do(wf, "--config", "match={device: cpu}")
+    assert nothing_to_do(wf, "--config", "match={device: cuda:0}")
 
 
 def test_a_new_algo_version_reruns_every_match_job_and_nothing_else(wf, tmp_path):
@@ -89,60 +102,102 @@ def test_a_new_algo_version_reruns_every_match_job_and_nothing_else(wf, tmp_path
     assert planned_jobs(wf, env=env) == {"match_pair": 8, "summarize": 1, "all": 1}
 
 
-def test_a_new_revision_for_one_layer_reruns_its_download_and_two_pairs(wf):
-    edit_config(wf, lambda c: site_cfg(c, "res").update(per_layer={2: {"revision": "0" * 40}}))
-    assert planned_jobs(wf) == {"download_sae": 1, "match_pair": 2, "summarize": 1, "all": 1}
+def test_a_new_revision_for_one_layer_is_a_new_variant_beside_the_old(wf):
+    edit_config(wf, lambda c: site_cfg(c, "res").update(per_layer={2: {"revision": "1234567890abcdef" * 2 + "12345678"}}))
+    out = smk(wf, "-n", "--quiet", "rules")
+    assert "variant=1k_res-L2-revision-" in smk(wf, "-n").stdout
+    assert planned_jobs(wf) == {"download_sae": 1, "match_pair": 8, "summarize": 1, "all": 1}, out.stdout
     edit_config(wf, lambda c: site_cfg(c, "res").pop("per_layer"))
     assert nothing_to_do(wf)
 
 
-def test_another_file_for_the_first_layer_reruns_its_download_and_one_pair(wf):
-    other = {"params": "layer_0/width_1k/average_l0_90/params.npz"}
-    edit_config(wf, lambda c: site_cfg(c, "mlp").update(per_layer={0: {"files": other}}))
-    assert planned_jobs(wf) == {"download_sae": 1, "match_pair": 1, "summarize": 1, "all": 1}
-    edit_config(wf, lambda c: site_cfg(c, "mlp").pop("per_layer"))
-
-
-def test_another_l0_for_one_layer_rebuilds_only_that_layer_and_the_summary(wf):
+def test_another_l0_for_one_layer_lands_in_its_own_variant_and_touches_nothing_else(wf):
+    before = {p: (wf / p).read_bytes() for p in [*ALL_MATCHES, *SUMMARY]}
     edit_config(wf, lambda c: site_cfg(c, "res").update(per_layer={2: {"l0": 90}}))
-    assert rebuilt_by_run(wf) == ["resources/hub/model=demo/site=res/layer=2.json",
-                                  *matches("res", 1, 2), *SUMMARY]
+    variant = "1k_res-L2-l0-90"
+    rebuilt = rebuilt_by_run(wf)
+    assert rebuilt == sorted([pointer("res", 2, 90), *matches("mlp", 0, 1, 2, 3, variant=variant),
+                              *matches("res", 0, 1, 2, 3, variant=variant), *summary(variant=variant)])
+    assert all((wf / p).read_bytes() == b for p, b in before.items())  # the first variant, intact
+    new = pl.read_parquet(wf / matches("res", 1, variant=variant)[0])
+    assert not new.equals(pl.read_parquet(wf / matches("res", 1)[0]))  # other SAEs, other matches
+    # pairs whose SAE files are unchanged are copied from the first variant, not recomputed
+    for site, L in [("res", 0), ("res", 3), ("mlp", 0), ("mlp", 2)]:
+        copy, first = wf / matches(site, L, variant=variant)[0], wf / matches(site, L)[0]
+        assert read_provenance(copy)["reused_from"] == str(first.relative_to(wf))
+        assert read_provenance(copy)["variant"] == variant
+        assert pl.read_parquet(copy).equals(pl.read_parquet(first))
+    for L in (1, 2):
+        assert "reused_from" not in read_provenance(wf / matches("res", L, variant=variant)[0])
+    edit_config(wf, lambda c: site_cfg(c, "res").pop("per_layer"))
+    assert nothing_to_do(wf)
 
 
-def test_another_folding_option_for_one_site_rebuilds_only_that_sites_pairs(wf):
+def test_another_folding_option_for_one_site_is_its_own_variant(wf):
     edit_config(wf, lambda c: c["match"].update(per_site={"mlp": {"fold": False}}))
-    assert planned_jobs(wf) == {"match_pair": 4, "summarize": 1, "all": 1}
-    assert rebuilt_by_run(wf) == [*matches("mlp", 0, 1, 2, 3), *SUMMARY]
+    assert planned_jobs(wf) == {"match_pair": 8, "summarize": 1, "all": 1}
+    rebuilt = rebuilt_by_run(wf)
+    assert rebuilt == sorted([*matches("mlp", 0, 1, 2, 3, variant="1k_mlp-nofold"),
+                              *matches("res", 0, 1, 2, 3, variant="1k_mlp-nofold"), *summary(variant="1k_mlp-nofold")])
+    reused = {m for m in rebuilt if "/matches/" in m and "reused_from" in read_provenance(wf / m)}
+    assert reused == set(matches("res", 0, 1, 2, 3, variant="1k_mlp-nofold"))
+    nofold = read_provenance(wf / matches("mlp", 0, variant="1k_mlp-nofold")[0])
+    assert nofold["options"]["fold"] is False
+    edit_config(wf, lambda c: c["match"].update(per_site={}))
+    assert nothing_to_do(wf)
 
 
-def test_another_cost_option_for_one_site_rebuilds_only_that_sites_pairs(wf):
-    edit_config(wf, lambda c: c["match"]["per_site"].update(res={"weights": "dec"}))
-    assert rebuilt_by_run(wf) == [*matches("res", 0, 1, 2, 3), *SUMMARY]
+def test_changing_a_variants_saes_in_place_is_refused_before_any_job(wf):
+    before = mtimes(wf)
+    edit_config(wf, lambda c: site_cfg(c, "res")["l0"].__setitem__(2, 90))  # the catalog itself
+    out = smk(wf, check=False)
+    console = out.stdout + out.stderr
+    assert out.returncode != 0 and "Nothing was run" in console
+    assert re.search(r"variant=1k/matches/site=res/layer=1/part-0.parquet: dst files .*average_l0_35.* → "
+                     r".*average_l0_90", console)
+    assert "--config variant=NAME" in console
+    assert mtimes(wf) == before
+    assert planned_jobs(wf, "--config", "variant=catalog-l0-90")["match_pair"] == 8  # named: its own place
+    edit_config(wf, lambda c: site_cfg(c, "res")["l0"].__setitem__(2, 35))
+    assert nothing_to_do(wf)
 
 
-def test_adding_a_layer_runs_only_the_new_jobs(wf):
+def test_another_cost_option_for_one_site_is_its_own_variant(wf):
+    assert "variant=1k_res-w-dec/" in smk(wf, "-n", "--config", "match={per_site: {res: {weights: dec}}}").stdout
+
+
+def test_adding_a_layer_runs_only_the_new_jobs_and_keeps_the_narrower_summary(wf):
+    old_summary = {p: (wf / p).read_bytes() for p in SUMMARY}
     edit_config(wf, lambda c: c.update(layers=[0, 1, 2, 3, 4, 5]))
     assert planned_jobs(wf) == {"download_sae": 2, "match_pair": 2, "summarize": 1, "all": 1}
-    assert rebuilt_by_run(wf) == ["resources/hub/model=demo/site=mlp/layer=5.json",
-                                  "resources/hub/model=demo/site=res/layer=5.json",
-                                  *matches("mlp", 4), *matches("res", 4), *SUMMARY]
+    assert rebuilt_by_run(wf) == sorted([pointer("mlp", 5, 42), pointer("res", 5, 41),
+                                         *matches("mlp", 4), *matches("res", 4), *summary("res+mlp.L0-5")])
+    assert all((wf / p).read_bytes() == b for p, b in old_summary.items())
+    assert pl.read_parquet(wf / summary("res+mlp.L0-5")[0]).height == 10
+
+
+def test_a_narrower_run_writes_its_own_summary_and_leaves_the_wider_one(wf):
+    wider = {p: (wf / p).read_bytes() for p in summary("res+mlp.L0-5")}
+    assert rebuilt_by_run(wf, "--config", "layers=[1,2,3]", "sites=[res]") == summary("res.L1-3")
+    assert pl.read_parquet(wf / summary("res.L1-3")[0]).height == 2
+    assert all((wf / p).read_bytes() == b for p, b in wider.items())
 
 
 def test_adding_a_site_runs_only_the_new_jobs(wf):
     edit_config(wf, lambda c: c.update(sites=["res", "mlp", "att"]))
     assert planned_jobs(wf) == {"download_sae": 6, "download_model": 1, "match_pair": 5, "summarize": 1, "all": 1}
     rebuilt = rebuilt_by_run(wf)
-    assert [r for r in rebuilt if "results/matches" in r] == matches("att", 0, 1, 2, 3, 4)
-    assert all("site=att" in r or "model.json" in r or r in SUMMARY for r in rebuilt)
+    assert [r for r in rebuilt if "/matches/" in r] == matches("att", 0, 1, 2, 3, 4)
+    assert all("site=att" in r or "pt-att" in r or "resources/hub/model/" in r or "/summary/" in r for r in rebuilt)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill-process-group"])
 def test_an_interrupted_run_resumes_without_cleanup_and_equals_an_uninterrupted_one(wf, sig):
     targets = [wf / m for m in matches("res", 0, 1, 2)]
     reference = {t: pl.read_parquet(t) for t in targets}
-    for t in [*targets, *(wf / s for s in SUMMARY)]:  # pending work for the next run
+    for t in [*targets, *(wf / s for s in summary("res+mlp+att.L0-5"))]:  # pending work for the next run
         t.unlink()
-    logs = [wf / f"logs/match_pair/model=demo/site=res/layer={L}.log" for L in (0, 1, 2)]
+    logs = [wf / f"logs/match_pair/model=demo/variant=1k/site=res/layer={L}.log" for L in (0, 1, 2)]
     started = time.time()
     cmd = [sys.executable, "-m", "snakemake", "--directory", str(wf), "--snakefile", str(wf / "Snakefile"),
            "--cores", "1"]

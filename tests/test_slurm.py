@@ -142,12 +142,12 @@ def test_demo_on_real_slurm_equals_a_local_run_and_only_match_jobs_get_a_gpu(slu
         gpu_job = "--comment rule_match_pair_" in line
         assert ("--gpus=a100:1" in line) == gpu_job and (" -p gpu " in line) == gpu_job, line
 
-    matches = sorted(p.relative_to(local) for p in local.glob("results/matches/**/*.parquet"))
+    matches = sorted(p.relative_to(local) for p in local.glob("results/model=demo/variant=1k/matches/**/*.parquet"))
     assert len(matches) == 6
     for rel in matches:
         assert pl.read_parquet(cluster / rel).equals(pl.read_parquet(local / rel)), rel
-    assert pl.read_parquet(cluster / "results/summary/demo.parquet").equals(
-        pl.read_parquet(local / "results/summary/demo.parquet"))
+    summary = "results/model=demo/variant=1k/summary/res+mlp+att.L0-2.parquet"
+    assert pl.read_parquet(cluster / summary).equals(pl.read_parquet(local / summary))
 
     jobs = [j for j in slurm_jobs() if str(cluster) in j.get("WorkDir", "")]
     by_rule = {}

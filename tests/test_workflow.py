@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -50,6 +51,17 @@ def planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> dict[str
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
+def match_path(model: str, variant: str, site: str, layer: int) -> str:
+    return f"results/model={model}/variant={variant}/matches/site={site}/layer={layer}/part-0.parquet"
+
+
+def summary_path(model: str, variant: str, selection: str, ext: str = "parquet") -> str:
+    return f"results/model={model}/variant={variant}/summary/{selection}.{ext}"
+
+
+DEMO = "1k"  # the demo's variant: its width, nothing overridden
+
+
 def mtimes(workdir: Path) -> dict[str, int]:
     return {str(p.relative_to(workdir)): p.stat().st_mtime_ns
             for d in ("results", "resources/hub") for p in (workdir / d).rglob("*") if p.is_file()}
@@ -84,12 +96,46 @@ def test_dry_run_of_the_real_configs_works_offline(pristine, args, expected):
     (["sites=[resid]"], "'resid' is not one of"),
     (["models=[gemma-2-2b]", "layers=[25,26]"], r"model 'gemma-2-2b' has layers 0–25; unknown layer\(s\) \[26\]"),
     (["match={weights: everything}"], "'everything' is not one of"),
+    (["match={k: many}"], "'many' is not of type 'integer'"),
+    (["match={device: gpu2}"], "'gpu2' does not match"),
     (["models=[gemma-2-2b]", "catalog={gemma-2-2b: {width: 65k}}"], "has no l0 list for width 65k"),
+    (["layers=[3,5]"], r"layers=\[3, 5\] contain no consecutive pair \(L, L\+1\) for model 'demo': nothing to match"),
+    (["layers=[3]"], r"layers=\[3\]: a pair needs two consecutive layers"),
+    (["catalog={../../../escaped: {format: gemma-scope}}"], "'../../../escaped' does not match"),
+    (["models=[../../x]"], "'../../x' does not match"),
+    (["variant=../x"], r"'../x' is not valid"),
 ])
-def test_unknown_config_values_fail_before_anything_runs(pristine, args, message):
-    out = smk(pristine, "-n", "--config", *args, check=False)
+def test_bad_config_values_fail_before_any_job_with_the_reason(pristine, args, message):
+    out = smk(pristine, "--config", *args, check=False)
     assert out.returncode != 0
     assert re.search(message, out.stdout + out.stderr)
+    assert "Traceback" not in out.stdout + out.stderr
+    assert not (pristine / "logs").exists() and not (pristine / "results").exists()
+    assert not (pristine / "../../../escaped").resolve().exists()
+
+
+@pytest.mark.parametrize("args,variant", [
+    (["match={fold: false}"], "1k_nofold"),
+    (["match={fold: false, weights: dec}"], "1k_nofold_w-dec"),
+    (["match={chunk_size: 512, k: 8, dense_max_gb: 1.5, per_site: {mlp: {k: 4, fold: no}}}"], "1k_mlp-nofold"),
+    (["match={device: cuda:1}"], "1k"),
+    (["match={device: cuda}"], "1k"),
+    (["variant=my-sweep"], "my-sweep"),
+])
+def test_every_documented_key_can_be_set_on_the_command_line(pristine, args, variant):
+    out = smk(pristine, "-n", "--config", *args)
+    assert f"results/model=demo/variant={variant}/matches/site=res/layer=0/part-0.parquet" in out.stdout
+
+
+def test_llama_scopes_site_names_r_m_a_are_accepted(pristine):
+    jobs = planned_jobs(pristine, "--config", "models=[llama-3.1-8b]", "sites=[R,A]", "layers=[3,4]",
+                        env={"HF_HUB_OFFLINE": "1"})
+    assert jobs["match_pair"] == 2 and jobs["download_sae"] == 4
+
+
+def test_cpu_only_hosts_do_not_serialise_match_jobs_on_a_gpu_resource(pristine):
+    out = smk(pristine, "-n", "--config", "layers=[0,1]", "sites=[res]")
+    assert re.search(r"rule match_pair:(.|\n)*?resources: .*gpu=0", out.stdout)  # this host has no GPU
 
 
 def test_workflow_passes_lint_and_snakefmt(pristine):
@@ -145,7 +191,8 @@ def test_real_config_runs_on_a_prefilled_hub_cache_offline(tmp_path, model):
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     smk(workdir, "--config", f"models=[{model}]", "layers=[12,13]", env=env)
     for site in ("res", "mlp", "att"):
-        path = workdir / f"results/matches/model={model}/site={site}/layer=12/part-0.parquet"
+        variant = {"gemma-2-2b": "16k", "llama-3.1-8b": "8x"}[model]
+        path = workdir / match_path(model, variant, site, 12)
         df, prov = pl.read_parquet(path), read_provenance(path)
         assert df.height == 24 and df["match"].n_unique() == 24
         assert prov["src"]["files"] and prov["dst"]["commit"] and len(prov["src"]["commit"]) == 40
@@ -156,32 +203,47 @@ def test_real_config_runs_on_a_prefilled_hub_cache_offline(tmp_path, model):
             assert prov["src"]["files"]["weights"]["filename"] == \
                 f"Llama3_1-8B-Base-L12{dict(res='R', mlp='M', att='A')[site]}-8x/checkpoints/final.safetensors"
         assert prov["options"]["weights"] == ("dec" if (model, site) == ("gemma-2-2b", "att") else "enc+dec+benc")
-    assert (workdir / f"results/summary/{model}.png").stat().st_size > 0
+    assert (workdir / summary_path(model, variant, "res+mlp+att.L12-13", "png")).stat().st_size > 0
 
 
 # --- the demo, end to end ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_console(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
-    smk(workdir)
-    return workdir
+    out = smk(workdir)
+    return workdir, out.stdout  # what a run prints at its end (Snakemake's own messages are on stderr)
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_console):
+    return demo_console[0]
+
+
+def test_the_end_of_a_run_says_where_the_results_are_and_what_they_show(demo_console):
+    workdir, console = demo_console
+    tail = console
+    assert f"saematch: demo: results in results/model=demo/variant={DEMO}/" in tail
+    assert summary_path("demo", DEMO, "res+mlp+att.L0-5") in tail
+    header = re.search(r"\| site \| pair \| features \| cosine \| top1_agree \| certified \| planted_recovered \|", tail)
+    assert header
+    assert len(re.findall(r"\| (res|mlp|att) +\| \d→\d +\| 1024 ", tail)) == 15
 
 
 def test_demo_run_writes_every_pair_summary_and_figure(demo_run):
-    matches = sorted(demo_run.glob("results/matches/model=demo/site=*/layer=*/part-0.parquet"))
+    matches = sorted(demo_run.glob(f"results/model=demo/variant={DEMO}/matches/site=*/layer=*/part-0.parquet"))
     assert len(matches) == 15
-    summary = pl.read_parquet(demo_run / "results/summary/demo.parquet")
+    summary = pl.read_parquet(demo_run / summary_path("demo", DEMO, "res+mlp+att.L0-5"))
     assert summary.height == 15 and summary["n_features"].to_list() == [1024] * 15
     recovered = (summary["planted_recovered"] * summary["n_planted"]).sum() / summary["n_planted"].sum()
     assert recovered > 0.98
     assert summary["certified"].all() and (summary["solver"] == "lapjv").all()
-    assert (demo_run / "results/summary/demo.png").stat().st_size > 10_000
-    assert (demo_run / "logs/match_pair/model=demo/site=att/layer=0.log").read_text()
+    assert (demo_run / summary_path("demo", DEMO, "res+mlp+att.L0-5", "png")).stat().st_size > 10_000
+    assert (demo_run / f"logs/match_pair/model=demo/variant={DEMO}/site=att/layer=0.log").read_text()
 
 
 def test_demo_provenance_names_both_saes_options_versions_and_timings(demo_run):
-    prov = read_provenance(demo_run / "results/matches/model=demo/site=mlp/layer=3/part-0.parquet")
+    prov = read_provenance(demo_run / match_path("demo", DEMO, "mlp", 3))
     assert prov["src"]["files"]["params"]["filename"] == "layer_3/width_1k/average_l0_46/params.npz"
     assert prov["dst"]["files"]["params"]["filename"] == "layer_4/width_1k/average_l0_44/params.npz"
     assert len(prov["src"]["files"]["params"]["sha256"]) == 64 and prov["src"]["revision"] == "main"
@@ -193,23 +255,45 @@ def test_demo_provenance_names_both_saes_options_versions_and_timings(demo_run):
     assert prov["total_cost"] > 0 and {"load", "cost", "solve", "total"} <= set(prov["seconds"])
 
 
-def test_the_report_carries_the_summary_figure(demo_run):
+def test_the_report_carries_the_summary_table_and_figure(demo_run):
     smk(demo_run, "--report", "report.html")
-    assert "demo.png" in (demo_run / "report.html").read_text(errors="replace")
+    html = (demo_run / "report.html").read_text(errors="replace")
+    assert "res+mlp+att.L0-5.png" in html
+    # the summary table itself is embedded (as a TSV, which the report shows as a table)
+    data = re.search(r"res\+mlp\+att\.L0-5\.tsv;base64,([A-Za-z0-9+/=]+)", html)
+    assert data, "summary table not in the report"
+    table = pl.read_csv(base64.b64decode(data[1]), separator="\t")
+    assert table.height == 15 and {"site", "layer", "cosine_mean", "top1_agreement", "certified"} <= set(table.columns)
 
 
-def test_a_corrupt_sae_file_fails_the_job_and_leaves_no_partial_output(demo_run):
-    pointer = json.loads((demo_run / "resources/hub/model=demo/site=mlp/layer=4.json").read_text())
-    snap = demo_run / "resources/demo/hf-cache/models--saematch-demo--gemma-scope-2b-pt-mlp/snapshots"
-    blob = Path(os.path.realpath(snap / pointer["commit"] / pointer["files"]["params"]["filename"]))
+def demo_blob(workdir: Path, site: str, layer: int, l0: int) -> Path:
+    pointer = json.loads((workdir / f"resources/hub/sae/saematch-demo--gemma-scope-2b-pt-{site}/main/"
+                                    f"layer_{layer}/width_1k/average_l0_{l0}/params.npz.json").read_text())
+    snap = workdir / f"resources/demo/hf-cache/models--saematch-demo--gemma-scope-2b-pt-{site}/snapshots"
+    return Path(os.path.realpath(snap / pointer["commit"] / pointer["files"]["params"]["filename"]))
+
+
+def test_a_failed_job_says_why_on_the_console_is_not_retried_and_leaves_no_partial_output(demo_run):
+    blob = demo_blob(demo_run, "mlp", 4, 44)
     good = blob.read_bytes()
-    out_file = demo_run / "results/matches/model=demo/site=mlp/layer=3/part-0.parquet"
+    out_file = demo_run / match_path("demo", DEMO, "mlp", 3)
+    log_file = demo_run / f"logs/match_pair/model=demo/variant={DEMO}/site=mlp/layer=3.log"
     try:
         blob.write_bytes(good[: len(good) // 3])
         out = smk(demo_run, "--forcerun", str(out_file.relative_to(demo_run)), check=False)
-        assert out.returncode != 0
-        assert not out_file.exists()
-        log = (demo_run / "logs/match_pair/model=demo/site=mlp/layer=3.log").read_text()
-        assert "layer_4/width_1k/average_l0_44/params.npz" in log and "truncated" in log
     finally:
         blob.write_bytes(good)
+    console = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert not out_file.exists()
+    cause = re.compile(r"saematch: error: \S*layer_4/width_1k/average_l0_44/params.npz: \d+ bytes, "
+                       r"expected \d+ \(truncated or replaced\)")
+    assert cause.search(console), console[-3000:]  # the one-line cause, on the console
+    assert "Traceback" not in console
+    assert re.search(r"saematch: 1 job\(s\) failed:\n  \S*average_l0_44/params.npz", console)  # at the end
+    assert "not retried" in console
+    # Snakemake's retry stopped at once: same memory request, and the first attempt's traceback kept
+    resources = re.findall(r"resources: .*mem_mb=(\d+)", console)
+    assert len(resources) == 2 and resources[0] == resources[1]
+    log = log_file.read_text()
+    assert "Traceback" in log and cause.search(log)

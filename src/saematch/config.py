@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 
 from .errors import SaeError
@@ -217,6 +218,19 @@ def variant_name(config: dict, model: str) -> str:
         raise ConfigError(f"config: variant name {name!r} of model {model!r} is not a safe folder name; "
                           "set one with --config variant=NAME")
     return name
+
+
+# --- downloads ---------------------------------------------------------------------------------
+
+def pointer_path(spec: dict) -> str:
+    """Where a download's pointer lives: named by repo, revision and the SAE's files, so each
+    SAE has one pointer, shared by every variant that uses it."""
+    repo = spec["repo_id"].replace("/", "--")
+    if spec["format"] == "model":
+        return f"resources/hub/model/{repo}/{spec['revision']}.json"
+    files = sorted(spec["files"].values())
+    key = files[0] if len(files) == 1 else posixpath.commonpath(files) or "+".join(files)
+    return f"resources/hub/sae/{repo}/{spec['revision']}/{key}.json"
 
 
 # --- never overwrite ----------------------------------------------------------------------------

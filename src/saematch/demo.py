@@ -22,8 +22,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import save as save_safetensors
+from safetensors.numpy import save as save_safetensors
 
 SITES = ("res", "mlp", "att")
 
@@ -169,7 +168,7 @@ def make_demo(
         shard = f"model-0000{1 if L < half else 2}-of-00002.safetensors"
         for key, value in ((f"model.layers.{L}.self_attn.o_proj.weight", o_proj[L]),
                            (f"model.layers.{L}.post_attention_layernorm.weight", gain[L])):
-            shards.setdefault(shard, {})[key] = torch.from_numpy(np.ascontiguousarray(value))
+            shards.setdefault(shard, {})[key] = np.ascontiguousarray(value)
             weight_map[key] = shard
     files = {name: save_safetensors(t) for name, t in shards.items()}
     files["model.safetensors.index.json"] = json.dumps(

@@ -90,8 +90,10 @@ def _read_npz(path: str, keys) -> dict[str, torch.Tensor]:
                     array = np.lib.format.read_array(fh, allow_pickle=False)
                 out[key] = torch.from_numpy(np.asarray(array, dtype=np.float32))
             return out
+    except SaeError:
+        raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error,
-            NotImplementedError) as exc:
+            NotImplementedError, ValueError) as exc:  # ValueError: numpy's "EOF reading array data"
         raise SaeError(f"{path}: not a readable .npz (truncated or corrupt download?): {exc}") from exc
 
 
@@ -149,7 +151,8 @@ def _safetensors_header(path: str) -> dict[str, dict]:
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise SaeError(f"{path}: not a safetensors file ({size} bytes, no 8-byte header length)")
+                raise SaeError(f"{path}: truncated or not a safetensors file ({size} bytes, "
+                               f"too short for the 8-byte header length)")
             (n,) = struct.unpack("<Q", head)
             if n > ST_MAX_HEADER:
                 raise SaeError(f"{path}: safetensors header: declared length {n} bytes is absurd "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -87,10 +88,12 @@ def check_sae(sae: Sae, where: str) -> Sae:
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             raise shape_error(where, name, tensors[name].shape, shape,
-                              f"F={F} features from threshold/b_enc, d_out={d_out} from b_dec")
+                              f"F={F} features as most of threshold, b_enc, W_enc, W_dec say; d_out={d_out} from b_dec")
     for name, t in tensors.items():
-        if not torch.isfinite(t).all():
-            bad = int((~torch.isfinite(t)).sum())
+        # in row blocks of ~1M values: isfinite on a whole matrix makes full-size temporaries
+        rows = max(1, (1 << 20) // max(1, math.prod(t.shape[1:])))
+        bad = sum(int((~torch.isfinite(block)).sum()) for block in t.split(rows))
+        if bad:
             raise SaeError(f"{where}: {name} has {bad} NaN or Inf values")
     if not (sae.threshold > 0).all():
         bad = int((sae.threshold <= 0).sum())

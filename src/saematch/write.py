@@ -35,7 +35,10 @@ def write_matches(path: str | Path, columns: dict[str, np.ndarray], provenance: 
         mask = unmatched if field.name in ("match", "cosine", "mse") and unmatched.any() else None
         arrays.append(pa.array(values, type=field.type, mask=mask))
     table = pa.Table.from_arrays(arrays, schema=SCHEMA)
-    table = table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
+    _write_table(path, table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}))
+
+
+def _write_table(path: str | Path, table: pa.Table) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed job
@@ -51,3 +54,36 @@ def write_matches(path: str | Path, columns: dict[str, np.ndarray], provenance: 
 def read_provenance(path: str | Path) -> dict:
     """The provenance dict stored in a matches file."""
     return json.loads(pq.ParquetFile(path).metadata.metadata[PROVENANCE_KEY])
+
+
+def _same_pair(a: dict, b: dict) -> bool:
+    """Same SAE files (by sha256), same options, same algorithm version."""
+    def files(pv, side):
+        return {r: (f["filename"], f["sha256"]) for r, f in pv[side]["files"].items()}
+    return (all(files(a, s) == files(b, s) for s in ("src", "dst"))
+            and a["options"] == b["options"] and a["algo_version"] == b["algo_version"]
+            and a.get("model_files") == b.get("model_files"))
+
+
+def reuse_identical(path: str | Path, candidates: list[str | Path], wanted: dict) -> str | None:
+    """Copy an existing matches file computed from the same SAE files, options and algorithm
+    (another variant's) to ``path``, with this variant's provenance; return its path or None.
+
+    ``wanted``: the provenance this job would write (src, dst, options, algo_version, and the
+    model's files for projected sites). The copy records ``reused_from``.
+    """
+    for other in candidates:
+        if Path(other) == Path(path) or not Path(other).exists():
+            continue
+        try:
+            provenance = read_provenance(other)
+            if not _same_pair(provenance, wanted):
+                continue
+            table = pq.read_table(other)
+        except (OSError, KeyError, ValueError, TypeError):
+            continue
+        provenance = {**provenance, **{k: wanted[k] for k in ("model", "variant", "site", "layer") if k in wanted},
+                      "reused_from": str(other)}
+        _write_table(path, table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}))
+        return str(other)
+    return None

@@ -19,7 +19,9 @@ min_version("9.0")
 
 SCHEMA = "../schemas/config.schema.yaml"
 with open(Path(workflow.current_basedir) / SCHEMA) as _fh:
-    config.update(cfg.coerce(config, yaml.safe_load(_fh)))  # --config values arrive as strings
+    config.update(
+        cfg.coerce(config, yaml.safe_load(_fh))
+    )  # --config values arrive as strings
 config.update(cfg.normalise(config))
 validate(config, SCHEMA)
 cfg.check_selection(config)
@@ -27,10 +29,11 @@ cfg.check_selection(config)
 SITES = cfg.SITES
 VARIANT = {model: cfg.variant_name(config, model) for model in config["models"]}
 SELECTION = {model: cfg.selection_label(config, model) for model in config["models"]}
-RUN = "results/model={model}/variant={variant}"
-MATCHES = RUN + "/matches/site={site}/layer={layer}/part-0.parquet"
-SUMMARY = RUN + "/summary/{selection}"
-MATCH_LOG = "logs/match_pair/model={model}/variant={variant}/site={site}/layer={layer}.log"
+MATCHES = "results/model={model}/variant={variant}/matches/site={site}/layer={layer}/part-0.parquet"
+SUMMARY = "results/model={model}/variant={variant}/summary/{selection}"
+MATCH_LOG = (
+    "logs/match_pair/model={model}/variant={variant}/site={site}/layer={layer}.log"
+)
 
 
 wildcard_constraints:
@@ -75,9 +78,7 @@ def sae_spec(model, site, layer):
         "format": entry["format"],
         "repo_id": spec["repo_id"].format(**fields),
         "revision": spec["revision"],
-        "files": {
-            role: path.format(**fields) for role, path in spec["files"].items()
-        },
+        "files": {role: path.format(**fields) for role, path in spec["files"].items()},
         "cache_dir": hub.get("cache_dir"),
         "local_files_only": hub.get("local_files_only", False),
         "demo": "demo" in entry and model,
@@ -98,15 +99,7 @@ def model_spec(model):
     }
 
 
-def pointer_path(spec):
-    """Where a download's pointer lives: named by repo, revision and the SAE's files, so every
-    SAE any variant uses has its own, shared by all variants that use it."""
-    repo = spec["repo_id"].replace("/", "--")
-    if spec["format"] == "model":
-        return f"resources/hub/model/{repo}/{spec['revision']}.json"
-    files = sorted(spec["files"].values())
-    key = files[0] if len(files) == 1 else os.path.commonpath(files) or "+".join(files)
-    return f"resources/hub/sae/{repo}/{spec['revision']}/{key}.json"
+pointer_path = cfg.pointer_path
 
 
 def _downloads():

@@ -7,18 +7,26 @@ rule summarize:
         matches=summary_matches,
         truth=summary_truth,
     output:
-        table=SUMMARY + ".parquet",
+        table=f"{SUMMARY}.parquet",
         text=report(
-            SUMMARY + ".tsv",
+            f"{SUMMARY}.tsv",
             caption="../report/summary.rst",
             category="Summary",
-            labels={"model": "{model}", "variant": "{variant}", "pairs": "{selection}"},
+            labels={
+                "model": "{model}",
+                "variant": "{variant}",
+                "pairs": "{selection}",
+            },
         ),
         figure=report(
-            SUMMARY + ".png",
+            f"{SUMMARY}.png",
             caption="../report/cosine.rst",
             category="Matched cosine",
-            labels={"model": "{model}", "variant": "{variant}", "pairs": "{selection}"},
+            labels={
+                "model": "{model}",
+                "variant": "{variant}",
+                "pairs": "{selection}",
+            },
         ),
     log:
         "logs/summarize/model={model}/variant={variant}/{selection}.log",

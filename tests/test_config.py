@@ -1,0 +1,167 @@
+"""saematch.config: command-line values, selections, variant names, the overwrite check."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from saematch import config as cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+CONFIG = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def with_(**changes):
+    c = copy.deepcopy(CONFIG)
+    c.update(changes)
+    return c
+
+
+# --- command-line strings become the schema's types ---------------------------------------------
+
+@pytest.mark.parametrize("given,expected", [
+    ({"match": {"fold": "false"}}, {"match": {"fold": False}}),
+    ({"match": {"fold": "True"}}, {"match": {"fold": True}}),
+    ({"match": {"chunk_size": "512", "k": "8", "dense_max_gb": "1.5"}},
+     {"match": {"chunk_size": 512, "k": 8, "dense_max_gb": 1.5}}),
+    ({"match": {"dense_max_gb": "6"}}, {"match": {"dense_max_gb": 6.0}}),
+    ({"match": {"per_site": {"mlp": {"fold": "no", "k": "4"}}}}, {"match": {"per_site": {"mlp": {"fold": False, "k": 4}}}}),
+    ({"layers": ["10", "11"]}, {"layers": [10, 11]}),
+    ({"layers": "all"}, {"layers": "all"}),
+    ({"variant": "null"}, {"variant": None}),
+    ({"variant": "l0-sweep"}, {"variant": "l0-sweep"}),
+    ({"match": {"weights": "dec", "device": "cuda:1"}}, {"match": {"weights": "dec", "device": "cuda:1"}}),
+    ({"catalog": {"m": {"n_layers": "26", "d_model": "2304", "width": "16k"}}},
+     {"catalog": {"m": {"n_layers": 26, "d_model": 2304, "width": "16k"}}}),
+])
+def test_command_line_strings_are_read_as_the_schema_types(given, expected):
+    assert cfg.coerce(given, SCHEMA) == expected
+
+
+def test_strings_that_are_not_numbers_stay_strings_for_the_schema_to_reject():
+    assert cfg.coerce({"match": {"k": "many"}}, SCHEMA) == {"match": {"k": "many"}}
+
+
+def test_llama_scope_site_names_are_aliases():
+    assert cfg.normalise(with_(sites=["R", "M", "A"]))["sites"] == ["res", "mlp", "att"]
+
+
+# --- selections ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layers,message", [
+    ([3], "a pair needs two consecutive layers"),
+    ([3, 5], r"no consecutive pair \(L, L\+1\) for model 'demo'"),
+    ([1, 4], "nothing to match"),
+    ([5, 6], r"has layers 0–5; unknown layer\(s\) \[6\]"),
+])
+def test_a_selection_without_a_pair_is_refused_with_the_reason(layers, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.check_selection(with_(layers=layers))
+
+
+def test_pairs_are_the_consecutive_selected_layers():
+    assert cfg.pair_layers(with_(layers=[0, 1, 2, 4, 5]), "demo") == [0, 1, 4]
+    assert cfg.pair_layers(with_(layers="all"), "demo") == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("layers,label", [
+    ([0, 1, 2, 3, 4, 5], "L0-5"), ([10, 11, 12], "L10-12"), ([3, 5, 6, 7], "L3_5-7"), ([2], "L2")])
+def test_layer_labels_name_exactly_the_layers(layers, label):
+    assert cfg.layers_label(layers) == label
+
+
+def test_a_summary_is_named_by_its_sites_and_layers():
+    assert cfg.selection_label(with_(sites=["att", "res"], layers=[1, 2, 3]), "demo") == "res+att.L1-3"
+    assert cfg.selection_label(CONFIG, "demo") == "res+mlp+att.L0-5"
+
+
+# --- variant names ------------------------------------------------------------------------------
+
+def test_the_default_variant_is_named_by_its_width():
+    assert cfg.variant_name(CONFIG, "gemma-2-2b") == "16k"
+    assert cfg.variant_name(CONFIG, "llama-3.1-8b") == "8x"
+
+
+def test_every_result_changing_choice_gets_its_own_readable_name():
+    names = set()
+    c = with_()
+    names.add(cfg.variant_name(c, "llama-3.1-8b"))
+    c["catalog"]["llama-3.1-8b"]["width"] = "32x"
+    names.add(cfg.variant_name(c, "llama-3.1-8b"))
+    c = with_(match=dict(CONFIG["match"], fold=False))
+    names.add(cfg.variant_name(c, "llama-3.1-8b"))
+    c = with_(match=dict(CONFIG["match"], weights="dec"))
+    names.add(cfg.variant_name(c, "llama-3.1-8b"))
+    c = with_(match=dict(CONFIG["match"], per_site={"mlp": {"fold": False}}))
+    names.add(cfg.variant_name(c, "llama-3.1-8b"))
+    c = with_()
+    c["catalog"]["llama-3.1-8b"]["sites"]["res"]["per_layer"] = {20: {"revision": "abc"}}
+    names.add(cfg.variant_name(c, "llama-3.1-8b"))
+    assert names == {"8x", "32x", "8x_nofold", "8x_w-dec", "8x_mlp-nofold",
+                     "8x_res-L20-revision-" + cfg._short_hash("abc")}
+
+
+def test_an_l0_override_is_named_by_layer_and_value():
+    c = with_()
+    c["catalog"]["gemma-2-2b"]["sites"]["res"]["per_layer"] = {"21": {"l0": 41}, 20: {"l0": 39}}
+    assert cfg.variant_name(c, "gemma-2-2b") == "16k_res-L20-l0-39_res-L21-l0-41"
+
+
+def test_options_that_do_not_change_results_keep_the_name():
+    c = with_(match=dict(CONFIG["match"], solver="sparse", k=8, chunk_size=128, device="cpu"))
+    assert cfg.variant_name(c, "gemma-2-2b") == "16k"
+
+
+def test_projected_attention_always_matches_on_decoders_so_saying_so_is_no_variant():
+    c = with_(match=dict(CONFIG["match"], per_site={"att": {"weights": "dec"}}))
+    assert cfg.variant_name(c, "gemma-2-2b") == "16k"
+    assert cfg.variant_name(c, "llama-3.1-8b") == "8x_att-w-dec"  # Llama's A is attn_out
+
+
+def test_a_named_variant_is_used_as_given():
+    assert cfg.variant_name(with_(variant="l0-sweep"), "gemma-2-2b") == "l0-sweep"
+
+
+# --- the overwrite check ------------------------------------------------------------------------
+
+SPEC = {"format": "gemma-scope", "repo_id": "g/res", "revision": "abc",
+        "files": {"params": "layer_2/width_16k/average_l0_35/params.npz"}}
+
+
+def provenance(spec=SPEC, **options):
+    pointer = dict(spec, commit="c" * 40, files={r: {"filename": f, "size": 1, "sha256": "0" * 64}
+                                                   for r, f in spec["files"].items()})
+    return {"src": pointer, "dst": pointer, "options": {"fold": True, "weights": "enc+dec+benc", **options}}
+
+
+def test_the_same_saes_and_options_are_no_change():
+    expected = {"src": SPEC, "dst": SPEC, "options": {"fold": True, "weights": "enc+dec+benc", "k": 8}}
+    assert cfg.describe_change(provenance(), expected) is None
+
+
+@pytest.mark.parametrize("change,phrase", [
+    (lambda e: e["dst"].update(files={"params": "layer_2/width_16k/average_l0_90/params.npz"}), "dst files"),
+    (lambda e: e["src"].update(revision="def"), "src revision abc → def"),
+    (lambda e: e["src"].update(repo_id="g/other"), "src repo_id"),
+    (lambda e: e["options"].update(fold=False), "match.fold True → False"),
+    (lambda e: e["options"].update(weights="dec"), "match.weights enc+dec+benc → dec"),
+])
+def test_other_saes_or_result_options_are_a_change(change, phrase):
+    expected = {"src": dict(SPEC), "dst": dict(SPEC), "options": {"fold": True, "weights": "enc+dec+benc"}}
+    change(expected)
+    assert phrase in cfg.describe_change(provenance(), expected)
+
+
+def test_each_sae_has_one_pointer_named_by_repo_revision_and_files():
+    gemma = {"format": "gemma-scope", "repo_id": "google/gemma-scope-2b-pt-res", "revision": "fd57",
+             "files": {"params": "layer_12/width_16k/average_l0_82/params.npz"}}
+    llama = {"format": "llama-scope", "repo_id": "fnlp/Llama3_1-8B-Base-LXR-8x", "revision": "main",
+             "files": {"hyperparams": "Llama3_1-8B-Base-L12R-8x/hyperparams.json",
+                       "weights": "Llama3_1-8B-Base-L12R-8x/checkpoints/final.safetensors"}}
+    model = {"format": "model", "repo_id": "google/gemma-2-2b", "revision": "c5eb", "files": {}}
+    assert cfg.pointer_path(gemma) == \
+        "resources/hub/sae/google--gemma-scope-2b-pt-res/fd57/layer_12/width_16k/average_l0_82/params.npz.json"
+    assert cfg.pointer_path(llama) == "resources/hub/sae/fnlp--Llama3_1-8B-Base-LXR-8x/main/Llama3_1-8B-Base-L12R-8x.json"
+    assert cfg.pointer_path(model) == "resources/hub/model/google--gemma-2-2b/c5eb.json"
