@@ -104,6 +104,8 @@ def test_dry_run_of_the_real_configs_works_offline(pristine, args, expected):
     (["catalog={../../../escaped: {format: gemma-scope}}"], "'../../../escaped' does not match"),
     (["models=[../../x]"], "'../../x' does not match"),
     (["variant=../x"], r"'../x' is not valid"),
+    (["catalog={demo: {sites: {res: {per_layer: {1: {revision: ../../escaped}}}}}}"], "'../../escaped' does not match"),
+    (["catalog={demo: {sites: {res: {files: {params: ../../../escaped.npz}}}}}"], "'../../../escaped.npz' does not match"),
 ])
 def test_bad_config_values_fail_before_any_job_with_the_reason(pristine, args, message):
     out = smk(pristine, "--config", *args, check=False)

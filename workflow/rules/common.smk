@@ -18,10 +18,9 @@ from saematch.solve import choose_solver
 min_version("9.0")
 
 SCHEMA = "../schemas/config.schema.yaml"
+# --config values arrive as strings: read them as the schema's types before validating
 with open(Path(workflow.current_basedir) / SCHEMA) as _fh:
-    config.update(
-        cfg.coerce(config, yaml.safe_load(_fh))
-    )  # --config values arrive as strings
+    config.update(cfg.coerce(config, yaml.safe_load(_fh)))
 config.update(cfg.normalise(config))
 validate(config, SCHEMA)
 cfg.check_selection(config)
