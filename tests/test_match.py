@@ -66,3 +66,35 @@ def test_match_pair_leaves_surplus_features_of_a_wider_layer_unmatched():
     assert unmatched.sum() == 15 and np.isnan(cols["cosine"][unmatched]).all()
     assert sorted(cols["match"][~unmatched]) == list(range(20))
     assert (cols["top1"] >= 0).all()  # top-1 is defined for every feature
+
+
+def test_a_threshold_that_overflows_float32_after_folding_is_refused_naming_file_layer_feature_and_theta():
+    import pytest
+
+    from saematch.sae import SaeError
+
+    src, dst = random_sae(d=8, F=30, seed=1), random_sae(d=8, F=30, seed=2)
+    src = dataclasses.replace(src, threshold=src.threshold.clone(), source={"where": "/hub/layer_3/params.npz"})
+    dst = dataclasses.replace(dst, threshold=dst.threshold.clone(), source={"where": "/hub/layer_4/params.npz"})
+    src.threshold[5] = 3e38  # W_dec · θ: the folded vector's squared norm overflows float32
+    with pytest.raises(SaeError) as err:
+        match_pair(src, dst, device="cpu")
+    msg = str(err.value)
+    assert "/hub/layer_3/params.npz (layer L, src) feature 5 (threshold θ = 3e+38)" in msg
+    assert "overflow" in msg and "folding" in msg
+    src.threshold[5] = 0.3
+    dst.threshold[11] = 1e-38  # W_enc / θ overflows on the other side
+    expected = r"/hub/layer_4/params.npz \(layer L\+1, dst\) feature 11 \(threshold θ = 1e-38\)"
+    with pytest.raises(SaeError, match=expected):
+        match_pair(src, dst, device="cpu")
+
+
+def test_a_nan_or_inf_cost_entry_is_explained_by_the_feature_behind_it():
+    from saematch.match import explain_nonfinite
+
+    cost = np.ones((4, 5), np.float32)
+    cost[2, 3] = np.inf
+    nx, ny = np.array([1.0, 1, 2e19, 1]), np.ones(5)
+    msg = explain_nonfinite(cost, nx, ny, lambda side, i: f"<{side} {i}>")
+    assert "first at row 2 (<src 2>), column 3 (<dst 3>)" in msg
+    assert "<src 2> has a folded parameter vector of norm 2e+19" in msg

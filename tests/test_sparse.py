@@ -117,3 +117,98 @@ def test_pricing_selects_m_lowest_per_group_and_up_to_4m_where_that_many_are_neg
     assert keep[:10].tolist() == [True, True] + [False] * 8  # m = 2 lowest
     assert keep[10:20].tolist() == [True] * 8 + [False] * 2  # 10 negative: 4m = 8 lowest
     assert keep[20:].tolist() == [False, True, True]  # one negative: still m = 2
+
+
+def outlier_vectors(theta):
+    from test_certificate_outliers import folded64, sae_pair
+
+    src, dst = sae_pair(theta, "src")
+    return (src, dst), (torch.from_numpy(folded64(src)).float(), torch.from_numpy(folded64(dst)).float())
+
+
+@pytest.mark.parametrize("theta,flagged", [(1.0, False), (1e6, True)])
+def test_sparse_certificate_is_the_float64_optimum_or_flags_an_unresolvable_outlier(theta, flagged):
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    _, (X, Y) = outlier_vectors(theta)
+    match, _, cert, _, _ = solve_sparse(X, Y, k=4, chunk=128, col_chunk=256)
+    assert cert["certified"] == (not flagged)
+    assert cert["unslack_matched"] == 0 and cert["violated_entries"] == 0
+    if flagged:
+        assert cert["imprecise_src"] == [7] and "src feature 7 with folded-vector norm" in cert["reason"]
+    else:
+        C64 = cdist(X.double().numpy(), Y.double().numpy(), "sqeuclidean")
+        r, c = linear_sum_assignment(C64)
+        assert C64[r, match].sum() == pytest.approx(C64[r, c].sum(), rel=1e-9)
+
+
+def test_the_sparse_path_never_certifies_an_unresolvable_outlier_and_names_it():
+    from saematch.sae import SaeError
+
+    (src, dst), _ = outlier_vectors(1e9)
+    try:  # lapmod's float64 duals cannot resolve costs of 1e18 next to 30: refused (here) or flagged
+        _, stats = match_pair(src, dst, device="cpu", solver="sparse", k=4, chunk_size=128)
+    except SaeError as exc:
+        message = str(exc)
+        assert "sparse path refused" in message
+    else:
+        assert not stats["certificate"]["certified"]
+        message = stats["certificate"]["reason"]
+    assert "src feature 7 with folded-vector norm 9.89e+08" in message
+    assert "/hub/layer_3/params.npz (layer L, src) feature 7 (threshold θ = 1e+09)" in message
+
+
+def test_pricing_judges_each_pair_by_its_own_scale_not_its_blocks_largest():
+    from saematch.sparse import edge_costs, prepare, price
+
+    _, (X, Y) = outlier_vectors(1e9)  # row 7's costs ~1e18 share the (single) row block with the rest
+    S = prepare(X, Y, torch.device("cpu"))
+    n = len(X)
+    rows, cols = np.repeat(np.arange(n), n), np.tile(np.arange(n), n)
+    C = edge_costs(S, rows, cols).reshape(n, n)  # the float32 costs pricing computes, internal columns
+    u, v = np.zeros(n), C.min(axis=0)  # feasible: rc ≥ 0, = 0 at each column's minimum
+    _, violated, _, _ = price(S, u, v, slack=1.0)
+    assert violated == 0
+    i = 3  # an ordinary row: push its lowest reduced cost to −2 × that entry's own tolerance
+    rc = C[i] - v
+    j = int(rc.argmin())
+    u[i] += rc[j] + 2e-6 * (C[i, j] + abs(v[j])) / (1 - 2e-6)
+    row_min, violated, _, worst = price(S, u, v, slack=1.0)
+    assert violated == 1 and row_min[i] < 0 and 1e-6 < worst < 3e-6
+
+
+def test_sparse_certificate_checks_complementary_slackness_pair_by_pair():
+    from saematch.sparse import candidates, duals_from_matching, prepare, solve_candidates, sparse_certificate
+
+    _, (X, Y) = outlier_vectors(1.0)
+    S = prepare(X, Y, torch.device("cpu"))
+    n = S["n"]
+    (rows, cols, costs), _ = candidates(S, k=n)  # every pair: the candidate optimum is the optimum
+    x = solve_candidates(n, rows, cols, costs)
+    u, v = duals_from_matching(n, rows, cols, costs, x)
+    C = np.full((n, n), np.nan)
+    C[rows, cols] = costs
+    ok = sparse_certificate(S, C[np.arange(n), x].sum(), u, v, x, C[np.arange(n), x], np.zeros(n), 0, 0.0, 1)
+    assert ok["certified"] and ok["unslack_matched"] == 0
+    worse = x.copy()
+    worse[[0, 1]] = worse[[1, 0]]
+    cost = C[np.arange(n), worse]
+    bad = sparse_certificate(S, cost.sum(), u, v, worse, cost, np.zeros(n), 0, 0.0, 1)
+    assert not bad["certified"] and bad["unslack_matched"] == 2
+
+
+def test_sparse_path_takes_costs_beyond_lapmods_limit_of_1e6_from_ordinary_wide_threshold_spreads():
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+    from test_certificate_outliers import folded64
+    from test_certify import wide_threshold_pair
+
+    src, dst = wide_threshold_pair()
+    X, Y = (torch.from_numpy(folded64(s)).float() for s in (src, dst))
+    C64 = cdist(X.double().numpy(), Y.double().numpy(), "sqeuclidean")
+    assert C64.max() > 1e6  # lap.lapmod refuses costs ≥ 1e6 unless scaled
+    match, _, cert, _, _ = solve_sparse(X, Y, k=4, chunk=128, col_chunk=256)
+    assert cert["certified"] and cert["imprecise_src_count"] == cert["imprecise_dst_count"] == 0
+    r, c = linear_sum_assignment(C64)
+    assert C64[r, match].sum() == pytest.approx(C64[r, c].sum(), rel=1e-12)

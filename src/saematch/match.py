@@ -13,38 +13,94 @@ from .cost import dense_cost, pair_vectors, pick_device
 from .fold import fold as fold_sae
 from .sae import Sae, SaeError
 from .solve import choose_solver, solve_lap
-from .sparse import solve_sparse
+from .sparse import ImpreciseFeatures, solve_sparse
 
 log = logging.getLogger(__name__)
 
-def assign(X, Y, U=None, V=None, path: str = "dense", k: int = 32, chunk_size: int = 2048, device=None):
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _default_describe(side: str, i: int) -> str:
+    return f"{side} feature {i}"
+
+
+def feature_norms(X: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+    """‖X_i‖ in float64 (no overflow), computed in row chunks."""
+    return torch.cat([torch.linalg.vector_norm(X[s:s + chunk].double(), dim=1).cpu()
+                      for s in range(0, X.shape[0], chunk)] or [torch.empty(0, dtype=torch.float64)]).numpy()
+
+
+def _overflow_message(side: str, i: int, norm: float, describe) -> str:
+    return (f"{describe(side, i)} has a folded parameter vector of norm {norm:.3g}: its float32 costs "
+            f"‖x‖² + ‖y‖² − 2x·y overflow (float32 max {F32_MAX:.3g}) to Inf/NaN; "
+            "likely cause: folding by the threshold θ (W_dec·θ, W_enc/θ, b_enc/θ) with θ far off the "
+            "other features'")
+
+
+def check_norms(nx: np.ndarray, ny: np.ndarray, describe=_default_describe) -> None:
+    """Refuse features whose float32 costs may not be finite: a NaN/Inf parameter, or ‖x‖² ≥ float32
+    max / 4 (below it, (‖x‖ + ‖y‖)² stays finite)."""
+    for side, norms in (("src", nx), ("dst", ny)):
+        bad = np.flatnonzero(~(norms * norms < F32_MAX / 4))
+        if len(bad):
+            more = f" ({len(bad)} such features, first listed)" if len(bad) > 1 else ""
+            raise SaeError(_overflow_message(side, int(bad[0]), float(norms[bad[0]]), describe) + more)
+
+
+def explain_nonfinite(cost: np.ndarray, nx: np.ndarray, ny: np.ndarray, describe=_default_describe) -> str:
+    """Why the cost matrix has NaN/Inf: the first bad entry and the feature behind it."""
+    bad_rows = np.flatnonzero(~np.isfinite(cost).all(axis=1))
+    i = int(bad_rows[0])
+    j = int(np.flatnonzero(~np.isfinite(cost[i]))[0])
+    side, k, norm = ("src", i, nx[i]) if nx[i] >= ny[j] else ("dst", j, ny[j])
+    return (f"cost matrix has NaN/Inf, first at row {i} ({describe('src', i)}), column {j} "
+            f"({describe('dst', j)}): " + _overflow_message(side, k, float(norm), describe))
+
+
+def assign(X, Y, U=None, V=None, path: str = "dense", k: int = 32, chunk_size: int = 2048, device=None,
+           describe=None):
     """Certified minimum-cost assignment of the rows of X (n_src, p) to those of Y (n_dst, p).
 
     Cost C_ij = ‖X_i − Y_j‖². Returns match (n_src,) int32 (−1 unmatched), matched cost per row
     (n_src,) float64 (0 where unmatched), the certificate, Feature Flow's (top1, top1_cosine)
     from the unit decoders U, V (None without them), and seconds per stage.
+
+    ``describe(side, i)`` ('src' or 'dst', feature index) names a feature in error messages
+    (file, layer, threshold: match_pair passes one). Features whose float32 costs overflow are
+    refused (SaeError); those too large for float32 to resolve their candidates are flagged in
+    the certificate (saematch.certify.imprecise_features), which is then not certified.
     """
+    describe = describe or _default_describe
     seconds = {}
     with torch.no_grad():
+        nx = ny = None
+        if isinstance(X, torch.Tensor) and isinstance(Y, torch.Tensor):  # RowFiles: sparse.prepare checks
+            nx, ny = feature_norms(X), feature_norms(Y)
+            check_norms(nx, ny, describe)
         if path == "dense":
             t = time.perf_counter()
             cost, top1, top1_cosine = dense_cost(X, Y, U, V, chunk_size)
             if not np.isfinite(cost).all():
-                raise SaeError("cost matrix has NaN/Inf (parameter overflow after folding?)")
+                raise SaeError(explain_nonfinite(cost, nx, ny, describe))
             seconds["cost"] = time.perf_counter() - t
             t = time.perf_counter()
             log.info("solving the %d × %d assignment with lapjv", *cost.shape)
             match, total, u, v = solve_lap(cost)
             seconds["solve"] = time.perf_counter() - t
             t = time.perf_counter()
-            certificate = certify_dense(cost, total, u, v)
+            certificate = certify_dense(cost, total, u, v, match, norms=None if nx is None else (nx, ny),
+                                        refine=True)
             seconds["certify"] = time.perf_counter() - t
             matched_cost = np.zeros(len(match))
             rows = np.nonzero(match >= 0)[0]
             matched_cost[rows] = cost[rows, match[rows]]
             return match, matched_cost, certificate, (top1, top1_cosine), seconds
-        match, matched_cost, certificate, top, seconds = solve_sparse(X, Y, k=k, chunk=chunk_size, U=U, V=V,
-                                                                        device=device)
+        try:
+            match, matched_cost, certificate, top, seconds = solve_sparse(X, Y, k=k, chunk=chunk_size, U=U, V=V,
+                                                                            device=device)
+        except ImpreciseFeatures as exc:
+            named = [describe(side, i) for side in ("src", "dst") for i in exc.precision[f"imprecise_{side}"]]
+            raise SaeError(f"{exc}; features: " + "; ".join(named)) from exc
         return match, matched_cost, certificate, top, seconds
 
 
@@ -86,10 +142,19 @@ def match_pair(
     X, Y, U, V = pair_vectors(a, b, weights, dev)
     n_params = X.shape[1]
     seconds["vectors"] = time.perf_counter() - t
+    where = {"src": src.source.get("where", "layer L"), "dst": dst.source.get("where", "layer L+1")}
+    saes = {"src": src, "dst": dst}
+
+    def describe(side: str, i: int) -> str:
+        layer = "layer L, src" if side == "src" else "layer L+1, dst"
+        return (f"{where[side]} ({layer}) feature {i} (threshold θ = {float(saes[side].threshold[i]):.3g}"
+                f"{'' if fold else ', not folded'})")
+
     match, matched_cost, certificate, (top1, top1_cosine), assign_seconds = assign(
-        X, Y, U, V, path, k=k, chunk_size=chunk_size)
+        X, Y, U, V, path, k=k, chunk_size=chunk_size, describe=describe)
     del X, Y, U, V
     seconds.update(assign_seconds)
+    _report_imprecise(certificate, describe)
     total = float(matched_cost.sum())
     rows = np.nonzero(match >= 0)[0]
     log.info("assignment (%s): total cost %.10g, certified %s, gap ≤ %.3g, worst reduced cost %.3g",
@@ -125,3 +190,20 @@ def match_pair(
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
     }
     return columns, stats
+
+
+def _report_imprecise(certificate: dict, describe) -> None:
+    """Warn about features flagged as imprecise, naming file, layer, index and threshold, and
+    add the same to the certificate's reason."""
+    named = []
+    for side in ("src", "dst"):
+        count, listed = certificate[f"imprecise_{side}_count"], certificate[f"imprecise_{side}"]
+        if count:
+            more = f" and {count - len(listed)} more" if count > len(listed) else ""
+            named.append(f"{count} {side} feature(s): " + "; ".join(describe(side, i) for i in listed) + more)
+    if named:
+        message = ("folded parameters too large for float32 costs to resolve these features' candidates "
+                   "(their matches are not meaningful; the assignment is not certified): " + " | ".join(named))
+        log.warning(message)
+        certificate["reason"] = f"{certificate['reason']}; {message}" if certificate["reason"] else message
+

@@ -31,11 +31,20 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .certify import EPS, certificate
+from .certify import EPS, certificate, precision_report
 
 log = logging.getLogger(__name__)
 
 BF16_UNIT_ROUNDOFF = 2.0**-8
+
+
+class ImpreciseFeatures(ValueError):
+    """The sparse path failed on features flagged as too large for float32 costs (``precision``:
+    saematch.certify.precision_report); dense lapjv would return an uncertified assignment."""
+
+    def __init__(self, message: str, precision: dict):
+        super().__init__(message)
+        self.precision = precision
 
 
 class RowFile(NamedTuple):
@@ -102,8 +111,12 @@ def prepare(X, Y, device, chunk: int = 1024) -> dict:
         raise ValueError(f"the sparse solver needs equal shapes, got {(n, p)} and {_n_p(Y)}")
     nx = torch.cat([_read(X, rows, device).norm(dim=1) for rows in _blocks(n, chunk)])
     ny = torch.cat([_read(Y, rows, device).norm(dim=1) for rows in _blocks(n, chunk)])
-    if not (torch.isfinite(nx).all() and torch.isfinite(ny).all()):
-        raise ValueError("feature vectors have NaN/Inf")
+    for name, norms in (("X (src)", nx), ("Y (dst)", ny)):
+        bad = (~torch.isfinite(norms)).nonzero().flatten()
+        if len(bad):
+            raise ValueError(f"feature vectors have NaN/Inf: row {int(bad[0])} of {name} has norm "
+                             f"{float(norms[bad[0]])} in float32 ({len(bad)} such rows; folded parameters "
+                             "overflowing float32?)")
     ny, order = ny.sort()
     where = torch.empty_like(order)
     where[order] = torch.arange(n, device=device)
@@ -247,12 +260,23 @@ def _add_edges(S: dict, edges, new, chunk: int):
     return key[order] // n, key[order] % n, np.concatenate([costs, edge_costs(S, r, c, chunk)])[order]
 
 
+LAPMOD_LARGE = 1e6  # lap.lapmod's "infinity": it refuses costs ≥ 1e6
+
+
 def solve_candidates(n: int, rows, cols, costs) -> np.ndarray:
-    """Exact minimum-cost perfect matching restricted to the candidate edges (lap.lapmod)."""
+    """Exact minimum-cost perfect matching restricted to the candidate edges (lap.lapmod).
+
+    Costs from LAPMOD_LARGE / 8 up are scaled by a power of two (exact in float64, the same
+    optimum) so that lapmod accepts them and its intermediate values stay below its infinity.
+    """
     from lap import lapmod
 
+    costs = np.asarray(costs, dtype=np.float64)
+    top = float(costs.max()) if len(costs) else 0.0
+    if top >= LAPMOD_LARGE / 8:
+        costs = costs * 2.0 ** -np.ceil(np.log2(top / (LAPMOD_LARGE / 8)))
     starts = np.searchsorted(rows, np.arange(n + 1)).astype(np.int32)
-    _, x, _ = lapmod(n, np.asarray(costs, dtype=np.float64), starts, cols.astype(np.int32))
+    _, x, _ = lapmod(n, costs, starts, cols.astype(np.int32))
     if (x < 0).any():
         raise RuntimeError("the candidate graph has no perfect matching")
     return x.astype(np.int64)
@@ -300,27 +324,30 @@ def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk
           eps: float = EPS):
     """Full pass over all n² pairs against the duals (u, v) (u by row of X, v by internal column).
 
-    A pair is violated when its reduced cost rc = C − u − v < −eps·M, M bounding |C|, |u|, |v|
-    over its row block. Each tile's bf16 estimate gives a lower bound rc̃ − b·|G̃| − 2a·nx·ny
-    on rc (:func:`screen_bound`, plus 16 ulps for the float32 sums); every pair whose bound is
-    ≥ slack is cleared, and the rest (about 50–250 per row on SAE-like pairs) are recomputed
-    in float32 (costs) and float64 (duals): those decide violations and each row's minimum.
+    A pair is violated when its reduced cost rc = C − u − v < −eps·(|C| + |u| + |v|), its own
+    scale (saematch.certify: the dense path's rule; a cleared pair has rc ≥ slack ≥ 0). Each
+    tile's bf16 estimate gives a lower bound rc̃ − b·|G̃| − 2a·nx·ny on rc (:func:`screen_bound`,
+    plus 16 ulps for the float32 sums); every pair whose bound is ≥ slack is cleared, and the
+    rest (about 50–250 per row on SAE-like pairs) are recomputed in float32 (costs) and float64
+    (duals): those decide violations and each row's minimum.
 
     Returns row_min (n,) float64 (min(0, min_j rc_ij): exact where negative), the number of
-    violated pairs, and new pairs (rows, cols) sorted unique: per row and per column the
-    lowest rc below ``slack`` (:func:`_lowest`). Rows are complete within a block, so their
-    selection is final there; columns keep a pool, cut to its per-column selection whenever it
-    outgrows 2·m·n pairs, so memory stays O(m·n).
+    violated pairs, new pairs (rows, cols) sorted unique: per row and per column the lowest rc
+    below ``slack`` (:func:`_lowest`), and the worst −rc / (|C| + |u| + |v|) (0 if none is
+    negative). Rows are complete within a block, so their selection is final there; columns
+    keep a pool, cut to its per-column selection whenever it outgrows 2·m·n pairs, so memory
+    stays O(m·n).
     """
     n, device = S["n"], S["device"]
     a, b_rel = S["bound"]
     nx, ny, x2, y2 = S["nx"], S["ny"], S["x2"], S["y2"]
     u64, v64 = torch.from_numpy(u).to(device), torch.from_numpy(v).to(device)
     w_col = (y2 - v64).float()
-    v_max, w_col_max = float(v64.abs().max()), float(w_col.abs().max())
+    w_col_max = float(w_col.abs().max())
     row_min = torch.zeros(n, dtype=torch.float64, device=device)
     yb = _y_bf16_buffers(S, col_chunk)
     violated = n_hits = n_below = 0
+    worst = 0.0
     by_row, pool, pool_len, pool_max = [], [], 0, 2 * m * n
     for rows in _blocks(n, chunk):
         x = _read(S["X"], rows, device)
@@ -328,7 +355,6 @@ def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk
         nx_r = nx[rows]
         xh = _unit(x, nx_r)
         del x
-        tol = eps * max((float(nx_r.max()) + float(ny.max())) ** 2, float(u64[rows].abs().max()), v_max)
         w_row = (x2[rows] - u64[rows]).float()[:, None]
         # float32 rounding of the sums that form r, 16 ulps of their largest term
         margin = 2.0**-20 * (float(w_row.abs().max()) + w_col_max + 2.0 * float(nx_r.max()) * float(ny.max()))
@@ -347,9 +373,13 @@ def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk
         li, j = (torch.cat(h) for h in zip(*hits))
         del hits
         i = li + rows.start
-        rc = _pair_costs(S, xh, li, i, j).double() - u64[i] - v64[j]  # float32 costs, float64 duals
+        c = _pair_costs(S, xh, li, i, j).double()  # float32 costs, float64 duals
+        rc = c - u64[i] - v64[j]
         n_hits += len(rc)
-        violated += int((rc < -tol).sum())
+        scale = c.abs_().add_(u64[i].abs()).add_(v64[j].abs())  # tolerance eps·scale, per pair
+        violated += int((rc < -eps * scale).sum())
+        if len(rc):
+            worst = max(worst, -float((rc / scale.clamp_min(1e-300)).min()))
         row_min[rows] = row_min[rows].scatter_reduce(0, li, rc.clamp_max(0.0), "amin")
         below = rc < slack
         i, j, rc = i[below].int(), j[below].int(), rc[below]
@@ -367,7 +397,7 @@ def price(S: dict, u, v, slack: float, m: int = 32, chunk: int = 1024, col_chunk
     new = _unique_pairs(n, i.cpu().numpy(), j.cpu().numpy())
     log.info("pricing: %d pairs (%.1f per row) not cleared by the bf16 screen, recomputed in float32; "
              "%d below the slack, %d selected", n_hits, n_hits / n, n_below, len(new[0]))
-    return row_min.cpu().numpy(), violated, new
+    return row_min.cpu().numpy(), violated, new, worst
 
 
 def _column_cut(pool, m: int):
@@ -393,6 +423,9 @@ def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, U=None, V=None, max_round
     t = time.perf_counter()
     S = prepare(X, Y, device, chunk)
     n, order = S["n"], S["order"].cpu().numpy()
+    precision = precision_report(S["nx"].double().cpu().numpy(), S["ny"][S["where"]].double().cpu().numpy())
+    if precision["precision_reason"]:
+        log.warning("sparse: %s", precision["precision_reason"])
     edges, top = candidates(S, k, chunk, col_chunk, U, V)
     seconds["candidates"] = time.perf_counter() - t
     log.info("sparse: %d candidate edges (k=%d, %.1f per row) in %.1f s", len(edges[0]), k,
@@ -403,22 +436,43 @@ def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, U=None, V=None, max_round
         x = solve_candidates(n, rows, cols, costs)
         seconds["solve"] += time.perf_counter() - t
         t = time.perf_counter()
-        u, v = duals_from_matching(n, rows, cols, costs, x)
+        try:
+            u, v = duals_from_matching(n, rows, cols, costs, x)
+        except RuntimeError as exc:  # float64 rounding of costs at an outlier's scale
+            if precision["precision_reason"]:
+                raise ImpreciseFeatures(f"sparse path refused: {exc}; {precision['precision_reason']}",
+                                        precision) from exc
+            raise
         seconds["duals"] += time.perf_counter() - t
         matched_cost = costs[np.searchsorted(rows * n + cols, np.arange(n) * n + x)]
         primal = float(matched_cost.sum())
         t = time.perf_counter()
-        row_min, violated, extra = price(S, u, v, slack_rel * primal / n, m, chunk, col_chunk, eps)
+        row_min, violated, extra, worst = price(S, u, v, slack_rel * primal / n, m, chunk, col_chunk, eps)
         seconds["pricing"] += time.perf_counter() - t
         log.info("sparse round %d: total %.10g on %d edges, %d violated pairs, worst reduced cost %.3g, "
                  "%.0f s so far (%s)", rounds, primal, len(rows), violated, row_min.min(), sum(seconds.values()),
                  ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
         if violated == 0:
-            cert = certificate(primal, u, v, row_min, 0, "sparse lapmod + pricing", rounds, eps)
-            return order[x].astype(np.int32), matched_cost, cert, top, seconds
+            break
         t = time.perf_counter()
         edges = _add_edges(S, edges, extra, chunk)
         seconds["pricing"] += time.perf_counter() - t
-    cert = certificate(primal, u, v, row_min, violated, "sparse lapmod + pricing", rounds, eps)
-    log.warning("sparse: not certified after %d rounds", rounds)
+    else:
+        log.warning("sparse: not certified after %d rounds", rounds)
+    cert = sparse_certificate(S, primal, u, v, x, matched_cost, row_min, violated, worst, rounds, eps, precision)
     return order[x].astype(np.int32), matched_cost, cert, top, seconds
+
+
+def sparse_certificate(S: dict, primal: float, u, v, x, matched_cost, row_min, violated: int, worst: float,
+                       rounds: int, eps: float = EPS, precision: dict | None = None) -> dict:
+    """The certificate of the sparse path, by the dense path's criteria (saematch.certify):
+    violations from the last pricing pass, complementary slackness per matched pair (x in
+    internal columns), and the precision flag from the feature norms (dst in Y's row order)."""
+    rc = matched_cost - u - v[x]
+    unslack = int((rc > eps * (np.abs(matched_cost) + np.abs(u) + np.abs(v[x]))).sum())
+    if precision is None:
+        nx = S["nx"].double().cpu().numpy()
+        ny = S["ny"][S["where"]].double().cpu().numpy()  # sorted norms back in Y's row order
+        precision = precision_report(nx, ny)
+    return certificate(primal, u, v, row_min, violated, "sparse lapmod + pricing", rounds, eps, unslack=unslack,
+                       precision=precision, worst_violation_rel=worst)
