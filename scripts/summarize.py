@@ -11,7 +11,8 @@ with logs.job(snakemake):
     truth = pl.read_parquet(snakemake.input.truth) if snakemake.input.truth else None
     matches = list(snakemake.input.matches)
     rows = read_matches(matches)
-    table = summarize(matches, truth, rows)
+    ablation = pl.read_parquet(snakemake.input.ablation) if snakemake.input.ablation else None
+    table = summarize(matches, truth, rows, ablation)
     table.write_parquet(snakemake.output.table)
     table.write_csv(snakemake.output.text, separator="\t", float_precision=6)
     logging.info("summary of %s:\n%s", snakemake.output.table, console_table(table))

@@ -227,7 +227,7 @@ def test_the_end_of_a_run_says_where_the_results_are_and_what_they_show(demo_con
     tail = console
     assert f"saematch: demo: results in results/model=demo/variant={DEMO}/" in tail
     assert summary_path("demo", DEMO, "res+mlp+att.L0-5") in tail
-    header = re.search(r"\| site \| pair \| features \| cosine \| top1_agree \| certified \| planted_recovered \|", tail)
+    header = re.search(r"\| site \| pair \| features \| cosine \| top1_agree \| certified \| planted_recovered \| unfolded \|", tail)
     assert header
     assert len(re.findall(r"\| (res|mlp|att) +\| \d→\d +\| 1024 ", tail)) == 15
 
@@ -239,6 +239,17 @@ def test_demo_run_writes_every_pair_summary_and_figure(demo_run):
     assert summary.height == 15 and summary["n_features"].to_list() == [1024] * 15
     recovered = (summary["planted_recovered"] * summary["n_planted"]).sum() / summary["n_planted"].sum()
     assert recovered > 0.98
+
+
+def test_the_demo_summary_shows_what_folding_does(demo_run):
+    """The demo plants JumpReLU's scale symmetry: folded matching recovers, raw matching does not."""
+    summary = pl.read_parquet(demo_run / summary_path("demo", DEMO, "res+mlp+att.L0-5"))
+    weight = summary["n_planted"] / summary["n_planted"].sum()
+    folded = (summary["planted_recovered_folded"] * weight).sum()
+    unfolded = (summary["planted_recovered_unfolded"] * weight).sum()
+    assert folded > 0.98 and unfolded < 0.95, (folded, unfolded)
+    # the ablation's folded run is the pipeline's own (fold: true is the demo's variant)
+    assert (summary["planted_recovered_folded"] == summary["planted_recovered"]).all()
     assert summary["certified"].all() and (summary["solver"] == "lapjv").all()
     assert (demo_run / summary_path("demo", DEMO, "res+mlp+att.L0-5", "png")).stat().st_size > 10_000
     assert (demo_run / f"logs/match_pair/model=demo/variant={DEMO}/site=att/layer=0.log").read_text()
@@ -255,6 +266,37 @@ def test_demo_provenance_names_both_saes_options_versions_and_timings(demo_run):
     assert cert["certified"] and cert["solver"] == "lapjv" and cert["gap_bound"] < 1e-6 * prov["total_cost"]
     assert {"torch", "lapjv", "saematch"} <= set(prov["versions"]) and prov["device"] == "cpu"
     assert prov["total_cost"] > 0 and {"load", "cost", "solve", "total"} <= set(prov["seconds"])
+
+
+@pytest.mark.parametrize("options,variant", [
+    ("{fold: false, weights: dec}", "1k_nofold_w-dec"),
+    ("{fold: true, weights: enc+dec}", "1k_w-enc+dec"),
+])
+def test_the_pipelines_matches_are_the_librarys_for_the_same_options(demo_run, options, variant, monkeypatch):
+    """Each match option reaches the job and changes the result exactly as match_pair says."""
+    from saematch.hub import resolve_files
+    from saematch.load import load_att_projection, load_sae, project_att
+    from saematch.match import match_pair
+
+    smk(demo_run, "--config", "layers=[1,2]", "sites=[res,att]", f"match={options}")
+    monkeypatch.chdir(demo_run)  # the demo's pointers name a cache relative to the workdir
+    opts = yaml.safe_load(options)
+    for site in ("res", "att"):
+        path = demo_run / match_path("demo", variant, site, 1)
+        prov = read_provenance(path)
+        saes = [load_sae(prov[side]) for side in ("src", "dst")]
+        site_opts = dict(opts, weights="dec") if site == "att" else opts
+        if site == "att":
+            model = resolve_files(prov["model_files"])
+            saes = [project_att(s, *load_att_projection(model, L)) for s, L in zip(saes, (1, 2))]
+        columns, _ = match_pair(*saes, device="cpu", **site_opts)
+        table = pl.read_parquet(path)
+        assert prov["options"]["fold"] == opts["fold"] and prov["options"]["weights"] == site_opts["weights"]
+        assert np.array_equal(table["match"].to_numpy(), columns["match"])
+        np.testing.assert_allclose(table["mse"].to_numpy(), columns["mse"], rtol=1e-6)
+        default = pl.read_parquet(demo_run / match_path("demo", DEMO, site, 1))
+        if site == "res":  # the option changed something, or this test could not fail
+            assert not np.allclose(table["mse"].to_numpy(), default["mse"].to_numpy())
 
 
 def test_the_report_carries_the_summary_table_and_figure(demo_run):

@@ -6,8 +6,11 @@ model repo (``model.safetensors.index.json`` + shards) holding each layer's
 ``self_attn.o_proj.weight`` and ``post_attention_layernorm.weight``.
 
 Planted structure, per site: a share ``persist`` of each layer's features lives on in the next
-layer (direction perturbed to cosine U(0.6, 0.95), threshold rescaled by the layer's growth and
-a log-normal jitter, then permuted); the rest die and fresh features are born in their place.
+layer: direction perturbed to cosine U(0.6, 0.95), then rescaled by JumpReLU's own symmetry
+with a per-feature factor c (the layer's growth times a log-normal jitter of σ = ``jitter``):
+W_enc·c, b_enc·c, θ·c, W_dec/c, which leaves the SAE's function unchanged and which folding
+undoes, so raw parameters see a scale change that folded ones do not; then permuted. The rest
+die and fresh features are born in their place.
 Attention SAEs are generated in the residual stream and mapped back into z through the
 pseudo-inverse of the stand-in (1 + g) ⊙ W_O, so the pipeline's projection recovers them.
 """
@@ -75,10 +78,10 @@ def _perturb(dirs: np.ndarray, cos: np.ndarray, rng) -> np.ndarray:
     return cos[:, None] * dirs + np.sqrt(1 - cos[:, None] ** 2) * noise
 
 
-def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng):
+def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, jitter: float = 1.0):
     """Per-layer feature states (residual-space) and the planted map layer L → L+1.
 
-    Returns a list of dicts (dec_dir (F, d), enc_dir (F, d), enc_gain, threshold, b_enc)
+    Returns a list of dicts (dec_dir (F, d), enc_dir (F, d), enc_gain, dec_gain, threshold, b_enc)
     and a list of n_layers − 1 int arrays planted[i] = successor of feature i in L+1 or −1.
     """
     F = n_features
@@ -89,6 +92,7 @@ def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng):
             "enc_dir": None,
             "threshold": scale * rng.lognormal(0.0, 0.3, n),
             "enc_gain": rng.lognormal(0.0, 0.2, n),
+            "dec_gain": rng.lognormal(0.0, 0.2, n),
             "b_enc": -0.1 * scale * rng.random(n),
         }
 
@@ -102,10 +106,11 @@ def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng):
         k = int(keep.sum())
         cos = rng.uniform(0.6, 0.95, k)
         nxt["dec_dir"][keep] = _perturb(prev["dec_dir"][keep], cos, rng)
-        jitter = rng.lognormal(0.0, 0.1, k)
-        nxt["threshold"][keep] = prev["threshold"][keep] * 1.15 * jitter
-        nxt["enc_gain"][keep] = prev["enc_gain"][keep] / 1.15 / jitter
-        nxt["b_enc"][keep] = prev["b_enc"][keep] * 1.15 * jitter
+        c = 1.15 * rng.lognormal(0.0, jitter, k)  # the JumpReLU scale symmetry, per feature
+        nxt["threshold"][keep] = prev["threshold"][keep] * c
+        nxt["enc_gain"][keep] = prev["enc_gain"][keep] * c
+        nxt["b_enc"][keep] = prev["b_enc"][keep] * c
+        nxt["dec_gain"][keep] = prev["dec_gain"][keep] / c
         nxt["enc_dir"] = _unit(nxt["dec_dir"] + 0.3 * rng.standard_normal((F, d)))
         nxt["enc_dir"][keep] = _unit(_perturb(prev["enc_dir"][keep], np.full(k, 0.9), rng))
         order = rng.permutation(F)  # new position p holds old-index-order feature order[p]
@@ -129,6 +134,7 @@ def make_demo(
     n_features: int,
     persist: float = 0.75,
     seed: int = 0,
+    jitter: float = 1.0,
 ) -> tuple[dict, dict[str, list[np.ndarray]]]:
     """Write the demo repos; return (manifest, planted maps per site).
 
@@ -140,7 +146,7 @@ def make_demo(
     gain = (0.3 * rng.standard_normal((n_layers, d_model))).astype(np.float32)
     manifest, truth = {"repos": {}}, {}
     for site, repo in site_repos.items():
-        layers, planted = planted_site(n_layers, n_features, d_model, persist, rng)
+        layers, planted = planted_site(n_layers, n_features, d_model, persist, rng, jitter)
         truth[site] = planted
         files = {}
         for L, st in enumerate(layers):
@@ -153,7 +159,7 @@ def make_demo(
             for k, path in enumerate(paths[site][L]):
                 files[path] = npz_bytes({
                     "W_enc": (enc * st["enc_gain"][:, None]).T.astype(np.float32),  # (d_in, F)
-                    "W_dec": dec.astype(np.float32),  # (F, d_in)
+                    "W_dec": (dec * st["dec_gain"][:, None]).astype(np.float32),  # (F, d_in)
                     "threshold": (st["threshold"] * 0.5**k).astype(np.float32),
                     "b_enc": st["b_enc"].astype(np.float32),
                     "b_dec": (0.01 * np.ones(d_in)).astype(np.float32),

@@ -27,13 +27,15 @@ def read_matches(paths: list[str]) -> pl.DataFrame:
     return pl.concat(frames)
 
 
-def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFrame | None = None) -> pl.DataFrame:
+def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFrame | None = None,
+              ablation: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (site, layer): n, cosine and mse statistics, top-1 agreement, total cost,
     and the assignment's certificate (certified, gap bound, solver).
 
     With ``truth`` (columns site, layer, feature, planted; planted = -1 for features that
-    die), also the share of planted matches that were recovered. ``df``: the rows of
-    ``paths`` when already read (:func:`read_matches`).
+    die), also the share of planted matches that were recovered; with ``ablation``
+    (:mod:`saematch.ablation`: site, layer, planted_recovered_folded/_unfolded), those too.
+    ``df``: the rows of ``paths`` when already read (:func:`read_matches`).
     """
     df = read_matches(paths) if df is None else df
     if truth is not None:
@@ -64,7 +66,10 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
          "solver": pv["certificate"]["solver"]} for pv in provenance
     ], schema={"site": pl.String, "layer": pl.Int32, "total_cost": pl.Float64, "certified": pl.Boolean,
                "gap_bound": pl.Float64, "solver": pl.String})
-    return out.join(totals, on=["site", "layer"], how="left")
+    out = out.join(totals, on=["site", "layer"], how="left")
+    if ablation is not None:
+        out = out.join(ablation, on=["site", "layer"], how="left")
+    return out
 
 
 def console_table(table: pl.DataFrame) -> str:
@@ -74,6 +79,8 @@ def console_table(table: pl.DataFrame) -> str:
             pl.col("top1_agreement").round(3).alias("top1_agree"), pl.col("certified")]
     if "planted_recovered" in table.columns:
         cols.append(pl.col("planted_recovered").round(4).alias("planted_recovered"))
+    if "planted_recovered_unfolded" in table.columns:
+        cols.append(pl.col("planted_recovered_unfolded").round(4).alias("unfolded"))
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=120, tbl_hide_column_data_types=True,
                    tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
         return str(table.select(cols))
