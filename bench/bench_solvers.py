@@ -5,10 +5,13 @@ share `--persist` of the features persisting at cosine U(0.6, 0.95) with log-nor
 rest fresh; less similar pairs are slower to solve), and runs each solver in its own process
 (peak RSS is that process's) on the same pair:
 
-  pipeline   saematch's own path (dense lapjv or sparse, as `solver: auto` picks) with its
-             cost build and its optimality certificate over all n² pairs; the sparse path
-             streams X from its file and holds only Y (float32 unit rows) and the edges
-  sparse     the pipeline's sparse path forced (candidates + lapmod + pricing), on request
+  pipeline   "solver path" rows: saematch.match.assign, the pipeline's solver path (dense
+             lapjv or sparse, as `solver: auto` picks) on the prebuilt folded vectors: its
+             cost build, solve and optimality certificate over all n² pairs. NOT the rest of
+             match_pair (fold, feature vectors, Feature Flow's top-1 product, scores, write):
+             bench/bench_pair.py times that whole path. The sparse path streams X from its
+             file and holds only Y (float32 unit rows) and the edges
+  sparse     the solver path's sparse branch forced (candidates + lapmod + pricing), on request
   lapjv      plain dense lapjv.lapjv on the prebuilt matrix
   scipy      scipy.optimize.linear_sum_assignment on the prebuilt matrix
 
@@ -81,7 +84,7 @@ def run_pipeline(tmp: str, k: int, chunk: int, dense_max_gb: float, device: str,
     t = time.perf_counter()
     match, matched_cost, cert, _, seconds = assign(X, Y, path=path, k=k, chunk_size=chunk,
                                                    device=torch.device(device))
-    return {"path": f"pipeline ({cert['solver']})", "seconds": seconds, "total": time.perf_counter() - t,
+    return {"path": f"solver path ({cert['solver']})", "seconds": seconds, "total": time.perf_counter() - t,
             "cost": float(matched_cost.sum()), "certified": cert["certified"], "rounds": cert["rounds"],
             "rss": _peak_rss()}
 
@@ -177,7 +180,7 @@ def main() -> None:
                 else:
                     r = in_child({"lapjv": run_lapjv, "scipy": run_scipy}[solver], (tmp,), args.cap)
                 if "error" in r:
-                    name = {"pipeline": "pipeline", "sparse": "pipeline (sparse, forced)", "lapjv": "lapjv (dense)",
+                    name = {"pipeline": "solver path", "sparse": "solver path (sparse, forced)", "lapjv": "lapjv (dense)",
                             "scipy": "scipy linear_sum_assignment"}[solver]
                     print(f"| {name} | {n} | {args.d} | {r['error']} | | | | | | |", flush=True)
                     continue
