@@ -132,12 +132,40 @@ def test_infeasible_duals_give_a_dual_bound_at_or_below_the_optimum_and_are_not_
     assert cert["worst_reduced_cost"] == pytest.approx(-3, abs=1e-9)
     # Σu + 15 + Σv − 15: the correction Σ min(0, row min) takes back exactly what was added
     assert cert["dual_bound"] == pytest.approx(opt, rel=1e-12) and cert["dual_bound"] <= opt + 1e-9 * opt
+    assert cert["dual_bound"] == pytest.approx(numpy_dual_bound(C32, raised, v), rel=1e-12)
+    assert raised.sum() + v.sum() == pytest.approx(opt + 15, rel=1e-12)  # the bound without the correction
     lowered = u.copy()
     lowered[:5] -= 3  # feasible but loose: the bound drops by exactly 15, slackness fails on 5 pairs
     cert = certify_dense(C32, total, lowered, v, x)
     assert not cert["certified"] and cert["violated_entries"] == 0 and cert["unslack_matched"] == 5
     assert cert["dual_bound"] == pytest.approx(opt - 15, rel=1e-12)
     assert cert["gap_bound"] == pytest.approx(15, rel=1e-9)
+
+
+def numpy_dual_bound(C32, u, v) -> float:
+    """Σu + Σv + Σ_i min(0, min_j (C_ij − u_i − v_j)), in float64 numpy."""
+    rc = C32.astype(np.float64) - u[:, None] - v[None, :]
+    return float(u.sum() + v.sum() + np.minimum(rc.min(axis=1), 0).sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_any_infeasible_duals_give_the_corrected_dual_bound_below_the_float64_optimum(seed):
+    """Random raises of every u_i (up to 10 × the mean matched cost): the certificate's dual
+    bound is numpy's Σu + Σv + Σ min(0, row min), at or below scipy's optimum, though Σu + Σv
+    alone is far above it."""
+    src, dst = sae_pair(1.0, "src", seed=seed)
+    C32 = float64_costs(src, dst).astype(np.float32)
+    r, c = linear_sum_assignment(C32.astype(np.float64))
+    opt = float(C32[r, c].astype(np.float64).sum())
+    x, total, u, v = exact_duals(C32)
+    raised = u + np.random.default_rng(seed).uniform(0, 10 * opt / F, F)
+    assert raised.sum() + v.sum() > opt + opt  # uncorrected: about 6 × the optimum
+    cert = certify_dense(C32, total, raised, v, x)
+    assert not cert["certified"] and cert["violated_entries"] >= F - 5
+    expected = numpy_dual_bound(C32, raised, v)
+    assert cert["dual_bound"] == pytest.approx(expected, rel=1e-12)
+    assert expected <= opt + 1e-9 * opt and cert["dual_bound"] <= opt + 1e-9 * opt
+    assert cert["gap_bound"] == pytest.approx(total - expected, rel=1e-9, abs=1e-9 * opt)
 
 
 @pytest.mark.parametrize("theta", [1.0, 1e9])
@@ -147,7 +175,7 @@ def test_a_single_entry_below_its_own_tolerance_flips_the_certificate(theta):
     x, total, u, v = exact_duals(C32)
     i, j = 3, int(x[4])  # an ordinary, unmatched entry
     tol = 1e-6 * (abs(float(C32[i, j])) + abs(u[i]) + abs(v[j]))
-    for depth, certified in ((3.0, False), (0.3, True)):
+    for depth, certified in ((3.0, False), (1.2, False), (0.3, True)):  # 1.2: just below −tol
         C = C32.copy()
         C[i, j] = np.float32(u[i] + v[j] - depth * tol)
         rc = float(C[i, j]) - u[i] - v[j]

@@ -212,3 +212,136 @@ def test_sparse_path_takes_costs_beyond_lapmods_limit_of_1e6_from_ordinary_wide_
     assert cert["certified"] and cert["imprecise_src_count"] == cert["imprecise_dst_count"] == 0
     r, c = linear_sum_assignment(C64)
     assert C64[r, match].sum() == pytest.approx(C64[r, c].sum(), rel=1e-12)
+
+
+def sq_costs64(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """‖x_i − y_j‖² in float64 from the float32 rows, by numpy (no saematch code), row blocks."""
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    return np.concatenate([((X[s:s + 64, None, :] - Y[None]) ** 2).sum(axis=2) for s in range(0, len(X), 64)])
+
+
+def near_parallel(family: str, seed: int, n: int = 300, p: int = 16):
+    """Rows that bf16 cannot tell apart: a common offset o (norm 10 or 30) plus noise of norm ~1,
+    so costs ~2 sit under cross terms −2x·y ~ −2‖o‖², whose bf16 rounding (median 0.26 at offset
+    10, 2.2 at 30) dwarfs the gap between a row's two best partners (median 0.08); "norm-spread"
+    scales each row by 1 … 30 (log-uniform): rounding ~7 against gaps ~4."""
+    rng = np.random.default_rng(seed)
+    o = rng.standard_normal(p)
+    o *= (30.0 if family == "offset-30" else 10.0) / np.linalg.norm(o)
+    X = o + rng.standard_normal((n, p)) / np.sqrt(p)
+    Y = o + rng.standard_normal((n, p)) / np.sqrt(p)
+    if family == "norm-spread":
+        s = np.exp(rng.uniform(0.0, np.log(30.0), n))[:, None]
+        X, Y = s * X, s[rng.permutation(n)] * Y
+    return X.astype(np.float32), Y.astype(np.float32)
+
+
+@pytest.mark.parametrize("family,seed", [("offset-10", 0), ("offset-10", 1), ("offset-30", 0), ("offset-30", 1),
+                                         ("norm-spread", 0), ("norm-spread", 1), ("norm-spread", 2)])
+def test_pricing_keeps_the_bf16_error_bound_so_a_certified_total_is_the_float64_optimum_where_bf16_decides(
+        family, seed):
+    """Pricing may clear a pair only by a rigorous lower bound on its reduced cost (bf16 estimate
+    minus screen_bound's terms). Without those terms (the bare estimate rc̃) it clears violated
+    pairs here and certifies totals above the optimum in 6 of these 7 cases (17 of seeds 0..5 ×
+    3 families): by 8e-3 … 1.1e-2 (offset 10), 6e-2 … 8e-2 (offset 30), 0 … 1.8e-3 (norm spread)
+    relative. The real pricing returned scipy's optimum exactly (difference 0.0) in all 18."""
+    from scipy.optimize import linear_sum_assignment
+
+    X, Y = near_parallel(family, seed)
+    C = sq_costs64(X, Y)
+    r, c = linear_sum_assignment(C)
+    opt = float(C[r, c].sum())
+    # bf16 decides: its rounding of −2x·y (torch's bf16 product) exceeds most rows' gap between
+    # their best and second-best partner
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    err = 2 * np.abs((torch.from_numpy(X).bfloat16() @ torch.from_numpy(Y).bfloat16().T).double().numpy()
+                     - X64 @ Y64.T)
+    best = np.sort(C, axis=1)
+    assert (err[np.arange(len(C)), C.argmin(axis=1)] > best[:, 1] - best[:, 0]).mean() > 0.5
+    match, _, cert, _, _ = solve_sparse(torch.from_numpy(X), torch.from_numpy(Y), k=2, chunk=128, col_chunk=256)
+    assert cert["certified"] and cert["rounds"] > 1  # not vacuous: certified, after pricing added pairs
+    assert sorted(match.tolist()) == list(range(len(X)))
+    # float32 costs could in principle pick another optimum than float64's; measured: the same one (0.0)
+    assert abs(float(C[np.arange(len(X)), match].sum()) - opt) <= 1e-7 * opt
+
+
+def exact_sparse_duals():
+    """An ordinary pair (512 features) solved on every pair: optimal matching x (internal columns),
+    float64 duals with rc = 0 on x, and the float32 costs C (as float64) pricing computes."""
+    from saematch.sparse import candidates, duals_from_matching, prepare, solve_candidates
+
+    _, (X, Y) = outlier_vectors(1.0)
+    S = prepare(X, Y, torch.device("cpu"))
+    n = S["n"]
+    (rows, cols, costs), _ = candidates(S, k=n)
+    x = solve_candidates(n, rows, cols, costs)
+    u, v = duals_from_matching(n, rows, cols, costs, x)
+    C = np.full((n, n), np.nan)
+    C[rows, cols] = costs
+    return X, Y, S, C, x, u, v
+
+
+def violations(C, u, v, eps=1e-6):
+    """The certificate's rule, in numpy: rc_ij < −eps·(|C_ij| + |u_i| + |v_j|)."""
+    rc = C - u[:, None] - v[None, :]
+    return int((rc < -eps * (np.abs(C) + np.abs(u)[:, None] + np.abs(v)[None, :])).sum())
+
+
+@pytest.mark.parametrize("depth,certified", [(1.2, False), (0.3, True)])
+def test_sparse_path_flags_an_entry_just_below_its_own_tolerance_and_certifies_one_at_a_third_of_it(
+        depth, certified):
+    from saematch.sparse import price, sparse_certificate
+
+    _, _, S, C, x, u, v = exact_sparse_duals()
+    n = S["n"]
+    ar = np.arange(n)
+    assert violations(C, u, v) == 0 and np.abs(C[ar, x] - u - v[x]).max() == 0  # exact duals
+    i, j = 3, int(x[3])  # raise u_i: the matched entry's rc goes to −depth·tol, every other entry stays
+    u = u.copy()
+    u[i] += depth * 1e-6 * (C[i, j] + abs(u[i]) + abs(v[j]))
+    rc = C[i, j] - u[i] - v[j]
+    assert rc / (1e-6 * (C[i, j] + abs(u[i]) + abs(v[j]))) == pytest.approx(-depth, rel=1e-5)
+    assert violations(C, u, v) == (0 if certified else 1)  # numpy's count: this entry, or none
+    row_min, violated, _, worst = price(S, u, v, slack=1.0)
+    assert violated == violations(C, u, v)
+    assert row_min[i] == pytest.approx(rc, rel=1e-9) and worst == pytest.approx(depth * 1e-6, rel=1e-5)
+    cert = sparse_certificate(S, C[ar, x].sum(), u, v, x, C[ar, x], row_min, violated, worst, 1)
+    assert cert["certified"] == certified and cert["unslack_matched"] == 0  # decided by rule (a) alone
+    assert cert["violated_entries"] == (0 if certified else 1)
+    if not certified:
+        assert "below −tolerance" in cert["reason"]
+
+
+def test_sparse_dual_bound_takes_back_what_infeasible_duals_add():
+    """Σu + Σv + Σ min(0, row min): with u[:5] raised by 3 the correction removes the 15, so the
+    bound stays at (not 15 above) scipy's float64 optimum, and equals numpy's value of the formula."""
+    from scipy.optimize import linear_sum_assignment
+    from saematch.sparse import price, sparse_certificate
+
+    X, Y, S, C, x, u, v = exact_sparse_duals()
+    n, ar = S["n"], np.arange(S["n"])
+    C64 = sq_costs64(X.numpy(), Y.numpy())  # columns in Y's order
+    r, c = linear_sum_assignment(C64)
+    opt = float(C64[r, c].sum())
+    v_y = np.empty(n)
+    v_y[S["order"].numpy()] = v  # internal column → Y's row
+    tol = 1e-6 * opt  # float32 rounding of the costs behind the duals (measured 2.5e-8 relative)
+    raised = u.copy()
+    raised[:5] += 3
+    rc64 = C64 - raised[:, None] - v_y[None, :]
+    expected = raised.sum() + v_y.sum() + np.minimum(rc64.min(axis=1), 0).sum()
+    assert expected == pytest.approx(opt, abs=tol)
+    row_min, violated, _, worst = price(S, raised, v, slack=1.0)
+    cert = sparse_certificate(S, C[ar, x].sum(), raised, v, x, C[ar, x], row_min, violated, worst, 1)
+    assert not cert["certified"] and cert["violated_entries"] >= 5
+    assert cert["worst_reduced_cost"] == pytest.approx(-3, abs=1e-9)
+    assert cert["dual_bound"] == pytest.approx(expected, abs=tol) and cert["dual_bound"] <= opt + tol
+    assert raised.sum() + v.sum() > opt + 15 - tol  # what the bound would be without the correction
+
+
+def test_a_sparse_run_stopped_before_pricing_clears_every_pair_is_not_certified():
+    _, X, Y = next(problems())  # "similar": k = 1 needs several pricing rounds
+    match, matched_cost, cert, _, _ = solve_sparse(X, Y, k=1, chunk=64, max_rounds=1)
+    assert not cert["certified"] and cert["rounds"] == 1
+    assert cert["violated_entries"] > 0 and cert["unslack_matched"] == 0  # rule (a) alone decides
+    assert "below −tolerance" in cert["reason"]
