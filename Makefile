@@ -1,6 +1,7 @@
 # Two commands do all the set-up, offline included:
 #   make demo   install into .venv and run the whole DAG on the bundled demo
 #   make test   install into .venv and run the tests (.ci/run calls this)
+# Outside CI (slow): make mutation MODULES="fold cost"   mutation score per core module
 # TORCH picks the torch build: torch==2.13.0 is the local CPU build here; on a CUDA
 # workstation any CUDA build >= 2.3 works (pip install torch before `make`).
 VENV ?= .venv
@@ -8,7 +9,7 @@ TORCH ?= torch==2.13.0
 CORES ?= 2
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install
+.PHONY: demo test install mutation
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,3 +23,8 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+MODULES ?= fold cost solve certify sparse load
+mutation: install
+	$(PY) -m pip install -q "mutmut>=3.3,<4"
+	$(PY) tools/mutation.py --modules $(MODULES)

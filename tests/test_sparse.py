@@ -42,6 +42,7 @@ def test_auto_picks_dense_up_to_lapjvs_limit_and_memory_then_sparse():
         choose_solver(65536, 65536, "dense")
 
 
+@pytest.mark.slow  # minutes: left out of mutation runs (tools/mutation.py), run in CI
 def test_a_width_above_lapjvs_limit_runs_through_the_sparse_path_without_lapjv(monkeypatch):
     def no_lapjv(*args, **kwargs):
         raise AssertionError("lapjv was called")
