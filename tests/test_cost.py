@@ -63,6 +63,62 @@ def test_encoder_weights_need_an_encoder():
         feature_vectors(sae, "enc+dec")
 
 
+def test_the_encoder_error_names_the_file_and_the_fix():
+    sae = dataclasses.replace(random_sae(), W_enc=None, b_enc=None, source={"where": "att.npz"})
+    with pytest.raises(SaeError, match=r"^att.npz: weights='enc\+dec' needs an encoder in the same space as "
+                                       r"the other layer's; this SAE has none \(use 'dec'\)$"):
+        feature_vectors(sae, "enc+dec")
+    with pytest.raises(SaeError, match=r"^SAE: weights="):
+        feature_vectors(dataclasses.replace(sae, source={}), "enc+dec+benc")
+
+
+def test_auto_picks_cuda_only_where_there_is_one():
+    from saematch.cost import pick_device
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device() == torch.device(expected) == pick_device("auto")
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+def test_a_pair_of_different_widths_names_both_files():
+    from saematch.cost import check_pair
+    src = dataclasses.replace(random_sae(d=16), source={"where": "L3.npz"})
+    dst = dataclasses.replace(random_sae(d=12), source={"where": "L4.npz"})
+    with pytest.raises(SaeError, match=r"^L3.npz decodes to d_model=16 but L4.npz to d_model=12: a pair must share "
+                                       r"the model width$"):
+        check_pair(src, dst, "dec")
+    with pytest.raises(SaeError, match=r"^layer L decodes to d_model=16 but layer L\+1 to d_model=12"):
+        check_pair(dataclasses.replace(src, source={}), dataclasses.replace(dst, source={}), "dec")
+
+
+def test_encoders_of_different_input_widths_are_refused_unless_only_decoders_are_matched():
+    from saematch.cost import check_pair
+    src = dataclasses.replace(random_sae(d=16, d_out=8), source={"where": "a.npz"})
+    dst = dataclasses.replace(random_sae(d=12, d_out=8), source={"where": "b.npz"})
+    with pytest.raises(SaeError, match=r"^a.npz encodes 16-d input but b.npz 12-d$"):
+        check_pair(src, dst, "enc+dec")
+    check_pair(src, dst, "dec")  # decoders share d_model: fine
+    check_pair(dataclasses.replace(src, W_enc=None, b_enc=None), dst, "enc+dec")  # nothing to compare here
+    check_pair(src, dataclasses.replace(dst, W_enc=None, b_enc=None), "enc+dec")
+
+
+def test_without_decoders_to_compare_there_is_no_top1():
+    src, dst = random_sae(seed=1), random_sae(seed=2)
+    X, Y, _, _ = pair_vectors(src, dst, "dec", torch.device("cpu"))
+    cost, top1, top1_cos = dense_cost(X, Y)
+    assert top1 is None and top1_cos is None and cost.shape == (32, 32)
+    _, top1, top1_cos = dense_cost(*pair_vectors(src, dst, "dec", torch.device("cpu")))
+    assert top1.dtype == np.int32 and top1_cos.dtype == np.float32
+
+
+def test_pair_vectors_are_the_feature_vectors_and_unit_decoders():
+    src, dst = random_sae(seed=1), random_sae(seed=2)
+    X, Y, U, V = pair_vectors(src, dst, "enc+dec+benc", torch.device("cpu"))
+    assert torch.equal(X, feature_vectors(src, "enc+dec+benc")) and torch.equal(Y, feature_vectors(dst, "enc+dec+benc"))
+    torch.testing.assert_close(U.norm(dim=1), torch.ones(32))
+    torch.testing.assert_close(U * src.W_dec.norm(dim=1, keepdim=True), src.W_dec)
+    torch.testing.assert_close(V * dst.W_dec.norm(dim=1, keepdim=True), dst.W_dec)
+
+
 def test_unknown_weight_set_is_rejected():
     with pytest.raises(ValueError, match="weights must be one of"):
         feature_vectors(random_sae(), "bias")

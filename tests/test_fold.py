@@ -1,3 +1,4 @@
+import dataclasses
 import pytest
 import torch
 
@@ -29,8 +30,15 @@ def test_fold_sets_threshold_to_one_and_scales_each_tensor_by_theta():
     assert torch.equal(folded.b_dec, sae.b_dec)
 
 
-def test_fold_rejects_threshold_not_positive():
-    sae = random_sae(seed=4)
+def test_fold_rejects_threshold_not_positive_naming_the_file():
+    sae = dataclasses.replace(random_sae(seed=4), source={"where": "layer_7/params.npz"})
     sae.threshold[5] = 0.0
-    with pytest.raises(SaeError, match="threshold"):
+    with pytest.raises(SaeError, match=r"^layer_7/params.npz: cannot fold, threshold has values ≤ 0$"):
         fold(sae)
+    with pytest.raises(SaeError, match=r"^SAE: cannot fold"):  # no file known: says so plainly
+        fold(dataclasses.replace(sae, source={}))
+
+
+def test_folded_saes_say_so_in_their_provenance_and_keep_the_rest():
+    sae = dataclasses.replace(random_sae(seed=5), source={"where": "x.npz", "repo_id": "r"})
+    assert fold(sae).source == {"where": "x.npz", "repo_id": "r", "folded": True}
