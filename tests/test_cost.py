@@ -122,3 +122,13 @@ def test_pair_vectors_are_the_feature_vectors_and_unit_decoders():
 def test_unknown_weight_set_is_rejected():
     with pytest.raises(ValueError, match="weights must be one of"):
         feature_vectors(random_sae(), "bias")
+
+
+def test_decoder_only_matching_accepts_encoders_of_different_input_widths():
+    """weights='dec' compares decoders only: encoders reading other spaces must not matter."""
+    src = random_sae(d=16, d_out=8, seed=1)
+    dst = random_sae(d=12, d_out=8, seed=2)
+    X, Y, _, _ = pair_vectors(src, dst, "dec", torch.device("cpu"))
+    assert X.shape == (32, 8) and Y.shape == (32, 8)
+    with pytest.raises(SaeError, match="encodes 16-d input"):
+        pair_vectors(src, dst, "enc+dec", torch.device("cpu"))

@@ -74,9 +74,10 @@ def summarise(project: Path, modules: list[str]) -> tuple[list[dict], dict[str, 
                 survivors.setdefault(m, []).append(key)
         n = len(codes)
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
+        tested = n - counts.get("not run", 0)  # an interrupted run leaves some not run
         rows.append({"module": m, "mutants": n, "killed": killed, "survived": counts.get("survived", 0),
                      "no tests": counts.get("no tests", 0), "not run": counts.get("not run", 0),
-                     "score": f"{100 * killed / n:.1f}%" if n else "n/a"})
+                     "score": f"{100 * killed / tested:.1f}%" if tested else "n/a"})
     return rows, survivors
 
 
