@@ -45,13 +45,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} before the run")
-    print("| run | wall s | " + " | ".join(["make_demo", "download_sae", "download_model", "match_pair",
-                                              "summarize"]) + " |")
-    print("|---|---|---|---|---|---|---|")
+    rules = ("make_demo", "download_sae", "download_model", "match_pair", "fold_ablation", "summarize")
+    print("| run | wall s | " + " | ".join(rules) + " |")
+    print("|---|---|" + "---|" * len(rules))
     for i in range(args.repeat):
-        wall, rules = run_once(args.cores)
-        cells = [f"{rules[r][0]} jobs, {rules[r][1]:.1f} s" if r in rules else ""
-                 for r in ("make_demo", "download_sae", "download_model", "match_pair", "summarize")]
+        wall, times = run_once(args.cores)
+        cells = [f"{times[r][0]} jobs, {times[r][1]:.1f} s" if r in times else "" for r in rules]
         print(f"| {i + 1} | {wall:.1f} | " + " | ".join(cells) + " |")
 
 
