@@ -40,17 +40,13 @@ with logs.job(snakemake):
 
         from saematch.config import site_options
         from saematch.devices import job_device
-        from saematch.hub import resolve_files
-        from saematch.load import load_att_projection, load_sae, project_att
+        from saematch.load import load_pair
         from saematch.match import match_pair
         from saematch.write import write_matches
 
         torch.set_num_threads(snakemake.threads)
-        src, dst = (load_sae(pointers[side]) for side in ("src", "dst"))
-        if "model_files" in provenance:
-            model_files = resolve_files(provenance["model_files"])
-            src = project_att(src, *load_att_projection(model_files, layer), where=str(snakemake.input.src))
-            dst = project_att(dst, *load_att_projection(model_files, layer + 1), where=str(snakemake.input.dst))
+        src, dst = load_pair(pointers["src"], pointers["dst"], layer, provenance.get("model_files"),
+                             where=(str(snakemake.input.src), str(snakemake.input.dst)))
         load_seconds = time.perf_counter() - t0
 
         device = site_options(snakemake.config, wc.model, wc.site)["device"]  # a resource, not a param

@@ -14,6 +14,7 @@ import os
 import struct
 import zipfile
 import zlib
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -34,6 +35,19 @@ ST_FLOATS = ("F16", "BF16", "F32", "F64")
 ST_MAX_HEADER = 100_000_000  # safetensors' own limit on the header length
 JSON_KIND = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
              str: "a string", list: "a list", dict: "an object"}
+
+
+@contextmanager
+def _reading_json(path: str, not_json: str):
+    """SaeError naming ``path`` for a missing or unreadable file, or for JSON it cannot parse."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise SaeError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise SaeError(f"{path}: cannot read: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise SaeError(f"{path}: {not_json}: {exc}") from exc
 
 
 def _positive_number(v) -> bool:
@@ -146,7 +160,7 @@ def _safetensors_header(path: str) -> dict[str, dict]:
     checked in full before safe_open sees the file: sane header length, a JSON object, known
     dtypes, shapes lists of ints ≥ 0, end - begin = dtype size × prod(shape), tensors back to
     back from offset 0 to the end of the file."""
-    try:
+    with _reading_json(path, "safetensors header is not valid JSON (truncated or corrupt?)"):
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -160,12 +174,6 @@ def _safetensors_header(path: str) -> dict[str, dict]:
             if n > size - 8:
                 raise SaeError(f"{path}: truncated safetensors file (header of {n} bytes, file {size} bytes)")
             header = json.loads(fh.read(n).decode("utf-8"))
-    except FileNotFoundError:
-        raise SaeError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise SaeError(f"{path}: cannot read: {exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise SaeError(f"{path}: safetensors header is not valid JSON (truncated or corrupt?): {exc}") from exc
     if not isinstance(header, dict):
         raise SaeError(f"{path}: safetensors header is not a JSON object (got {JSON_KIND[type(header)]})")
     meta = header.pop("__metadata__", {})
@@ -231,15 +239,8 @@ def _read_safetensors(path: str, keys) -> dict[str, torch.Tensor]:
 
 def _read_hyperparams(path: str) -> dict:
     """Llama Scope ``hyperparams.json`` (sae_formats.md §3.3), the keys the loader uses checked."""
-    try:
-        with open(path, "rb") as fh:
-            hp = json.loads(fh.read())
-    except FileNotFoundError:
-        raise SaeError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise SaeError(f"{path}: cannot read: {exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise SaeError(f"{path}: not valid JSON (truncated?): {exc}") from exc
+    with _reading_json(path, "not valid JSON (truncated?)"), open(path, "rb") as fh:
+        hp = json.loads(fh.read())
     if not isinstance(hp, dict):
         raise SaeError(f"{path}: expected a JSON object, got {JSON_KIND[type(hp)]}")
     for key in ("d_model", "jump_relu_threshold", "norm_activation"):
@@ -401,3 +402,17 @@ def load_sae(pointer: dict) -> Sae:
         return load_llama_scope(paths["weights"], paths["hyperparams"], dict(source, where=paths["weights"]))
     raise SaeError(f"{pointer.get('repo_id')}: unknown SAE format {fmt!r}")
 
+
+
+def load_pair(src: dict, dst: dict, layer: int, model: dict | None = None,
+              where: tuple[str, str] = ("layer L", "layer L+1")) -> tuple[Sae, Sae]:
+    """The SAEs of layers ``layer`` and ``layer`` + 1 from their download pointers; with the
+    model's pointer, both projected into the residual stream (:func:`project_att`)."""
+    saes = [load_sae(src), load_sae(dst)]
+    if model is not None:
+        from .hub import resolve_files
+
+        files = resolve_files(model)
+        saes = [project_att(sae, *load_att_projection(files, L), where=w)
+                for sae, L, w in zip(saes, (layer, layer + 1), where)]
+    return saes[0], saes[1]
