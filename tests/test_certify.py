@@ -62,12 +62,15 @@ def wide_threshold_pair(seed=0):
     return dataclasses.replace(src, threshold=theta[0]), dataclasses.replace(dst, threshold=theta[1])
 
 
-def test_lapjv_float32_dual_noise_misses_per_entry_tolerances_on_wide_spreads_and_refined_duals_certify():
+@pytest.mark.parametrize("scale", [1.0, 1e-6])
+def test_lapjv_float32_dual_noise_misses_per_entry_tolerances_on_wide_spreads_and_refined_duals_certify(scale):
+    """At any cost scale: the tolerance and the refinement's cut are relative to each entry."""
     src, dst = wide_threshold_pair()
     X, Y, _, _ = pair_vectors(fold(src), fold(dst), "enc+dec+benc", torch.device("cpu"))
     cost, _, _ = dense_cost(X, Y)
+    cost *= np.float32(scale)
     match, total, u, v = solve_lap(cost)
-    norms = (X.double().norm(dim=1).numpy(), Y.double().norm(dim=1).numpy())
+    norms = (X.double().norm(dim=1).numpy() * scale**0.5, Y.double().norm(dim=1).numpy() * scale**0.5)
     raw = certify_dense(cost, total, u, v, match, norms=norms)
     # lapjv's float32 duals carry rounding of the matrix's largest costs into small entries
     assert raw["violated_entries"] > 0 and raw["worst_violation_rel"] > 1e-6
@@ -75,7 +78,7 @@ def test_lapjv_float32_dual_noise_misses_per_entry_tolerances_on_wide_spreads_an
     assert refined["certified"] and refined["dual_refinements"] >= 1
     assert refined["worst_violation_rel"] <= 0.5e-6  # refinement relaxes everything beyond tol / 2
     assert refined["imprecise_src_count"] == refined["imprecise_dst_count"] == 0  # ordinary: never flagged
-    C64 = float64_costs(src, dst)
+    C64 = float64_costs(src, dst) * scale
     r, c = linear_sum_assignment(C64)
     assert C64[r, match].sum() == pytest.approx(C64[r, c].sum(), rel=1e-12)  # and it is the optimum
 

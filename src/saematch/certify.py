@@ -255,7 +255,7 @@ def _full_pass(sq: _Square, u: torch.Tensor, v: torch.Tensor, eps: float, chunk:
     return row_min.numpy(), violated, worst, where
 
 
-def _slackness(sq: _Square, perm: np.ndarray, cm: torch.Tensor, u: torch.Tensor, v: torch.Tensor, eps: float):
+def _slackness(perm: np.ndarray, cm: torch.Tensor, u: torch.Tensor, v: torch.Tensor, eps: float):
     """Matched pairs with rc above tolerance: their number and the worst (row, rc, tol)."""
     p = torch.from_numpy(perm)
     rc = cm - u - v[p]
@@ -329,12 +329,12 @@ def certify_dense(cost: np.ndarray, primal: float, u: np.ndarray, v: np.ndarray,
     cm = sq.pairs(perm)
     ut, vt = torch.from_numpy(u.copy()), torch.from_numpy(v.copy())
     row_min, violated, worst, where = _full_pass(sq, ut, vt, eps, chunk)
-    unslack, slack_at = _slackness(sq, perm, cm, ut, vt, eps)
+    unslack, slack_at = _slackness(perm, cm, ut, vt, eps)
     refinements, details = 0, []
     if refine and (violated or unslack):
         ut, vt, refinements, converged = refine_duals(sq, perm, cm, vt, eps, chunk)
         row_min, violated, worst, where = _full_pass(sq, ut, vt, eps, chunk)
-        unslack, slack_at = _slackness(sq, perm, cm, ut, vt, eps)
+        unslack, slack_at = _slackness(perm, cm, ut, vt, eps)
         if not converged:
             details.append(f"the float64 dual refinement did not converge in {refinements} rounds "
                            "(a negative cycle: the assignment is not optimal)")
