@@ -132,3 +132,21 @@ def test_decoder_only_matching_accepts_encoders_of_different_input_widths():
     assert X.shape == (32, 8) and Y.shape == (32, 8)
     with pytest.raises(SaeError, match="encodes 16-d input"):
         pair_vectors(src, dst, "enc+dec", torch.device("cpu"))
+
+
+def test_a_long_cost_pass_logs_progress_every_5_s_and_still_completes(monkeypatch, caplog):
+    """A fake clock that moves 4 s per reading: the pass logs when more than 5 s have passed
+    since its last line (chunks 2 and 4 of 5) and at the end, and the costs are unchanged."""
+    import itertools
+    import logging
+
+    import saematch.cost
+
+    src, dst = random_sae(seed=1), random_sae(seed=2)
+    clock = itertools.count(0.0, 4.0)
+    monkeypatch.setattr(saematch.cost.time, "perf_counter", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="saematch.cost"):
+        cost, _, _ = pair_matrices(src, dst, chunk_size=7)  # 32 rows: chunks end at 7, 14, 21, 28, 32
+    assert [r.getMessage() for r in caplog.records] == [
+        "cost rows 14/32 (8.0 s)", "cost rows 28/32 (16.0 s)", "cost rows 32/32 (20.0 s)"]
+    np.testing.assert_allclose(cost, direct_cost(src, dst, "enc+dec+benc"), rtol=1e-4, atol=1e-5)
