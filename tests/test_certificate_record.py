@@ -29,6 +29,10 @@ def record(**fields):
 def test_an_empty_problem_is_certified_and_its_gap_is_the_whole_primal(shape):
     cert = certify_dense(np.zeros(shape, F32), 2.5, np.zeros(0), np.zeros(0), np.full(shape[0], -1))
     assert cert == record(worst_violation_rel=None, gap_bound=2.5)
+    # with feature norms and a tolerance of its own, the record says so
+    norms = (np.ones(shape[0]), np.ones(shape[1]))
+    cert = certify_dense(np.zeros(shape, F32), 0.0, np.zeros(0), np.zeros(0), np.full(shape[0], -1), norms=norms, eps=1e-3)
+    assert cert == record(worst_violation_rel=None, tolerance_rel=1e-3, precision_limit=pytest.approx(16776.216))
 
 
 def test_a_hand_checked_optimal_assignment_gives_the_exact_record_with_the_callers_solver_and_rounds():
@@ -122,6 +126,22 @@ def test_refinement_that_fixes_the_duals_in_one_round_says_so():
     C = np.array([[1, 2], [2, 1]], F32)
     cert = certify_dense(C, 2.0, np.zeros(2), np.full(2, 5.0), np.array([0, 1]), refine=True)
     assert cert == record(dual_bound=2.0, dual_refinements=1)
+
+
+def test_refinement_follows_a_chain_of_duals_one_column_per_round_until_certified():
+    """Identity is optimal (C_ii = 1, C_{i,i+1} = 0.5, elsewhere 1000: any other permutation has
+    a cycle through a 1000). Its exact duals are v_j = −j/2, u_i = 1 + i/2; given v_j + 0.1 for
+    j ≥ 1, only entry (0, 1) is violated; lowering v_1 raises u_1, which violates (1, 2), and so
+    on: n − 1 rounds that lower one column each, and a last one that finds nothing."""
+    n = 120
+    C = np.full((n, n), 1000, F32)
+    np.fill_diagonal(C, 1)
+    C[np.arange(n - 1), np.arange(1, n)] = 0.5
+    v = -0.5 * np.arange(n) + np.where(np.arange(n) >= 1, 0.1, 0.0)
+    u = 1 - v  # matched slack 0: only the one violation starts the refinement
+    cert = certify_dense(C, float(n), u, v, np.arange(n), refine=True)
+    assert cert["certified"] and cert["dual_refinements"] == n
+    assert cert["dual_bound"] == pytest.approx(n, rel=1e-12)
 
 
 def test_a_refinement_that_cannot_converge_says_why_and_stops_at_its_scan_budget():

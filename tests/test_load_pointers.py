@@ -244,3 +244,30 @@ def test_a_non_unit_scaling_factor_lists_at_most_four_of_its_values(tmp_path):
     a = gemma_arrays() | {"scaling_factor": np.arange(2, 8, dtype=np.float32)}
     with pytest.raises(SaeError, match=r"\(values \[2.0, 3.0, 4.0, 5.0\]\)$"):
         load_gemma_scope(str(write_npz(tmp_path / "p.npz", a)))
+
+
+def test_a_file_with_both_spellings_of_a_key_keeps_the_exact_one_and_refuses_the_other(tmp_path):
+    a = gemma_arrays()
+    path = write_npz(tmp_path / "p.npz", a | {"w_enc": a["W_enc"]})
+    with pytest.raises(SaeError, match=r"unexpected keys \['w_enc'\]$"):
+        load_gemma_scope(str(path))
+
+
+def test_a_sharded_projection_that_does_not_fit_names_the_index(tmp_path):
+    o, g = np.zeros((2, 12), np.float32), np.zeros(3, np.float32)
+    (tmp_path / "a.safetensors").write_bytes(save_safetensors({"model.layers.0.self_attn.o_proj.weight": o,
+                                                               "model.layers.0.post_attention_layernorm.weight": g}))
+    (tmp_path / "index.json").write_text(json.dumps({"weight_map": {
+        "model.layers.0.self_attn.o_proj.weight": "a.safetensors",
+        "model.layers.0.post_attention_layernorm.weight": "a.safetensors"}}))
+    files = {"model.safetensors.index.json": str(tmp_path / "index.json"), "a.safetensors": str(tmp_path / "a.safetensors")}
+    with pytest.raises(SaeError, match=r"index.json: o_proj \(2, 12\) and norm \(3,\) do not fit$"):
+        load_att_projection(files, 0)
+
+
+def test_a_projection_that_produces_nan_is_refused_under_the_name_it_was_given():
+    import torch
+    o_proj = torch.ones(8, 12)
+    o_proj[3, 4] = float("nan")
+    with pytest.raises(SaeError, match=r"^layer 7 att: W_dec has \d+ NaN or Inf values$"):
+        project_att(random_sae(d=12, F=20), o_proj, torch.zeros(8), where="layer 7 att")
