@@ -3,8 +3,8 @@
     python tools/mutation.py [--modules fold cost solve certify sparse load] [--write docs/mutation.md]
 
 mutmut 3 mutates functions in a copy of the project (mutants/) and runs, per mutant, the
-tests that cover the mutated function. This script makes that copy from the git-tracked files
-in a temporary directory (the working tree is never touched), configures mutmut for the chosen
+tests that cover the mutated function. This script makes that copy from the last commit (git
+archive HEAD) in a temporary directory (the working tree is never touched or read), configures mutmut for the chosen
 modules, and runs it with a Python that sees the venv's packages but not the editable install
 of saematch, so the tests import the mutated copy (PYTHONPATH=src). Workflow tests (marker
 `workflow`) are left out: they run Snakemake in subprocesses, which mutmut cannot follow; so
@@ -98,9 +98,8 @@ def main() -> None:
         project = Path(args.keep) if args.keep else Path(tmp) / "project"
         if not (project / "pyproject.toml").exists():
             project.mkdir(parents=True, exist_ok=True)
-            files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-            subprocess.run(["tar", "cf", "-", "-T", "-"], cwd=ROOT, input=files.encode(), check=True,
-                           stdout=open(project / "src.tar", "wb"))
+            subprocess.run(["git", "archive", "--format=tar", "-o", str(project / "src.tar"), "HEAD"], cwd=ROOT,
+                           check=True)  # the last commit: uncommitted work never leaks into a run
             subprocess.run(["tar", "xf", "src.tar"], cwd=project, check=True)
             with open(project / "pyproject.toml", "a") as fh:
                 fh.write(mutmut_config(args.modules))

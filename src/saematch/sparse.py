@@ -276,8 +276,8 @@ def solve_candidates(n: int, rows, cols, costs) -> np.ndarray:
     if top >= LAPMOD_LARGE / 8:
         costs = costs * 2.0 ** -np.ceil(np.log2(top / (LAPMOD_LARGE / 8)))
     starts = np.searchsorted(rows, np.arange(n + 1)).astype(np.int32)
-    _, x, _ = lapmod(n, costs, starts, cols.astype(np.int32))
-    if (x < 0).any():
+    total, x, _ = lapmod(n, costs, starts, cols.astype(np.int32))
+    if (x < 0).any() or not np.isfinite(total):  # lapmod returns an infinite total, not −1, when none exists
         raise RuntimeError("the candidate graph has no perfect matching")
     return x.astype(np.int64)
 
