@@ -31,7 +31,7 @@ def internal_costs64(S, X, Y):
 
 
 def fake_clock(monkeypatch):
-    clock = itertools.count(0.0, 1.0)
+    clock = itertools.count(100.0, 1.0)
     monkeypatch.setattr(sp.time, "perf_counter", lambda: next(clock))
 
 
@@ -48,6 +48,7 @@ def test_the_sparse_path_logs_every_stage_and_round_and_times_each_on_its_own(mo
         match, matched_cost, cert, _, seconds = solve_sparse(X, Y, k=1, chunk=64, max_rounds=max_rounds)
     R, done = cert["rounds"], cert["certified"]
     assert done == (max_rounds == 100) and (R == 1 if max_rounds == 1 else R > 1)
+    assert isinstance(cert["worst_violation_rel"], float) and cert["worst_violation_rel"] >= 0
     assert seconds == {"candidates": 1.0, "solve": R, "duals": R, "pricing": 2 * R - done}
     lines = [r.getMessage() for r in caplog.records]
     first = re.fullmatch(r"sparse: (\d+) candidate edges \(k=1, ([\d.]+) per row\) in 1\.0 s", lines[0])
@@ -79,8 +80,10 @@ def test_an_unresolvable_outlier_is_warned_about_before_solving(caplog):
 
 # --- candidates and pricing against dense float64 ---------------------------------------
 
-def test_candidates_hold_each_rows_and_columns_nearest_by_cosine_the_diagonal_and_their_exact_costs():
+@pytest.mark.parametrize("scale", [1.0, 0.05])  # 0.05: norms below 1 (ranking is by cosine, not norm)
+def test_candidates_hold_each_rows_and_columns_nearest_by_cosine_the_diagonal_and_their_exact_costs(scale):
     X, Y = problem(n=150, spread=1.0)
+    X, Y = X * scale, Y * scale
     S = prepare(X, Y, CPU)
     k = 4
     (r, c, costs), _ = candidates(S, k, chunk=16, col_chunk=24)
@@ -97,28 +100,33 @@ def test_candidates_hold_each_rows_and_columns_nearest_by_cosine_the_diagonal_an
     assert np.all(np.abs(costs - C64[r, c]) <= 1e-6 * scale)
 
 
-def priced(chunk, col_chunk, slack, m=1):
+def priced(chunk, col_chunk, slack, m=1, scale=1.0, shift=0.0):
     X, Y = problem(n=120, seed=3)
+    X, Y = X * scale, Y * scale
     S = prepare(X, Y, CPU)
     (r, c, costs), _ = candidates(S, 1, chunk=32)
     x = solve_candidates(S["n"], r, c, costs)
     u, v = duals_from_matching(S["n"], r, c, costs, x)
+    u, v = u - shift, v + shift
     return S, X, Y, u, v, price(S, u, v, slack, m=m, chunk=chunk, col_chunk=col_chunk)
 
 
-def test_pricing_adds_only_pairs_below_the_slack_and_every_rows_lowest_ones():
-    S, X, Y, u, v, (row_min, violated, new, worst) = priced(chunk=16, col_chunk=24, slack=2.0, m=2)
+@pytest.mark.parametrize("scale", [1.0, 0.03])  # 0.03: every pair's scale |C| + |u| + |v| below 1
+def test_pricing_adds_only_pairs_below_the_slack_and_every_rows_lowest_ones(scale):
+    S, X, Y, u, v, (row_min, violated, new, worst) = priced(chunk=16, col_chunk=24, slack=2.0 * scale**2, m=2,
+                                                            scale=scale)
     rc = internal_costs64(S, X, Y) - u[:, None] - v[None, :]
     pairs = set(zip(new[0].tolist(), new[1].tolist()))
-    assert all(rc[i, j] < 2.0 + 1e-4 for i, j in pairs)
+    slack, tiny = 2.0 * scale**2, 1e-4 * scale**2
+    assert all(rc[i, j] < slack + tiny for i, j in pairs)
     for i in range(len(rc)):  # each row's 2 lowest below the slack (clear of float32 near-ties)
-        low = [int(j) for j in np.argsort(rc[i])[:2] if rc[i, j] < 2.0 - 1e-3]
+        low = [int(j) for j in np.argsort(rc[i])[:2] if rc[i, j] < slack - 10 * tiny]
         assert {(i, j) for j in low} <= pairs
-    np.testing.assert_allclose(row_min, np.minimum(rc.min(1), 0), atol=1e-4)
-    u[5] += 1.0  # row 5's duals now infeasible wherever its reduced cost was below 1
-    row_min, violated, _, worst = price(S, u, v, 2.0, m=2, chunk=16, col_chunk=24)
-    rc[5] -= 1.0
-    assert violated == int((rc[5] < -1e-4).sum()) > 0 and row_min[5] == pytest.approx(rc[5].min(), abs=1e-4)
+    np.testing.assert_allclose(row_min, np.minimum(rc.min(1), 0), atol=tiny)
+    u[5] += scale**2  # row 5's duals now infeasible wherever its reduced cost was below scale²
+    row_min, violated, _, worst = price(S, u, v, slack, m=2, chunk=16, col_chunk=24)
+    rc[5] -= scale**2
+    assert violated == int((rc[5] < -tiny).sum()) > 0 and row_min[5] == pytest.approx(rc[5].min(), abs=tiny)
     assert worst == pytest.approx(-(rc[5] / (np.abs(rc[5] + u[5] + v) + abs(u[5]) + np.abs(v))).min(), rel=1e-3)
 
 
@@ -134,12 +142,42 @@ def test_pricing_gives_the_same_selection_counts_and_bounds_in_any_row_and_colum
     assert len(logged) == 2 and logged[0] == logged[1]
 
 
+@pytest.mark.filterwarnings("error")  # the reused buffers are never resized
+def test_pricing_depends_on_the_duals_only_through_u_i_plus_v_j():
+    """(u − δ, v + δ) gives every pair the same reduced cost: the same rows' minima and selection."""
+    *_, base = priced(chunk=16, col_chunk=24, slack=5.0, m=2)
+    *_, shifted = priced(chunk=16, col_chunk=24, slack=5.0, m=2, shift=50.0)
+    np.testing.assert_allclose(shifted[0], base[0], atol=1e-9)
+    assert shifted[1] == base[1] == 0
+    np.testing.assert_array_equal(shifted[2][0], base[2][0])
+    np.testing.assert_array_equal(shifted[2][1], base[2][1])
+
+
+def test_a_sparse_run_judges_violations_by_the_tolerance_it_is_given():
+    X, Y = problem(n=150, seed=5)
+    _, _, tight, _, _ = solve_sparse(X, Y, k=1, chunk=64, max_rounds=1)
+    _, _, loose, _, _ = solve_sparse(X, Y, k=1, chunk=64, max_rounds=1, eps=0.5)
+    assert 0 < loose["violated_entries"] < tight["violated_entries"] and loose["tolerance_rel"] == 0.5
+
+
+def test_the_sparse_paths_top1_is_each_rows_argmax_decoder_cosine():
+    X, Y = problem(n=150, seed=6)
+    g = torch.Generator().manual_seed(7)
+    U = torch.nn.functional.normalize(torch.randn(150, 5, generator=g), dim=1)
+    V = torch.nn.functional.normalize(torch.randn(150, 5, generator=g), dim=1)
+    *_, (top1, top1_cos), _ = solve_sparse(X, Y, k=2, chunk=64, U=U, V=V)
+    D = (U @ V.T).numpy()
+    np.testing.assert_array_equal(top1, D.argmax(1))
+    np.testing.assert_allclose(top1_cos, D.max(1), rtol=1e-6)
+    assert top1.dtype == np.int32 and top1_cos.dtype == np.float32
+
+
 def test_a_bf16_column_tile_longer_than_one_conversion_step_is_minus_two_y_in_bf16():
     X, Y = problem(n=2500, p=8)
     S = prepare(X, Y, CPU)
-    buffers = _y_bf16_buffers(S, 2048)
-    got = _y_bf16(S, slice(300, 2348), buffers)  # two 1024-row steps and a short one
-    want = (-2.0 * Y[S["order"][300:2348]]).to(torch.bfloat16)
+    buffers = _y_bf16_buffers(S, 2100)
+    got = _y_bf16(S, slice(300, 2400), buffers)  # two 1024-row steps and a short one
+    want = (-2.0 * Y[S["order"][300:2400]]).to(torch.bfloat16)
     assert got.shape == want.shape
     np.testing.assert_allclose(got.float().numpy(), want.float().numpy(), rtol=2**-7)
 

@@ -1,0 +1,55 @@
+"""The eight hand mutations of the "tests that catch wrong answers" issue, each in a scratch copy of
+the last commit: each must make its named test fail (and the test must pass unmutated).
+
+    python tools/hand_mutations.py [baseline] [1 2 …]     # all eight by default; `baseline`: no edits
+"""
+import shutil, subprocess, sys, tempfile
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[1]
+M = [
+ ("sparse.price without the bf16 error-bound terms", "src/saematch/sparse.py",
+  [("            r = G.abs().mul_(-b_rel)\n            r += G\n", "            r = G.clone()\n"),
+   ("            r.addr_(nx_r, ny[cols], alpha=-2 * a)", "            pass")],
+  "tests/test_sparse.py::test_pricing_keeps_the_bf16_error_bound_so_a_certified_total_is_the_float64_optimum_where_bf16_decides"),
+ ("certificate without the infeasibility correction", "src/saematch/certify.py",
+  [("    dual = float(np.sum(u, dtype=np.float64) + np.sum(v, dtype=np.float64)\n                 + np.minimum(row_min, 0).sum(dtype=np.float64))",
+    "    dual = float(np.sum(u, dtype=np.float64) + np.sum(v, dtype=np.float64))")],
+  "tests/test_certificate_outliers.py::test_any_infeasible_duals_give_the_corrected_dual_bound_below_the_float64_optimum"),
+ ("certified ignoring violated entries", "src/saematch/certify.py",
+  [("    if violated:\n        reasons.append(", "    if False:\n        reasons.append(")],
+  "tests/test_certificate_outliers.py::test_a_single_entry_below_its_own_tolerance_flips_the_certificate"),
+ ("violation tolerance loosened 10^4 x", "src/saematch/certify.py",
+  [("EPS = 1e-6", "EPS = 1e-2")],
+  "tests/test_certificate_outliers.py::test_a_single_entry_below_its_own_tolerance_flips_the_certificate"),
+ ("match_pair.py ignoring the match options", "scripts/match_pair.py",
+  [("match_pair(src, dst, device=dev, **snakemake.params.options)", "match_pair(src, dst, device=dev)")],
+  "tests/test_workflow.py::test_the_pipelines_matches_are_the_librarys_for_the_same_options"),
+ ("Llama loader ignoring sparsity_include_decoder_norm", "src/saematch/load.py",
+  [('if hp.get("sparsity_include_decoder_norm", True) else', 'if True else')],
+  "tests/test_llama_forward.py::test_llama_loader_gives_the_hand_computed_reconstruction_on_raw_input"),
+ ("wrong scaling in norm_activation inference/none", "src/saematch/load.py",
+  [("    else:  # \"inference\", \"none\", null\n        c_in = c_out = 1.0", "    else:  # \"inference\", \"none\", null\n        c_in = c_out = math.sqrt(d)")],
+  "tests/test_llama_forward.py::test_llama_loader_gives_the_hand_computed_reconstruction_on_raw_input"),
+ ("folding removed from match_pair", "src/saematch/match.py",
+  [("a, b = (fold_sae(src), fold_sae(dst)) if fold else (src, dst)", "a, b = src, dst")],
+  "tests/test_match.py::test_folding_recovers_matches_that_the_scale_symmetry_hides_from_raw_parameters"),
+]
+only = sys.argv[1:]
+if "baseline" in only:
+    M = [(n, p, [], t) for n, p, e, t in M]
+    only = [a for a in only if a != "baseline"]
+for k, (name, path, edits, test) in enumerate(M, 1):
+    if only and str(k) not in only:
+        continue
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(f"git -C {ROOT} archive HEAD | tar x -C {tmp}", shell=True, check=True)
+        f = Path(tmp) / path
+        s = f.read_text()
+        for old, new in edits:
+            assert old in s, (name, old)
+            s = s.replace(old, new)
+        f.write_text(s)
+        r = subprocess.run([f"{ROOT}/.venv/bin/python", "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
+                           cwd=tmp, capture_output=True, text=True, env={"PYTHONPATH": f"{tmp}/src", "PATH": f"{ROOT}/.venv/bin:/usr/bin:/bin"})
+        last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-300:]
+        print(f"{k}. {name}: {'FAILS (caught)' if r.returncode else 'passes (NOT caught)'} — {test.split('::')[-1]} — {last}", flush=True)
