@@ -3,7 +3,10 @@ the last commit: each must make its named test fail (and the test must pass unmu
 
     python tools/hand_mutations.py [baseline] [1 2 …]     # all eight by default; `baseline`: no edits
 """
-import shutil, subprocess, sys, tempfile
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 M = [
@@ -49,7 +52,7 @@ for k, (name, path, edits, test) in enumerate(M, 1):
             assert old in s, (name, old)
             s = s.replace(old, new)
         f.write_text(s)
-        r = subprocess.run([f"{ROOT}/.venv/bin/python", "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
-                           cwd=tmp, capture_output=True, text=True, env={"PYTHONPATH": f"{tmp}/src", "PATH": f"{ROOT}/.venv/bin:/usr/bin:/bin"})
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
+                           cwd=tmp, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=f"{tmp}/src"))
         last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-300:]
         print(f"{k}. {name}: {'FAILS (caught)' if r.returncode else 'passes (NOT caught)'} — {test.split('::')[-1]} — {last}", flush=True)
