@@ -12,7 +12,8 @@ with logs.job(snakemake):
     matches = list(snakemake.input.matches)
     rows = read_matches(matches)
     ablation = pl.read_parquet(snakemake.input.ablation) if snakemake.input.ablation else None
-    table = summarize(matches, truth, rows, ablation)
+    lifetimes = pl.read_parquet(snakemake.input.chains)
+    table = summarize(matches, truth, rows, ablation, lifetimes)
     table.write_parquet(snakemake.output.table)
     table.write_csv(snakemake.output.text, separator="\t", float_precision=6)
     logging.info("summary of %s:\n%s", snakemake.output.table, console_table(table))

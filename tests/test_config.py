@@ -147,11 +147,31 @@ def test_the_same_saes_and_options_are_no_change():
     (lambda e: e["src"].update(repo_id="g/other"), "src repo_id"),
     (lambda e: e["options"].update(fold=False), "match.fold True → False"),
     (lambda e: e["options"].update(weights="dec"), "match.weights enc+dec+benc → dec"),
+    (lambda e: e["options"].update(partial=True), "match.partial False → True"),
+    (lambda e: e["options"].update(cut=0.7), "match.cut 0.5 → 0.7"),
 ])
 def test_other_saes_or_result_options_are_a_change(change, phrase):
     expected = {"src": dict(SPEC), "dst": dict(SPEC), "options": {"fold": True, "weights": "enc+dec+benc"}}
     change(expected)
     assert phrase in cfg.describe_change(provenance(), expected)
+
+
+def test_results_that_predate_an_option_count_as_made_with_its_default():
+    expected = {"src": SPEC, "dst": SPEC, "options": {"fold": True, "weights": "enc+dec+benc", "partial": False,
+                                                      "cut": 0.5, "null_rows": 1024, "null_draws": 2}}
+    assert cfg.describe_change(provenance(), expected) is None  # provenance() has no verdict options
+    expected["options"]["null_draws"] = 4
+    assert cfg.describe_change(provenance(), expected) == "match.null_draws 2 → 4"
+
+
+@pytest.mark.parametrize("match,variant", [
+    ({"partial": True}, "16k_partial"), ({"cut": 0.7}, "16k_cut-0.7"), ({"null_rows": 2048, "null_draws": 4},
+                                                                         "16k_null-2048x4"),
+])
+def test_the_verdicts_options_name_their_variant(match, variant):
+    c = with_()
+    c["match"] = {**c["match"], **match}
+    assert cfg.variant_name(c, "gemma-2-2b") == variant
 
 
 def test_each_sae_has_one_pointer_named_by_repo_revision_and_files():

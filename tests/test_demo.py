@@ -16,7 +16,7 @@ SITES = {s: f"demo/gemma-scope-2b-pt-{s}" for s in ("res", "mlp", "att")}
 def demo(cache, n_layers=3):
     paths = {s: [[f"layer_{L}/width_1k/average_l0_{10 + L}/params.npz", f"layer_{L}/width_1k/average_l0_99/params.npz"]
                  for L in range(n_layers)] for s in SITES}
-    return make_demo(cache, "demo/gemma-2-2b", SITES, paths, n_layers=n_layers, d_model=32, d_att=48,
+    return make_demo(cache, "demo/gemma-2-2b", SITES, paths, n_layers=n_layers, d_model=128, d_att=160,
                      n_features=256, persist=0.75, seed=0)
 
 

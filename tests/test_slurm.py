@@ -137,7 +137,7 @@ def test_demo_on_real_slurm_equals_a_local_run_and_only_match_jobs_get_a_gpu(slu
     log = out.stdout + out.stderr
     sbatch = [line.strip().split(" --wrap=")[0] for line in log.splitlines() if line.strip().startswith("sbatch call")]
     print("\n".join(sbatch))  # shown with pytest -s
-    assert len(sbatch) == 8  # 6 pairs, the demo's fold ablation, the summary
+    assert len(sbatch) == 9  # 6 pairs, the demo's ablation, the lifetimes, the summary
     for line in sbatch:
         gpu_job = "--comment rule_match_pair_" in line
         assert ("--gpus=a100:1" in line) == gpu_job and (" -p gpu " in line) == gpu_job, line
@@ -154,9 +154,9 @@ def test_demo_on_real_slurm_equals_a_local_run_and_only_match_jobs_get_a_gpu(slu
     for j in jobs:
         rule = re.search(r"rule_(\w+?)_wildcards|rule_(\w+)", j.get("Comment", ""))
         by_rule.setdefault(next(g for g in rule.groups() if g), []).append(j)
-    assert sorted((r, len(js)) for r, js in by_rule.items()) == [("fold_ablation", 1), ("match_pair", 6), ("summarize", 1)]
+    assert sorted((r, len(js)) for r, js in by_rule.items()) == [("ablation", 1), ("lifetimes", 1), ("match_pair", 6), ("summarize", 1)]
     for j in by_rule["match_pair"]:
         assert "gpu:a100" in j.get("TresPerJob", "") and j["Partition"] == "gpu", j
-    for j in by_rule["summarize"] + by_rule["fold_ablation"]:
+    for j in by_rule["summarize"] + by_rule["ablation"] + by_rule["lifetimes"]:
         assert "gpu" not in j.get("TresPerJob", "") and j["Partition"] == "cpu", j
     assert all(j["JobState"] == "COMPLETED" for j in jobs)

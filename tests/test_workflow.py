@@ -227,7 +227,9 @@ def test_the_end_of_a_run_says_where_the_results_are_and_what_they_show(demo_con
     tail = console
     assert f"saematch: demo: results in results/model=demo/variant={DEMO}/" in tail
     assert summary_path("demo", DEMO, "res+mlp+att.L0-5") in tail
-    header = re.search(r"\| site \| pair \| features \| cosine \| top1_agree \| certified \| planted_recovered \| unfolded \|", tail)
+    columns = ("site", "pair", "features", "cosine", "top1_agree", "certified", "planted_recovered", "unfolded",
+               "persists", "precision", "recall", "ece")
+    header = re.search(r"\| " + r" +\| ".join(columns) + r" +\|", tail)
     assert header
     assert len(re.findall(r"\| (res|mlp|att) +\| \d→\d +\| 1024 ", tail)) == 15
 
@@ -239,6 +241,14 @@ def test_demo_run_writes_every_pair_summary_and_figure(demo_run):
     assert summary.height == 15 and summary["n_features"].to_list() == [1024] * 15
     recovered = (summary["planted_recovered"] * summary["n_planted"]).sum() / summary["n_planted"].sum()
     assert recovered > 0.98
+    # the verdict on the demo's planted truth: with encoders (res, mlp) the targets hold per
+    # pair; att has decoders only and takes born look-alikes for dying features (README, limits)
+    with_encoders = summary.filter(pl.col("site") != "att")
+    assert (with_encoders["persists_precision"] >= 0.95).all() and (with_encoders["persists_recall"] >= 0.95).all()
+    assert (with_encoders["confidence_ece"] <= 0.05).all()
+    assert (summary.filter(site="att")["persists_recall"] >= 0.95).all()
+    chains = pl.read_parquet(demo_run / f"results/model=demo/variant={DEMO}/lifetimes/res+mlp+att.L0-5.parquet")
+    assert chains.height == 3 * 6 * 1024 and chains.select("site", "layer", "feature").is_duplicated().sum() == 0
 
 
 def test_the_demo_summary_shows_what_folding_does(demo_run):
@@ -260,8 +270,10 @@ def test_demo_provenance_names_both_saes_options_versions_and_timings(demo_run):
     assert prov["src"]["files"]["params"]["filename"] == "layer_3/width_1k/average_l0_46/params.npz"
     assert prov["dst"]["files"]["params"]["filename"] == "layer_4/width_1k/average_l0_44/params.npz"
     assert len(prov["src"]["files"]["params"]["sha256"]) == 64 and prov["src"]["revision"] == "main"
-    assert prov["options"] == {"fold": True, "weights": "enc+dec+benc", "chunk_size": 2048,
-                               "solver": "auto", "k": 32, "dense_max_gb": 6}
+    assert prov["options"] == {"fold": True, "weights": "enc+dec+benc", "chunk_size": 2048, "solver": "auto",
+                               "k": 32, "dense_max_gb": 6, "cut": 0.5, "null_rows": 1024, "null_draws": 2,
+                               "partial": False}
+    assert prov["verdict"]["null_samples"] == 2048 and 0 < prov["verdict"]["share_persists"] < 1
     cert = prov["certificate"]
     assert cert["certified"] and cert["solver"] == "lapjv" and cert["gap_bound"] < 1e-6 * prov["total_cost"]
     assert {"torch", "lapjv", "saematch"} <= set(prov["versions"]) and prov["device"] == "cpu"
@@ -294,6 +306,8 @@ def test_the_pipelines_matches_are_the_librarys_for_the_same_options(demo_run, o
         assert prov["options"]["fold"] == opts["fold"] and prov["options"]["weights"] == site_opts["weights"]
         assert np.array_equal(table["match"].to_numpy(), columns["match"])
         np.testing.assert_allclose(table["mse"].to_numpy(), columns["mse"], rtol=1e-6)
+        assert np.array_equal(table["persists"].to_numpy(), columns["persists"])
+        np.testing.assert_allclose(table["confidence"].to_numpy(), columns["confidence"], rtol=1e-6)
         default = pl.read_parquet(demo_run / match_path("demo", DEMO, site, 1))
         if site == "res":  # the option changed something, or this test could not fail
             assert not np.allclose(table["mse"].to_numpy(), default["mse"].to_numpy())
@@ -307,7 +321,9 @@ def test_the_report_carries_the_summary_table_and_figure(demo_run):
     data = re.search(r"res\+mlp\+att\.L0-5\.tsv;base64,([A-Za-z0-9+/=]+)", html)
     assert data, "summary table not in the report"
     table = pl.read_csv(base64.b64decode(data[1]), separator="\t")
-    assert table.height == 15 and {"site", "layer", "cosine_mean", "top1_agreement", "certified"} <= set(table.columns)
+    assert table.height == 15 and {"site", "layer", "cosine_mean", "top1_agreement", "certified",
+                                   "persists_precision", "confidence_ece", "births", "deaths"} <= set(table.columns)
+    assert "res+mlp+att.L0-5.survival.png" in html
 
 
 def demo_blob(workdir: Path, site: str, layer: int, l0: int) -> Path:

@@ -12,7 +12,8 @@ def columns(n=6, unmatched=()):
     return {
         "feature": np.arange(n, dtype=np.int32), "match": match, "top1": match.clip(0),
         "cosine": np.linspace(0, 1, n, dtype=np.float32), "mse": np.ones(n, np.float32),
-        "top1_cosine": np.ones(n, np.float32),
+        "top1_cosine": np.ones(n, np.float32), "persists": match >= 0, "confidence": np.full(n, 0.9, np.float32),
+        "top1_persists": np.ones(n, bool), "top1_confidence": np.full(n, 0.8, np.float32),
     }
 
 
@@ -20,8 +21,10 @@ def test_matches_file_has_the_documented_schema_and_provenance(tmp_path):
     path = tmp_path / "model=m/site=res/layer=3/part-0.parquet"
     write_matches(path, columns(), {"total_cost": 1.5, "src": {"repo_id": "r"}})
     schema = pq.read_schema(path)
-    assert schema.names == ["feature", "match", "top1", "cosine", "mse", "top1_cosine"]
-    assert [schema.field(c).type for c in schema.names] == [pa.int32()] * 3 + [pa.float32()] * 3
+    assert schema.names == ["feature", "match", "top1", "cosine", "mse", "top1_cosine", "persists", "confidence",
+                            "top1_persists", "top1_confidence"]
+    assert [schema.field(c).type for c in schema.names] == [pa.int32()] * 3 + [pa.float32()] * 3 + [
+        pa.bool_(), pa.float32()] * 2
     assert read_provenance(path) == {"total_cost": 1.5, "src": {"repo_id": "r"}}
     assert pl.read_parquet_metadata(path)  # polars sees the metadata too
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"

@@ -1,8 +1,9 @@
 """saematch: data-free matching of SAE features across the layers of a language model.
 
 The data path, one module each: ``hub`` (download) → ``load`` (Gemma Scope / Llama Scope
-files → :class:`~saematch.sae.Sae`) → ``fold`` → ``cost`` → ``solve`` → ``match`` (scores,
-one pair end to end) → ``write`` (Parquet + provenance) → ``summary``.
+files → :class:`~saematch.sae.Sae`) → ``fold`` → ``cost`` → ``solve`` (+ ``certify``,
+``sparse``) → ``verdict`` (does each feature live on?) → ``match`` (one pair end to end) →
+``write`` (Parquet + provenance) → ``lifetimes`` (chains across layers) → ``summary``.
 """
 
 __version__ = "0.1.0"
@@ -10,4 +11,4 @@ __version__ = "0.1.0"
 # Bump by hand whenever a change to the library changes results. It is a param of every
 # compute rule, so Snakemake reruns exactly those jobs (imported code is invisible to its
 # code trigger).
-ALGO_VERSION = "2"
+ALGO_VERSION = "3"

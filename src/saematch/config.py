@@ -22,8 +22,10 @@ from .errors import SaeError
 SITES = ("res", "mlp", "att")
 SITE_ALIASES = {"R": "res", "M": "mlp", "A": "att"}  # Llama Scope's names for its sites
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # a path segment: no '/', '=', leading '.'
-RESULT_OPTIONS = ("fold", "weights")  # the match options that change which features match
-DEFAULT_OPTIONS = {"fold": True, "weights": "enc+dec+benc"}
+# the match options that change the results (which features match, and the verdict)
+RESULT_OPTIONS = ("fold", "weights", "partial", "cut", "null_rows", "null_draws")
+DEFAULT_OPTIONS = {"fold": True, "weights": "enc+dec+benc", "partial": False, "cut": 0.5, "null_rows": 1024,
+                   "null_draws": 2}
 
 
 class ConfigError(SaeError):
@@ -187,6 +189,12 @@ def _option_parts(opts: dict, default: dict) -> list[str]:
         parts.append("fold" if opts["fold"] else "nofold")
     if opts["weights"] != default["weights"]:
         parts.append("w-" + opts["weights"])
+    if opts["partial"] != default["partial"]:
+        parts.append("partial" if opts["partial"] else "full")
+    if opts["cut"] != default["cut"]:
+        parts.append(f"cut-{opts['cut']:g}")
+    if (opts["null_rows"], opts["null_draws"]) != (default["null_rows"], default["null_draws"]):
+        parts.append(f"null-{opts['null_rows']}x{opts['null_draws']}")
     return parts
 
 
@@ -257,8 +265,9 @@ def describe_change(provenance: dict, expected: dict) -> str | None:
         for key in ("format", "repo_id", "revision", "files"):
             if old[key] != new[key] and not (key == "format" and old[key] is None):
                 changes.append(f"{side} {key} {old[key]} → {new[key]}")
-    for key in RESULT_OPTIONS:
-        old, new = provenance.get("options", {}).get(key), expected["options"].get(key)
+    for key in RESULT_OPTIONS:  # an option older results predate had its default then
+        old = provenance.get("options", {}).get(key, DEFAULT_OPTIONS[key])
+        new = expected["options"].get(key, DEFAULT_OPTIONS[key])
         if old != new:
             changes.append(f"match.{key} {old} → {new}")
     return "; ".join(changes) or None

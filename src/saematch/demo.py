@@ -5,12 +5,13 @@ one repo per site holding ``layer_{L}/width_{width}/average_l0_{X}/params.npz`` 
 model repo (``model.safetensors.index.json`` + shards) holding each layer's
 ``self_attn.o_proj.weight`` and ``post_attention_layernorm.weight``.
 
-Planted structure, per site: a share ``persist`` of each layer's features lives on in the next
-layer: direction perturbed to cosine U(0.6, 0.95), then rescaled by JumpReLU's own symmetry
-with a per-feature factor c (the layer's growth times a log-normal jitter of σ = ``jitter``):
-W_enc·c, b_enc·c, θ·c, W_dec/c, which leaves the SAE's function unchanged and which folding
-undoes, so raw parameters see a scale change that folded ones do not; then permuted. The rest
-die and fresh features are born in their place.
+Planted structure, per site (:func:`planted_site`): a share ``persist`` of each layer's
+features lives on in the next layer, its directions perturbed to cosines U(0.3, 0.95), then
+rescaled by JumpReLU's own symmetry with a per-feature factor c (the layer's growth times a
+log-normal jitter of σ = ``jitter``): W_enc·c, b_enc·c, θ·c, W_dec/c, which leaves the SAE's
+function unchanged and which folding undoes, so raw parameters see a scale change that folded
+ones do not; then permuted. The rest die and fresh features are born in their place, some as
+look-alikes of the dying; near-duplicate features make top-1 partners collide.
 Attention SAEs are generated in the residual stream and mapped back into z through the
 pseudo-inverse of the stand-in (1 + g) ⊙ W_O, so the pipeline's projection recovers them.
 """
@@ -78,8 +79,18 @@ def _perturb(dirs: np.ndarray, cos: np.ndarray, rng) -> np.ndarray:
     return cos[:, None] * dirs + np.sqrt(1 - cos[:, None] ** 2) * noise
 
 
-def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, jitter: float = 1.0):
+def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, jitter: float = 1.0,
+                 cos: tuple[float, float] = (0.3, 0.95), dup: float = 0.1, distract: float = 0.5):
     """Per-layer feature states (residual-space) and the planted map layer L → L+1.
+
+    What real SAEs have, planted: each layer holds near-duplicate features (a share ``dup``
+    at decoder cosine 0.8–0.95 to another feature, so Feature Flow's top-1 can collide); a
+    share ``persist`` of each layer's features lives on, its decoder at cosine U(``cos``) to
+    its old one and its encoder at about the same cosine to its old encoder, rescaled by
+    JumpReLU's own symmetry (W_enc·c, b_enc·c, θ·c, W_dec/c with c the layer's threshold growth
+    1.15 times a log-normal jitter of σ = ``jitter``); the rest die, and a share ``distract``
+    of the dying get a born look-alike in the next layer (decoder at cosine 0.3–0.55, an
+    unrelated encoder): a plausible nearest neighbour that is not the same feature.
 
     Returns a list of dicts (dec_dir (F, d), enc_dir (F, d), enc_gain, dec_gain, threshold, b_enc)
     and a list of n_layers − 1 int arrays planted[i] = successor of feature i in L+1 or −1.
@@ -87,32 +98,39 @@ def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, ji
     F = n_features
 
     def fresh(n, scale):
+        dec = _unit(rng.standard_normal((n, d)))
+        k = int(dup * n)
+        pick = rng.permutation(n)
+        dec[pick[k:2 * k]] = _perturb(dec[pick[:k]], rng.uniform(0.8, 0.95, k), rng)  # near-duplicates
         return {
-            "dec_dir": _unit(rng.standard_normal((n, d))),
-            "enc_dir": None,
+            "dec_dir": dec,
+            "enc_dir": _perturb(dec, rng.uniform(0.5, 0.9, n), rng),
             "threshold": scale * rng.lognormal(0.0, 0.3, n),
             "enc_gain": rng.lognormal(0.0, 0.2, n),
             "dec_gain": rng.lognormal(0.0, 0.2, n),
             "b_enc": -0.1 * scale * rng.random(n),
         }
 
-    state = fresh(F, 1.0)
-    state["enc_dir"] = _unit(state["dec_dir"] + 0.3 * rng.standard_normal((F, d)))
-    layers, planted = [state], []
+    layers, planted = [fresh(F, 1.0)], []
     for L in range(1, n_layers):
         prev, growth = layers[-1], 1.15**L
         keep = rng.random(F) < persist
         nxt = fresh(F, growth)
         k = int(keep.sum())
-        cos = rng.uniform(0.6, 0.95, k)
-        nxt["dec_dir"][keep] = _perturb(prev["dec_dir"][keep], cos, rng)
+        c_dec = rng.uniform(*cos, k)
+        nxt["dec_dir"][keep] = _perturb(prev["dec_dir"][keep], c_dec, rng)
+        c_enc = np.clip(c_dec + 0.05 * rng.standard_normal(k), 0.2, 0.98)
+        nxt["enc_dir"][keep] = _perturb(prev["enc_dir"][keep], c_enc, rng)
         c = 1.15 * rng.lognormal(0.0, jitter, k)  # the JumpReLU scale symmetry, per feature
         nxt["threshold"][keep] = prev["threshold"][keep] * c
         nxt["enc_gain"][keep] = prev["enc_gain"][keep] * c
         nxt["b_enc"][keep] = prev["b_enc"][keep] * c
         nxt["dec_gain"][keep] = prev["dec_gain"][keep] / c
-        nxt["enc_dir"] = _unit(nxt["dec_dir"] + 0.3 * rng.standard_normal((F, d)))
-        nxt["enc_dir"][keep] = _unit(_perturb(prev["enc_dir"][keep], np.full(k, 0.9), rng))
+        dying = np.flatnonzero(~keep)
+        near = dying[rng.random(len(dying)) < distract]  # born look-alikes of dying features
+        nxt["dec_dir"][near] = _perturb(prev["dec_dir"][near], rng.uniform(0.3, 0.55, len(near)), rng)
+        nxt["enc_dir"][near] = _perturb(_unit(rng.standard_normal((len(near), d))),
+                                        rng.uniform(0.5, 0.9, len(near)), rng)
         order = rng.permutation(F)  # new position p holds old-index-order feature order[p]
         for key in nxt:
             nxt[key] = nxt[key][order]

@@ -14,6 +14,7 @@ from .fold import fold as fold_sae
 from .sae import Sae, SaeError
 from .solve import choose_solver, solve_lap
 from .sparse import ImpreciseFeatures, solve_sparse
+from .verdict import directions, neighbours, opt_out_costs, partial_assignment, verdict
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,10 @@ def match_pair(
     solver: str = "auto",
     k: int = 32,
     dense_max_gb: float = 6.0,
+    cut: float = 0.5,
+    null_rows: int = 1024,
+    null_draws: int = 2,
+    partial: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Match the features of ``src`` (layer L) to those of ``dst`` (layer L+1).
 
@@ -123,7 +128,10 @@ def match_pair(
         feature (int32), match (int32, index in dst; -1 if dst has fewer features),
         top1 (int32, Feature Flow's top-1 decoder-cosine partner in dst),
         cosine (float32, decoder cosine of feature and match), mse (float32, mean squared
-        difference of the matched (folded) parameters), top1_cosine (float32)
+        difference of the matched (folded) parameters), top1_cosine (float32), and the
+        verdict (:mod:`saematch.verdict`): persists, confidence, top1_persists, top1_confidence
+    With ``partial``, the assignment may leave a feature unmatched (match −1) where that costs
+    less than its opt-out cost (:func:`saematch.verdict.opt_out_costs`); dense path only.
     stats : total_cost (float64 sum of the squared differences), n_params (per feature),
         the optimality certificate (saematch.certify), device, peak memory, seconds per stage
     """
@@ -138,6 +146,9 @@ def match_pair(
     if path == "sparse" and src.n_features != dst.n_features:
         raise SaeError(f"{src.source.get('where')}: the sparse solver needs equal widths "
                        f"({src.n_features} vs {dst.n_features})")
+    if partial and path != "dense":
+        raise SaeError(f"{src.source.get('where', 'layer L')}: match.partial needs the dense solver (it solves "
+                       f"one (n_src + n_dst)² problem); this pair of {src.n_features} features takes the sparse path")
     t = time.perf_counter()
     X, Y, U, V = pair_vectors(a, b, weights, dev)
     n_params = X.shape[1]
@@ -150,10 +161,27 @@ def match_pair(
         return (f"{where[side]} ({layer}) feature {i} (threshold θ = {float(saes[side].threshold[i]):.3g}"
                 f"{'' if fold else ', not folded'})")
 
-    match, matched_cost, certificate, (top1, top1_cosine), assign_seconds = assign(
-        X, Y, U, V, path, k=k, chunk_size=chunk_size, describe=describe)
-    del X, Y, U, V
+    match, matched_cost, certificate, _, assign_seconds = assign(
+        X, Y, None, None, path, k=k, chunk_size=chunk_size, describe=describe)
     seconds.update(assign_seconds)
+    t = time.perf_counter()
+    (Ud, Ed), (Vd, Wd) = (directions(s.W_dec.to(dev), None if s.W_enc is None else s.W_enc.to(dev)) for s in (src, dst))
+    nb = neighbours(Ud, Vd, chunk=chunk_size)
+    top1, top1_cosine = nb["top1"], nb["top1_cosine"]
+    partial_stats = None
+    if partial:
+        d_enc = 0 if weights == "dec" else a.W_enc.shape[0]
+        tau_src, tau_dst, partial_stats = opt_out_costs(X, Y, match, matched_cost, a.d_out, d_enc,
+                                                        rows=null_rows, draws=null_draws)
+        cost, _, _ = dense_cost(X, Y, chunk_size=chunk_size)
+        match, matched_cost, certificate = partial_assignment(cost, tau_src, tau_dst)
+        del cost
+    del X, Y, U, V
+    verdict_columns, verdict_stats = verdict(Ud, Ed, Vd, Wd, match, nb, cut=cut, rows=null_rows, draws=null_draws)
+    if partial_stats:
+        verdict_stats["partial"] = partial_stats
+    del Ud, Ed, Vd, Wd
+    seconds["verdict"] = time.perf_counter() - t
     _report_imprecise(certificate, describe)
     total = float(matched_cost.sum())
     rows = np.nonzero(match >= 0)[0]
@@ -178,6 +206,7 @@ def match_pair(
         "cosine": cosine,
         "mse": mse,
         "top1_cosine": top1_cosine,
+        **verdict_columns,
     }
     stats = {
         "total_cost": total,
@@ -185,6 +214,7 @@ def match_pair(
         "n_src": src.n_features,
         "n_dst": dst.n_features,
         "certificate": certificate,
+        "verdict": verdict_stats,
         "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "peak_gpu_memory_bytes": int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else None,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},

@@ -20,6 +20,9 @@ def results_message(summaries: dict[str, str]) -> str:
         out.append(f"\nsaematch: {model}: results in {run_dir}/")
         out.append(f"  matches  {run_dir}/matches/site=*/layer=*/part-0.parquet (one file per pair)")
         out.append(f"  summary  {table_path} (and .tsv), figure {prefix}.png")
+        selection = Path(prefix).name
+        out.append(f"  chains   {run_dir}/lifetimes/{selection}.parquet (features followed while they persist), "
+                   f"survival {run_dir}/lifetimes/{selection}.survival.tsv|.png")
         if table_path.exists():
             table = pl.read_parquet(table_path)
             out.append(console_table(table))

@@ -27,14 +27,30 @@ def read_matches(paths: list[str]) -> pl.DataFrame:
     return pl.concat(frames)
 
 
+def calibration_error(df: pl.DataFrame, confidence: str, correct: pl.Expr, by: list[str],
+                      bins: int = 10) -> pl.DataFrame:
+    """Expected calibration error per group: Σ_b (n_b / n)·|share correct − mean confidence| over
+    ``bins`` equal-width bins of confidence (the last bin includes 1)."""
+    binned = df.with_columns(
+        _bin=(pl.col(confidence) * bins).floor().clip(0, bins - 1), _ok=correct.cast(pl.Float64))
+    per_bin = binned.group_by(*by, "_bin").agg(n=pl.len(), ok=pl.col("_ok").mean(), conf=pl.col(confidence).mean())
+    return per_bin.group_by(*by).agg(
+        ((pl.col("n") / pl.col("n").sum()) * (pl.col("ok") - pl.col("conf")).abs()).sum().alias(f"{confidence}_ece"))
+
+
 def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFrame | None = None,
-              ablation: pl.DataFrame | None = None) -> pl.DataFrame:
+              ablation: pl.DataFrame | None = None, lifetimes: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (site, layer): n, cosine and mse statistics, top-1 agreement, total cost,
     and the assignment's certificate (certified, gap bound, solver).
 
-    With ``truth`` (columns site, layer, feature, planted; planted = -1 for features that
-    die), also the share of planted matches that were recovered; with ``ablation``
-    (:mod:`saematch.ablation`: site, layer, planted_recovered_folded/_unfolded), those too.
+    The verdict: share of features declared persisting (assignment and top-1) and the mean
+    confidence. With ``truth`` (columns site, layer, feature, planted; planted = -1 for
+    features that die), also the share of planted matches that were recovered (assignment,
+    top-1), the precision and recall of ``persists`` and ``top1_persists`` (a feature is
+    correctly declared when it persists and its partner is the planted one) and the expected
+    calibration error of ``confidence`` and ``top1_confidence`` over 10 bins; with ``ablation``
+    (:mod:`saematch.ablation`), its columns; with ``lifetimes`` (:func:`saematch.lifetimes.chains`),
+    births and deaths per layer.
     ``df``: the rows of ``paths`` when already read (:func:`read_matches`).
     """
     df = read_matches(paths) if df is None else df
@@ -49,6 +65,9 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
         pl.col("mse").mean().alias("mse_mean"),
         (pl.col("top1") == pl.col("match")).mean().alias("top1_agreement"),
         pl.col("top1_cosine").mean().alias("top1_cosine_mean"),
+        pl.col("persists").mean().alias("share_persists"),
+        pl.col("top1_persists").mean().alias("share_top1_persists"),
+        pl.col("confidence").mean().alias("confidence_mean"),
     ]
     if truth is not None:
         persists = pl.col("planted") >= 0
@@ -57,7 +76,17 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
             (pl.col("match") == pl.col("planted")).filter(persists).mean().alias("planted_recovered"),
             (pl.col("top1") == pl.col("planted")).filter(persists).mean().alias("planted_top1"),
         ]
-    out = df.group_by("model", "variant", "site", "layer").agg(aggs)
+        for prefix, partner in (("", "match"), ("top1_", "top1")):
+            right = persists & (pl.col(partner) == pl.col("planted")).fill_null(False)
+            declared = pl.col(f"{prefix}persists")
+            aggs += [(right & declared).sum().truediv(declared.sum()).alias(f"{prefix}persists_precision"),
+                     (right & declared).sum().truediv(right.sum()).alias(f"{prefix}persists_recall")]
+    keys = ["model", "variant", "site", "layer"]
+    out = df.group_by(*keys).agg(aggs)
+    if truth is not None:
+        for prefix, partner in (("", "match"), ("top1_", "top1")):
+            right = (pl.col("planted") >= 0) & (pl.col(partner) == pl.col("planted")).fill_null(False)
+            out = out.join(calibration_error(df, f"{prefix}confidence", right, keys), on=keys, how="left")
     out = out.sort(pl.col("site").replace_strict({"res": 0, "mlp": 1, "att": 2}, default=3), "layer")
     provenance = [read_provenance(p) for p in paths]
     totals = pl.DataFrame([
@@ -69,6 +98,10 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
     out = out.join(totals, on=["site", "layer"], how="left")
     if ablation is not None:
         out = out.join(ablation, on=["site", "layer"], how="left")
+    if lifetimes is not None:
+        from .lifetimes import births_deaths
+
+        out = out.join(births_deaths(lifetimes).drop("features"), on=["site", "layer"], how="left")
     return out
 
 
@@ -81,7 +114,11 @@ def console_table(table: pl.DataFrame) -> str:
         cols.append(pl.col("planted_recovered").round(4).alias("planted_recovered"))
     if "planted_recovered_unfolded" in table.columns:
         cols.append(pl.col("planted_recovered_unfolded").round(4).alias("unfolded"))
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=120, tbl_hide_column_data_types=True,
+    cols.append(pl.col("share_persists").round(3).alias("persists"))
+    if "persists_precision" in table.columns:
+        cols += [pl.col("persists_precision").round(3).alias("precision"),
+                 pl.col("persists_recall").round(3).alias("recall"), pl.col("confidence_ece").round(3).alias("ece")]
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_column_data_types=True,
                    tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
         return str(table.select(cols))
 

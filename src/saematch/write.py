@@ -19,6 +19,10 @@ SCHEMA = pa.schema([
     pa.field("cosine", pa.float32()),
     pa.field("mse", pa.float32()),
     pa.field("top1_cosine", pa.float32(), nullable=False),
+    pa.field("persists", pa.bool_(), nullable=False),
+    pa.field("confidence", pa.float32(), nullable=False),
+    pa.field("top1_persists", pa.bool_(), nullable=False),
+    pa.field("top1_confidence", pa.float32(), nullable=False),
 ])
 
 

@@ -30,6 +30,7 @@ VARIANT = {model: cfg.variant_name(config, model) for model in config["models"]}
 SELECTION = {model: cfg.selection_label(config, model) for model in config["models"]}
 MATCHES = "results/model={model}/variant={variant}/matches/site={site}/layer={layer}/part-0.parquet"
 SUMMARY = "results/model={model}/variant={variant}/summary/{selection}"
+LIFETIMES = "results/model={model}/variant={variant}/lifetimes/{selection}"
 MATCH_LOG = (
     "logs/match_pair/model={model}/variant={variant}/site={site}/layer={layer}.log"
 )
@@ -211,6 +212,8 @@ def match_mem_mb(wc, attempt):
     matrix = (
         4 * F * F if dense else 40 * F * opts["k"] + 8 * F * d
     )  # dense costs, or candidate edges + the sparse solver's float32 copy of Y
+    if opts["partial"]:  # the partial assignment's (2F)² problem, beside the costs
+        matrix += 4 * (2 * F) ** 2
     need = matrix + 48 * F * d + 8 * opts["chunk_size"] * F + 2**30
     if saematch.logs.failed_on_input(MATCH_LOG.format(**wc)):
         attempt = 1
@@ -287,7 +290,7 @@ def is_demo(model):
 
 
 def ablation_pairs(wc):
-    """Demo: every selected pair's pointers and options, for the fold ablation."""
+    """Demo: every selected pair's pointers and options, for the ablation."""
     check_variant(wc)
     return [
         {
@@ -315,7 +318,7 @@ def ablation_input(wc):
 
 def summary_ablation(wc):
     if is_demo(wc.model):
-        return f"results/model={wc.model}/variant={wc.variant}/demo/fold-ablation.{wc.selection}.parquet"
+        return f"results/model={wc.model}/variant={wc.variant}/demo/ablation.{wc.selection}.parquet"
     return []
 
 
@@ -330,6 +333,10 @@ def all_targets():
         f"{summary_prefix(model)}.{ext}"
         for model in config["models"]
         for ext in ("parquet", "png", "tsv")
+    ] + [
+        LIFETIMES.format(model=m, variant=VARIANT[m], selection=SELECTION[m])
+        + ".survival.png"
+        for m in config["models"]
     ]
 
 

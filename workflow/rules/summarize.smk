@@ -7,6 +7,7 @@ rule summarize:
         matches=summary_matches,
         truth=summary_truth,
         ablation=summary_ablation,
+        chains=f"{LIFETIMES}.parquet",
     output:
         table=f"{SUMMARY}.parquet",
         text=report(
@@ -39,21 +40,49 @@ rule summarize:
         "../../scripts/summarize.py"
 
 
-# Demo only: the planted matches recovered with and without folding, so the summary shows
-# what folding does (the demo plants JumpReLU's scale symmetry between layers).
-rule fold_ablation:
+# Lifetimes: the matches composed into chains along persisting links (saematch.lifetimes).
+rule lifetimes:
+    input:
+        matches=summary_matches,
+    output:
+        chains=f"{LIFETIMES}.parquet",
+        survival=f"{LIFETIMES}.survival.tsv",
+        lengths=f"{LIFETIMES}.lengths.tsv",
+        figure=report(
+            f"{LIFETIMES}.survival.png",
+            caption="../report/survival.rst",
+            category="Lifetimes",
+            labels={
+                "model": "{model}",
+                "variant": "{variant}",
+                "pairs": "{selection}",
+            },
+        ),
+    log:
+        "logs/lifetimes/model={model}/variant={variant}/{selection}.log",
+    benchmark:
+        "benchmarks/lifetimes/model={model}/variant={variant}/{selection}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../../scripts/lifetimes.py"
+
+
+# Demo only: planted truth against folding (the demo plants JumpReLU's scale symmetry between
+# layers), the verdict and the partial assignment (saematch.ablation).
+rule ablation:
     input:
         unpack(ablation_input),
     output:
-        "results/model={model}/variant={variant}/demo/fold-ablation.{selection}.parquet",
+        "results/model={model}/variant={variant}/demo/ablation.{selection}.parquet",
     log:
-        "logs/fold_ablation/model={model}/variant={variant}/{selection}.log",
+        "logs/ablation/model={model}/variant={variant}/{selection}.log",
     benchmark:
-        "benchmarks/fold_ablation/model={model}/variant={variant}/{selection}.tsv"
+        "benchmarks/ablation/model={model}/variant={variant}/{selection}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     params:
         pairs=ablation_pairs,
         algo_version=saematch.ALGO_VERSION,
     script:
-        "../../scripts/fold_ablation.py"
+        "../../scripts/ablation.py"

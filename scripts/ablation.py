@@ -1,4 +1,4 @@
-"""Demo only: planted matches recovered with and without folding, per site and pair."""
+"""Demo only: planted truth against folding, the verdict and the partial assignment, per site and pair."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ from saematch import logs
 with logs.job(snakemake):
     import polars as pl
 
-    from saematch.ablation import fold_ablation
+    from saematch.ablation import planted_ablation
     from saematch.load import load_pair
 
     read = lambda p: json.loads(Path(p).read_text())  # noqa: E731
@@ -20,5 +20,5 @@ with logs.job(snakemake):
                          model if pair["project_att"] else None, where=(pair["src"], pair["dst"]))
         planted = truth.filter(site=pair["site"], layer=pair["layer"]).sort("feature")["planted"].to_numpy()
         rows.append({"site": pair["site"], "layer": pair["layer"],
-                     **fold_ablation(*saes, planted, pair["options"])})
+                     **planted_ablation(*saes, planted, pair["options"])})
     pl.DataFrame(rows, schema_overrides={"layer": pl.Int32}).write_parquet(snakemake.output[0])

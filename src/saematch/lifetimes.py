@@ -1,0 +1,146 @@
+"""Feature lifetimes: each site's consecutive matches composed into chains across layers.
+
+SAE Match §3.2 composes permutations, pi_AC = pi_BC[pi_AB]; here a link L → L+1 is followed
+only where the verdict says the feature persists, so a chain ends where its feature dies and
+a feature with no persisting predecessor starts a new chain (a birth). Every feature of every
+selected layer is in exactly one chain. Layers that are not consecutive (a gap in the
+selection) start new chains.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+SCHEMA = {"site": pl.String, "chain": pl.Int64, "layer": pl.Int32, "feature": pl.Int32, "confidence": pl.Float32}
+
+
+def chains(pairs: dict[int, dict[str, np.ndarray]], n_features: dict[int, int], site: str = "res") -> pl.DataFrame:
+    """Long-form chains of one site: one row per (chain, layer).
+
+    pairs[L]: the matches of pair (L, L+1): match (n_L,) int (−1 none), persists (n_L,) bool,
+    confidence (n_L,) float. n_features[L]: features of layer L, for every layer of the pairs
+    and the layers after them. Returns columns site, chain (int64, numbered from 0 in order of
+    start layer and feature), layer, feature, confidence (of the link into this layer; null
+    where the chain starts).
+    """
+    layers = sorted(set(pairs) | {L + 1 for L in pairs})
+    frames, next_id, current, prev_layer = [], 0, None, None
+    for L in layers:
+        n = n_features[L]
+        ids, conf = np.full(n, -1, np.int64), np.full(n, np.nan, np.float32)
+        if current is not None and prev_layer == L - 1 and (L - 1) in pairs:
+            p = pairs[L - 1]
+            link = np.asarray(p["persists"], bool) & (np.asarray(p["match"]) >= 0)
+            to = np.asarray(p["match"])[link].astype(np.int64)
+            ids[to] = current[link]
+            conf[to] = np.asarray(p["confidence"], np.float32)[link]
+        born = ids < 0
+        ids[born] = np.arange(next_id, next_id + born.sum())
+        next_id += int(born.sum())
+        frames.append(pl.DataFrame({"site": site, "chain": ids, "layer": np.full(n, L, np.int32),
+                                    "feature": np.arange(n, dtype=np.int32), "confidence": conf},
+                                   schema=SCHEMA).with_columns(pl.col("confidence").fill_nan(None)))
+        current, prev_layer = ids, L
+    return pl.concat(frames).sort("chain", "layer") if frames else pl.DataFrame(schema=SCHEMA)
+
+
+def _blocks(layers: list[int]) -> list[list[int]]:
+    """Runs of consecutive layers."""
+    out = []
+    for L in sorted(layers):
+        if out and L == out[-1][-1] + 1:
+            out[-1].append(L)
+        else:
+            out.append([L])
+    return out
+
+
+def births_deaths(long: pl.DataFrame) -> pl.DataFrame:
+    """Per site and layer: features, births (chains starting there; null at the first layer of
+    a run of consecutive layers, where nothing came before) and deaths (chains ending there;
+    null at a run's last layer, where nothing follows)."""
+    spans = long.group_by("site", "chain").agg(start=pl.col("layer").min(), end=pl.col("layer").max())
+    rows = []
+    for site in long["site"].unique(maintain_order=True):
+        s = spans.filter(pl.col("site") == site)
+        layer_counts = long.filter(pl.col("site") == site).group_by("layer").len()
+        count = dict(zip(layer_counts["layer"].to_list(), layer_counts["len"].to_list()))
+        for block in _blocks(list(count)):
+            for L in block:
+                rows.append({"site": site, "layer": L, "features": count[L],
+                             "births": None if L == block[0] else int((s["start"] == L).sum()),
+                             "deaths": None if L == block[-1] else int((s["end"] == L).sum())})
+    return pl.DataFrame(rows, schema={"site": pl.String, "layer": pl.Int32, "features": pl.Int64,
+                                      "births": pl.Int64, "deaths": pl.Int64})
+
+
+def survival(long: pl.DataFrame) -> pl.DataFrame:
+    """Per site and k ≥ 0: the share of layer-L features whose chain is still alive at L + k,
+    averaged over the layers L with L + k in the same run of consecutive layers."""
+    end = long.group_by("site", "chain").agg(end=pl.col("layer").max())
+    df = long.join(end, on=["site", "chain"])
+    rows = []
+    for site in df["site"].unique(maintain_order=True):
+        s = df.filter(pl.col("site") == site)
+        for block in _blocks(s["layer"].unique().to_list()):
+            last = block[-1]
+            for k in range(len(block)):
+                for L in block[: len(block) - k]:
+                    at = s.filter(pl.col("layer") == L)
+                    rows.append({"site": site, "k": k, "alive": float((at["end"] >= L + k).mean()), "last": last})
+    if not rows:
+        return pl.DataFrame(schema={"site": pl.String, "k": pl.Int32, "survival": pl.Float64, "layers": pl.Int64})
+    return (pl.DataFrame(rows).group_by("site", "k").agg(survival=pl.col("alive").mean(), layers=pl.len())
+            .with_columns(pl.col("k").cast(pl.Int32)).sort("site", "k"))
+
+
+def lengths(long: pl.DataFrame) -> pl.DataFrame:
+    """Per site: how many chains span 1, 2, … layers (chains that touch the first or last
+    selected layer are cut off there: their length is a lower bound)."""
+    return (long.group_by("site", "chain").agg(length=pl.len()).group_by("site", "length")
+            .agg(chains=pl.len()).sort("site", "length"))
+
+
+def plot_survival(surv: pl.DataFrame, out: str, title: str) -> None:
+    """Survival curves, one line per site."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for site in surv["site"].unique(maintain_order=True):
+        s = surv.filter(pl.col("site") == site)
+        ax.plot(s["k"].to_numpy(), s["survival"].to_numpy(), marker="o", label=site)
+    ax.set_xlabel("k (layers later)")
+    ax.set_ylabel("share of layer-L features still alive")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def chains_of_files(paths: list[str]) -> pl.DataFrame:
+    """:func:`chains` of every site in the given matches files (results/…/site=S/layer=L/…)."""
+    from .summary import read_matches
+    from .write import read_provenance
+
+    rows = read_matches(paths)
+    n_dst = {(pv["site"], pv["layer"] + 1): pv["n_dst"] for pv in map(read_provenance, paths)}
+    frames = []
+    for site in rows["site"].unique(maintain_order=True):
+        s = rows.filter(pl.col("site") == site).sort("layer", "feature")
+        pairs, n = {}, {}
+        for (L,), g in s.group_by("layer", maintain_order=True):
+            pairs[L] = {"match": g["match"].fill_null(-1).to_numpy(), "persists": g["persists"].to_numpy(),
+                        "confidence": g["confidence"].to_numpy()}
+            n[L] = g.height
+        for (site_, L), count in n_dst.items():
+            if site_ == site:
+                n.setdefault(L, count)
+        frames.append(chains(pairs, n, site))
+    return pl.concat(frames)
