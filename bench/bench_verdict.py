@@ -21,15 +21,8 @@ import time
 import numpy as np
 import torch
 
-from saematch.demo import planted_site
+from saematch.demo import planted_pair
 from saematch.match import match_pair
-from saematch.sae import Sae
-
-
-def sae(st) -> Sae:
-    t = {"W_enc": (st["enc_dir"] * st["enc_gain"][:, None]).T, "W_dec": st["dec_dir"] * st["dec_gain"][:, None],
-         "b_enc": st["b_enc"], "threshold": st["threshold"], "b_dec": np.zeros(st["dec_dir"].shape[1])}
-    return Sae(**{k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in t.items()})
 
 
 def ece(conf, ok, bins=10):
@@ -57,10 +50,8 @@ def main() -> None:
     for persist, lo, unrelated in cases:
         rows = []
         for seed in range(args.seeds):
-            rng = np.random.default_rng(1000 + seed)
-            layers, planted = planted_site(2, args.features, args.d, persist, rng, cos=(lo, 0.95),
-                                           distract=0.0 if unrelated else 0.5)
-            src, dst, planted = sae(layers[0]), sae(layers[1]), planted[0]
+            src, dst, planted = planted_pair(args.features, args.d, persist, 1000 + seed, cos=(lo, 0.95),
+                                             unrelated=unrelated)
             cols, stats = match_pair(src, dst, device="cpu")
             part, _ = match_pair(src, dst, device="cpu", partial=True)
             ok, ok1 = (planted >= 0) & (cols["match"] == planted), (planted >= 0) & (cols["top1"] == planted)

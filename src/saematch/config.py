@@ -151,15 +151,20 @@ def check_selection(config: dict) -> None:
                               f"layers=[{config['layers'][0]},{config['layers'][0] + 1}]")
 
 
+def layer_runs(layers) -> list[list[int]]:
+    """Runs of consecutive layers: [3, 5, 6, 7] → [[3], [5, 6, 7]]."""
+    runs = []
+    for L in sorted(set(layers)):
+        if runs and L == runs[-1][-1] + 1:
+            runs[-1].append(L)
+        else:
+            runs.append([L])
+    return runs
+
+
 def layers_label(layers: list[int]) -> str:
     """Compact name of a set of layers: [0..25] → 'L0-25', [3, 5, 6, 7] → 'L3_5-7'."""
-    runs, layers = [], sorted(set(layers))
-    for L in layers:
-        if runs and L == runs[-1][1] + 1:
-            runs[-1][1] = L
-        else:
-            runs.append([L, L])
-    return "L" + "_".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    return "L" + "_".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in layer_runs(layers))
 
 
 def selection_label(config: dict, model: str) -> str:

@@ -141,6 +141,27 @@ def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, ji
     return layers, planted
 
 
+def state_sae(st: dict):
+    """One layer's planted state (:func:`planted_site`) as an in-memory Sae, in residual space."""
+    import torch
+
+    from .sae import Sae
+
+    t = {"W_enc": (st["enc_dir"] * st["enc_gain"][:, None]).T, "W_dec": st["dec_dir"] * st["dec_gain"][:, None],
+         "b_enc": st["b_enc"], "threshold": st["threshold"], "b_dec": np.zeros(st["dec_dir"].shape[1])}
+    return Sae(**{k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in t.items()})
+
+
+def planted_pair(F: int, d: int, persist: float, seed: int, cos: tuple[float, float] = (0.3, 0.95),
+                 unrelated: bool = False):
+    """Two layers of :func:`planted_site` as Saes, and planted[i] (src i's successor or −1);
+    ``unrelated``: nothing persists and no look-alikes (independently drawn layers)."""
+    rng = np.random.default_rng(seed)
+    layers, planted = planted_site(2, F, d, 0.0 if unrelated else persist, rng, cos=cos,
+                                   distract=0.0 if unrelated else 0.5)
+    return state_sae(layers[0]), state_sae(layers[1]), planted[0].astype(np.int64)
+
+
 def make_demo(
     cache_dir: str | Path,
     model_repo: str,

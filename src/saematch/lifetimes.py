@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from .config import layer_runs
+
 SCHEMA = {"site": pl.String, "chain": pl.Int64, "layer": pl.Int32, "feature": pl.Int32, "confidence": pl.Float32}
 
 
@@ -45,17 +47,6 @@ def chains(pairs: dict[int, dict[str, np.ndarray]], n_features: dict[int, int], 
     return pl.concat(frames).sort("chain", "layer") if frames else pl.DataFrame(schema=SCHEMA)
 
 
-def _blocks(layers: list[int]) -> list[list[int]]:
-    """Runs of consecutive layers."""
-    out = []
-    for L in sorted(layers):
-        if out and L == out[-1][-1] + 1:
-            out[-1].append(L)
-        else:
-            out.append([L])
-    return out
-
-
 def births_deaths(long: pl.DataFrame) -> pl.DataFrame:
     """Per site and layer: features, births (chains starting there; null at the first layer of
     a run of consecutive layers, where nothing came before) and deaths (chains ending there;
@@ -66,7 +57,7 @@ def births_deaths(long: pl.DataFrame) -> pl.DataFrame:
         s = spans.filter(pl.col("site") == site)
         layer_counts = long.filter(pl.col("site") == site).group_by("layer").len()
         count = dict(zip(layer_counts["layer"].to_list(), layer_counts["len"].to_list()))
-        for block in _blocks(list(count)):
+        for block in layer_runs(count):
             for L in block:
                 rows.append({"site": site, "layer": L, "features": count[L],
                              "births": None if L == block[0] else int((s["start"] == L).sum()),
@@ -83,12 +74,11 @@ def survival(long: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for site in df["site"].unique(maintain_order=True):
         s = df.filter(pl.col("site") == site)
-        for block in _blocks(s["layer"].unique().to_list()):
-            last = block[-1]
+        for block in layer_runs(s["layer"].unique().to_list()):
             for k in range(len(block)):
                 for L in block[: len(block) - k]:
                     at = s.filter(pl.col("layer") == L)
-                    rows.append({"site": site, "k": k, "alive": float((at["end"] >= L + k).mean()), "last": last})
+                    rows.append({"site": site, "k": k, "alive": float((at["end"] >= L + k).mean())})
     if not rows:
         return pl.DataFrame(schema={"site": pl.String, "k": pl.Int32, "survival": pl.Float64, "layers": pl.Int64})
     return (pl.DataFrame(rows).group_by("site", "k").agg(survival=pl.col("alive").mean(), layers=pl.len())

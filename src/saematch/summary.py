@@ -69,6 +69,9 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
         pl.col("top1_persists").mean().alias("share_top1_persists"),
         pl.col("confidence").mean().alias("confidence_mean"),
     ]
+    def correct(partner: str) -> pl.Expr:  # the feature persists and its partner is the planted one
+        return (pl.col("planted") >= 0) & (pl.col(partner) == pl.col("planted")).fill_null(False)
+
     if truth is not None:
         persists = pl.col("planted") >= 0
         aggs += [
@@ -77,16 +80,14 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
             (pl.col("top1") == pl.col("planted")).filter(persists).mean().alias("planted_top1"),
         ]
         for prefix, partner in (("", "match"), ("top1_", "top1")):
-            right = persists & (pl.col(partner) == pl.col("planted")).fill_null(False)
-            declared = pl.col(f"{prefix}persists")
+            right, declared = correct(partner), pl.col(f"{prefix}persists")
             aggs += [(right & declared).sum().truediv(declared.sum()).alias(f"{prefix}persists_precision"),
                      (right & declared).sum().truediv(right.sum()).alias(f"{prefix}persists_recall")]
     keys = ["model", "variant", "site", "layer"]
     out = df.group_by(*keys).agg(aggs)
     if truth is not None:
         for prefix, partner in (("", "match"), ("top1_", "top1")):
-            right = (pl.col("planted") >= 0) & (pl.col(partner) == pl.col("planted")).fill_null(False)
-            out = out.join(calibration_error(df, f"{prefix}confidence", right, keys), on=keys, how="left")
+            out = out.join(calibration_error(df, f"{prefix}confidence", correct(partner), keys), on=keys, how="left")
     out = out.sort(pl.col("site").replace_strict({"res": 0, "mlp": 1, "att": 2}, default=3), "layer")
     provenance = [read_provenance(p) for p in paths]
     totals = pl.DataFrame([
