@@ -33,8 +33,9 @@ def calibration_error(df: pl.DataFrame, confidence: str, correct: pl.Expr, by: l
     ``bins`` equal-width bins of confidence (the last bin includes 1)."""
     binned = df.with_columns(
         _bin=(pl.col(confidence) * bins).floor().clip(0, bins - 1), _ok=correct.cast(pl.Float64))
-    per_bin = binned.group_by(*by, "_bin").agg(n=pl.len(), ok=pl.col("_ok").mean(), conf=pl.col(confidence).mean())
-    return per_bin.group_by(*by).agg(
+    per_bin = (binned.group_by(*by, "_bin").agg(n=pl.len(), ok=pl.col("_ok").mean(), conf=pl.col(confidence).mean())
+               .sort(*by, "_bin"))  # group_by's order varies between runs: sum the bins in a fixed one
+    return per_bin.group_by(*by, maintain_order=True).agg(
         ((pl.col("n") / pl.col("n").sum()) * (pl.col("ok") - pl.col("conf")).abs()).sum().alias(f"{confidence}_ece"))
 
 
