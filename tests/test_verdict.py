@@ -116,3 +116,18 @@ def test_partial_matching_leaves_dying_features_unmatched_and_keeps_persisting_o
     assert stats["certificate"]["certified"] and 0 < stats["verdict"]["partial"]["r_cut"] < 1
     assert (cols["match"][persisting] == planted[persisting]).mean() >= 0.9
     assert (cols["match"][~persisting] == -1).mean() >= 0.6  # the full permutation: 0
+
+
+def test_the_summarys_calibration_error_is_the_direct_one_and_the_same_on_every_call():
+    import polars as pl
+
+    from saematch.summary import calibration_error as grouped
+
+    rng = np.random.default_rng(0)
+    g, c = rng.integers(0, 3, 20000), rng.random(20000)
+    ok = rng.random(20000) < c  # calibrated by construction
+    df = pl.DataFrame({"g": g, "c": c, "ok": ok})
+    runs = {tuple(grouped(df, "c", pl.col("ok"), ["g"]).sort("g")["c_ece"].to_list()) for _ in range(20)}
+    assert len(runs) == 1  # summaries of the same matches are byte-identical (local and Slurm runs)
+    np.testing.assert_allclose(next(iter(runs)), [calibration_error(c[g == k], ok[g == k]) for k in range(3)],
+                               rtol=1e-12)
