@@ -82,7 +82,7 @@ def run_pipeline(tmp: str, k: int, chunk: int, dense_max_gb: float, device: str,
     if path == "dense":  # the sparse path streams X from disk and loads Y itself
         X, Y = (torch.from_numpy(np.load(f"{tmp}/{name}.npy")).to(device) for name in "XY")
     t = time.perf_counter()
-    match, matched_cost, cert, _, seconds = assign(X, Y, path=path, k=k, chunk_size=chunk,
+    match, matched_cost, cert, seconds = assign(X, Y, path=path, k=k, chunk_size=chunk,
                                                    device=torch.device(device))
     return {"path": f"solver path ({cert['solver']})", "seconds": seconds, "total": time.perf_counter() - t,
             "cost": float(matched_cost.sum()), "certified": cert["certified"], "rounds": cert["rounds"],
@@ -165,7 +165,7 @@ def main() -> None:
                 from saematch.cost import dense_cost
 
                 X, Y = (torch.from_numpy(np.load(f"{tmp}/{name}.npy")) for name in "XY")
-                C, _, _ = dense_cost(X, Y, chunk_size=args.chunk)
+                C = dense_cost(X, Y, chunk_size=args.chunk)
                 np.save(f"{tmp}/C.npy", C)
                 del C, X, Y
             for solver in args.solvers:

@@ -66,8 +66,8 @@ def wide_threshold_pair(seed=0):
 def test_lapjv_float32_dual_noise_misses_per_entry_tolerances_on_wide_spreads_and_refined_duals_certify(scale):
     """At any cost scale: the tolerance and the refinement's cut are relative to each entry."""
     src, dst = wide_threshold_pair()
-    X, Y, _, _ = pair_vectors(fold(src), fold(dst), "enc+dec+benc", torch.device("cpu"))
-    cost, _, _ = dense_cost(X, Y)
+    X, Y = pair_vectors(fold(src), fold(dst), "enc+dec+benc", torch.device("cpu"))
+    cost = dense_cost(X, Y)
     cost *= np.float32(scale)
     match, total, u, v = solve_lap(cost)
     norms = (X.double().norm(dim=1).numpy() * scale**0.5, Y.double().norm(dim=1).numpy() * scale**0.5)

@@ -25,7 +25,7 @@ def direct_cost(src, dst, weights):
 @pytest.mark.parametrize("weights", ["dec", "enc+dec", "enc+dec+benc"])
 def test_cost_is_the_summed_squared_parameter_difference(weights):
     src, dst = random_sae(seed=1), random_sae(seed=2)
-    cost, _, _ = pair_matrices(src, dst, weights=weights, device="cpu", chunk_size=7)
+    cost = pair_matrices(src, dst, weights=weights, device="cpu", chunk_size=7)
     np.testing.assert_allclose(cost, direct_cost(src, dst, weights), rtol=1e-4, atol=1e-5)
 
 
@@ -33,20 +33,37 @@ def test_cost_does_not_depend_on_chunk_size():
     src, dst = random_sae(F=50, seed=1), random_sae(F=40, seed=2)
     a = pair_matrices(src, dst, chunk_size=3, device="cpu")
     b = pair_matrices(src, dst, chunk_size=1000, device="cpu")
-    assert a[0].shape == (50, 40)
-    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
-    assert np.array_equal(a[1], b[1])
+    assert a.shape == (50, 40)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_top1_is_the_argmax_of_decoder_cosine():
-    src, dst = random_sae(seed=3), random_sae(seed=4)
+@pytest.mark.parametrize("weights", ["dec", "enc+dec+benc"])
+def test_the_cost_pass_hands_over_decoder_products_whose_cosines_give_each_rows_nearest_columns(weights):
+    """The verdict's neighbours come from the cost pass itself: the handed-over block is the
+    decoder part of the product, normalised it gives top1 = argmax cosine, and the cost is the
+    same as without the hand-over."""
+    from saematch.fold import fold
+    from saematch.match import feature_norms
+    from saematch.verdict import finish_neighbours, neighbour_collector
+
+    src, dst = random_sae(F=50, seed=3), random_sae(F=40, seed=4)
     src.W_dec[0] *= 100  # norms must not matter, only directions
-    _, top1, top1_cos = pair_matrices(src, dst, device="cpu")
+    X, Y = pair_vectors(fold(src), fold(dst), weights, torch.device("cpu"))
+    d = src.d_out
+    on_block, nb = neighbour_collector(feature_norms(X[:, :d]), feature_norms(Y[:, :d]), k=3)
+    blocks = []
+    cost = dense_cost(X, Y, chunk_size=7, on_block=lambda rows, P: (blocks.append(rows), on_block(rows, P)), split=d)
+    nb = finish_neighbours(nb, k=3)
+    assert [(r.start, r.stop) for r in blocks] == [(s, min(s + 7, 50)) for s in range(0, 50, 7)]
+    np.testing.assert_allclose(cost, dense_cost(X, Y), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(cost, direct_cost(fold(src), fold(dst), weights), rtol=1e-4, atol=1e-4)
     u = torch.nn.functional.normalize(src.W_dec, dim=1)
     v = torch.nn.functional.normalize(dst.W_dec, dim=1)
     cos = (u @ v.T).numpy()
-    assert np.array_equal(top1, cos.argmax(1)) and top1.dtype == np.int32
-    np.testing.assert_allclose(top1_cos, cos.max(1), rtol=1e-5)
+    assert np.array_equal(nb["top1"], cos.argmax(1)) and nb["top1"].dtype == np.int32
+    np.testing.assert_array_equal(nb["row_top"], np.argsort(-cos, axis=1, kind="stable")[:, :3])
+    np.testing.assert_allclose(nb["top1_cosine"], cos.max(1), rtol=1e-5)
+    np.testing.assert_allclose(nb["row_cos"], -np.sort(-cos, axis=1)[:, :3], rtol=1e-5, atol=1e-6)
 
 
 def test_cost_rejects_a_pair_with_different_d_model():
@@ -101,22 +118,11 @@ def test_encoders_of_different_input_widths_are_refused_unless_only_decoders_are
     check_pair(src, dataclasses.replace(dst, W_enc=None, b_enc=None), "enc+dec")
 
 
-def test_without_decoders_to_compare_there_is_no_top1():
+def test_pair_vectors_are_the_feature_vectors_with_the_decoders_first():
     src, dst = random_sae(seed=1), random_sae(seed=2)
-    X, Y, _, _ = pair_vectors(src, dst, "dec", torch.device("cpu"))
-    cost, top1, top1_cos = dense_cost(X, Y)
-    assert top1 is None and top1_cos is None and cost.shape == (32, 32)
-    _, top1, top1_cos = dense_cost(*pair_vectors(src, dst, "dec", torch.device("cpu")))
-    assert top1.dtype == np.int32 and top1_cos.dtype == np.float32
-
-
-def test_pair_vectors_are_the_feature_vectors_and_unit_decoders():
-    src, dst = random_sae(seed=1), random_sae(seed=2)
-    X, Y, U, V = pair_vectors(src, dst, "enc+dec+benc", torch.device("cpu"))
+    X, Y = pair_vectors(src, dst, "enc+dec+benc", torch.device("cpu"))
     assert torch.equal(X, feature_vectors(src, "enc+dec+benc")) and torch.equal(Y, feature_vectors(dst, "enc+dec+benc"))
-    torch.testing.assert_close(U.norm(dim=1), torch.ones(32))
-    torch.testing.assert_close(U * src.W_dec.norm(dim=1, keepdim=True), src.W_dec)
-    torch.testing.assert_close(V * dst.W_dec.norm(dim=1, keepdim=True), dst.W_dec)
+    assert torch.equal(X[:, :src.d_out], src.W_dec) and torch.equal(Y[:, :dst.d_out], dst.W_dec)
 
 
 def test_unknown_weight_set_is_rejected():
@@ -128,7 +134,7 @@ def test_decoder_only_matching_accepts_encoders_of_different_input_widths():
     """weights='dec' compares decoders only: encoders reading other spaces must not matter."""
     src = random_sae(d=16, d_out=8, seed=1)
     dst = random_sae(d=12, d_out=8, seed=2)
-    X, Y, _, _ = pair_vectors(src, dst, "dec", torch.device("cpu"))
+    X, Y = pair_vectors(src, dst, "dec", torch.device("cpu"))
     assert X.shape == (32, 8) and Y.shape == (32, 8)
     with pytest.raises(SaeError, match="encodes 16-d input"):
         pair_vectors(src, dst, "enc+dec", torch.device("cpu"))
@@ -145,7 +151,7 @@ def test_a_long_cost_pass_logs_progress_every_5_s_and_still_completes(monkeypatc
     clock = iter([100.0, 105.5, 110.5, 117.0, 117.5, 118.0])
     monkeypatch.setattr(saematch.cost.time, "perf_counter", lambda: next(clock))
     with caplog.at_level(logging.INFO, logger="saematch.cost"):
-        cost, _, _ = pair_matrices(src, dst, chunk_size=7)  # 32 rows: chunks end at 7, 14, 21, 28, 32
+        cost = pair_matrices(src, dst, chunk_size=7)  # 32 rows: chunks end at 7, 14, 21, 28, 32
     assert [r.getMessage() for r in caplog.records] == [
         "cost rows 7/32 (5.5 s)", "cost rows 21/32 (17.0 s)", "cost rows 32/32 (18.0 s)"]
     np.testing.assert_allclose(cost, direct_cost(src, dst, "enc+dec+benc"), rtol=1e-4, atol=1e-5)

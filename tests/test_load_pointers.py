@@ -7,12 +7,13 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file, save as save_safetensors
 
 from saematch.demo import npz_bytes, write_hub_repo
 from saematch.hub import fetch
 from saematch.load import load_att_projection, load_gemma_scope, load_pair, load_sae, project_att
-from saematch.sae import SaeError
+from saematch.sae import Sae, SaeError
 from conftest import gemma_arrays, llama_files, random_sae, write_npz
 
 RES = "google/gemma-scope-2b-pt-att"
@@ -96,8 +97,29 @@ def test_a_pair_with_the_model_is_projected_through_each_layers_own_o_proj_and_g
         np.testing.assert_allclose(sae.W_dec.numpy(), W_dec, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(sae.b_dec.numpy(), b_dec, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(sae.threshold.numpy(), arrays[L]["threshold"])
-        assert sae.W_enc is None and sae.source["projected"] == "o_proj+post_attention_layernorm"
+        T = weights[f"model.layers.{L}.self_attn.o_proj.weight"] * (1 + weights[f"model.layers.{L}.post_attention_layernorm.weight"])[:, None]
+        z = T.T @ np.random.default_rng(L).standard_normal((D_MODEL, 5))  # z in T's row space (d_z > d_model)
+        np.testing.assert_allclose(sae.W_enc.numpy().T @ (T @ z), arrays[L]["W_enc"].T @ z, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(sae.b_enc.numpy(), arrays[L]["b_enc"])
+        assert sae.source["projected"] == "o_proj+post_attention_layernorm"
         assert sae.source["repo_id"] == RES and sae.source["format"] == "gemma-scope"
+
+
+@pytest.mark.parametrize("d_z, d_model", [(6, 10), (10, 6)])  # Gemma's shape (2048 < 2304), and the demo's
+def test_projected_encoders_read_the_attention_output_as_the_originals_read_z(d_z, d_model):
+    """e'ᵀ(T z) = eᵀ z for the map T = diag(1 + g) W_O: for every z where T is injective, for z in
+    T's row space otherwise; the decoder rows are T u."""
+    rng = np.random.default_rng(d_z)
+    o_proj, gain = rng.standard_normal((d_model, d_z)), 0.3 * rng.standard_normal(d_model)
+    W_enc, W_dec = rng.standard_normal((d_z, 7)), rng.standard_normal((7, d_z))
+    sae = Sae(W_enc=torch.tensor(W_enc), b_enc=torch.zeros(7, dtype=torch.float64), W_dec=torch.tensor(W_dec),
+              b_dec=torch.zeros(d_z, dtype=torch.float64), threshold=torch.ones(7, dtype=torch.float64))
+    out = project_att(sae, torch.tensor(o_proj), torch.tensor(gain))
+    T = o_proj * (1 + gain)[:, None]
+    z = rng.standard_normal((d_z, 4)) if d_z <= d_model else T.T @ rng.standard_normal((d_model, 4))
+    np.testing.assert_allclose(out.W_enc.numpy().T @ (T @ z), W_enc.T @ z, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(out.W_dec.numpy(), W_dec @ T.T, rtol=1e-12)
+    assert out.W_enc.shape == (d_model, 7)
 
 
 def test_a_pair_without_the_model_is_the_two_saes_as_stored(hub):
@@ -269,5 +291,6 @@ def test_a_projection_that_produces_nan_is_refused_under_the_name_it_was_given()
     import torch
     o_proj = torch.ones(8, 12)
     o_proj[3, 4] = float("nan")
-    with pytest.raises(SaeError, match=r"^layer 7 att: W_dec has \d+ NaN or Inf values$"):
+    with pytest.raises(SaeError, match=r"^layer 7 att: o_proj or the post-attention norm weight has 1 NaN or Inf "
+                                       r"values in T = diag\(1 \+ g\) W_O$"):
         project_att(random_sae(d=12, F=20), o_proj, torch.zeros(8), where="layer 7 att")

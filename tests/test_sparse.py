@@ -27,7 +27,7 @@ def problems():
 def test_sparse_path_equals_the_dense_optimum_with_k_too_small_for_one_round(name, X, Y):
     cost = torch.cdist(X.double(), Y.double()).pow(2).float().numpy()
     dense, *_ = solve_lap(cost)
-    match, matched_cost, cert, _, _ = solve_sparse(X, Y, k=1, chunk=64)
+    match, matched_cost, cert, _ = solve_sparse(X, Y, k=1, chunk=64)
     assert cert["certified"] and cert["rounds"] > 1  # the pricing loop did the work
     assert sorted(match.tolist()) == list(range(400))
     assert total64(X, Y, match) == pytest.approx(total64(X, Y, dense), rel=1e-6, abs=1e-6)
@@ -133,7 +133,7 @@ def test_sparse_certificate_is_the_float64_optimum_or_flags_an_unresolvable_outl
     from scipy.spatial.distance import cdist
 
     _, (X, Y) = outlier_vectors(theta)
-    match, _, cert, _, _ = solve_sparse(X, Y, k=4, chunk=128, col_chunk=256)
+    match, _, cert, _ = solve_sparse(X, Y, k=4, chunk=128, col_chunk=256)
     assert cert["certified"] == (not flagged)
     assert cert["unslack_matched"] == 0 and cert["violated_entries"] == 0
     if flagged:
@@ -185,7 +185,7 @@ def test_sparse_certificate_checks_complementary_slackness_pair_by_pair():
     _, (X, Y) = outlier_vectors(1.0)
     S = prepare(X, Y, torch.device("cpu"))
     n = S["n"]
-    (rows, cols, costs), _ = candidates(S, k=n)  # every pair: the candidate optimum is the optimum
+    rows, cols, costs = candidates(S, k=n)  # every pair: the candidate optimum is the optimum
     x = solve_candidates(n, rows, cols, costs)
     u, v = duals_from_matching(n, rows, cols, costs, x)
     C = np.full((n, n), np.nan)
@@ -209,7 +209,7 @@ def test_sparse_path_takes_costs_beyond_lapmods_limit_of_1e6_from_ordinary_wide_
     X, Y = (torch.from_numpy(folded64(s)).float() for s in (src, dst))
     C64 = cdist(X.double().numpy(), Y.double().numpy(), "sqeuclidean")
     assert C64.max() > 1e6  # lap.lapmod refuses costs ≥ 1e6 unless scaled
-    match, _, cert, _, _ = solve_sparse(X, Y, k=4, chunk=128, col_chunk=256)
+    match, _, cert, _ = solve_sparse(X, Y, k=4, chunk=128, col_chunk=256)
     assert cert["certified"] and cert["imprecise_src_count"] == cert["imprecise_dst_count"] == 0
     r, c = linear_sum_assignment(C64)
     assert C64[r, match].sum() == pytest.approx(C64[r, c].sum(), rel=1e-12)
@@ -259,7 +259,7 @@ def test_pricing_keeps_the_bf16_error_bound_so_a_certified_total_is_the_float64_
                      - X64 @ Y64.T)
     best = np.sort(C, axis=1)
     assert (err[np.arange(len(C)), C.argmin(axis=1)] > best[:, 1] - best[:, 0]).mean() > 0.5
-    match, _, cert, _, _ = solve_sparse(torch.from_numpy(X), torch.from_numpy(Y), k=2, chunk=128, col_chunk=256)
+    match, _, cert, _ = solve_sparse(torch.from_numpy(X), torch.from_numpy(Y), k=2, chunk=128, col_chunk=256)
     assert cert["certified"] and cert["rounds"] > 1  # not vacuous: certified, after pricing added pairs
     assert sorted(match.tolist()) == list(range(len(X)))
     # float32 costs could in principle pick another optimum than float64's; measured: the same one (0.0)
@@ -274,7 +274,7 @@ def exact_sparse_duals():
     _, (X, Y) = outlier_vectors(1.0)
     S = prepare(X, Y, torch.device("cpu"))
     n = S["n"]
-    (rows, cols, costs), _ = candidates(S, k=n)
+    rows, cols, costs = candidates(S, k=n)
     x = solve_candidates(n, rows, cols, costs)
     u, v = duals_from_matching(n, rows, cols, costs, x)
     C = np.full((n, n), np.nan)
@@ -342,7 +342,7 @@ def test_sparse_dual_bound_takes_back_what_infeasible_duals_add():
 
 def test_a_sparse_run_stopped_before_pricing_clears_every_pair_is_not_certified():
     _, X, Y = next(problems())  # "similar": k = 1 needs several pricing rounds
-    match, matched_cost, cert, _, _ = solve_sparse(X, Y, k=1, chunk=64, max_rounds=1)
+    match, matched_cost, cert, _ = solve_sparse(X, Y, k=1, chunk=64, max_rounds=1)
     assert not cert["certified"] and cert["rounds"] == 1
     assert cert["violated_entries"] > 0 and cert["unslack_matched"] == 0  # rule (a) alone decides
     assert "below −tolerance" in cert["reason"]

@@ -53,52 +53,46 @@ def check_pair(src: Sae, dst: Sae, weights: str) -> None:
 
 
 def pair_vectors(src: Sae, dst: Sae, weights: str, device: torch.device):
-    """Feature vectors X (F_src, p), Y (F_dst, p) and unit decoders U (F_src, d), V (F_dst, d) on ``device``."""
+    """Feature vectors X (F_src, p), Y (F_dst, p) on ``device``; their first d_model columns are the decoders."""
     check_pair(src, dst, weights)
-    X = feature_vectors(src, weights).to(device)
-    Y = feature_vectors(dst, weights).to(device)
-    U = torch.nn.functional.normalize(src.W_dec.to(device), dim=1)
-    V = torch.nn.functional.normalize(dst.W_dec.to(device), dim=1)
-    return X, Y, U, V
+    return feature_vectors(src, weights).to(device), feature_vectors(dst, weights).to(device)
 
 
-def dense_cost(X: torch.Tensor, Y: torch.Tensor, U: torch.Tensor | None = None,
-               V: torch.Tensor | None = None, chunk_size: int = 2048):
-    """Squared distances of rows, and optionally each row's top-1 cosine, in one chunked pass.
+def dense_cost(X: torch.Tensor, Y: torch.Tensor, chunk_size: int = 2048, on_block=None, split: int = 0):
+    """Squared distances of rows, C[i, j] = ‖X_i − Y_j‖², in row chunks: (n_src, n_dst) float32 on the host.
 
-    Returns
-    -------
-    cost : (n_src, n_dst) float32 on the host, C[i, j] = ‖X_i − Y_j‖²
-    top1 : (n_src,) int32, argmax_j U_i · V_j (unit decoders: Feature Flow, k = 1); or None
-    top1_cosine : (n_src,) float32, that cosine; or None
+    With ``on_block``, the product of the first ``split`` columns (the decoders) is computed on
+    its own and handed over, ``on_block(rows, P)`` with P = X[rows, :split] Y[:, :split]ᵀ
+    (chunk, n_dst) on the device, after it has been added to the cost block (the hook may
+    overwrite it): whoever needs decoder cosines gets them from the same pass
+    (saematch.verdict.neighbour_collector).
 
-    Notes
-    -----
     Peak memory is the float32 cost matrix on the host (4·n_src·n_dst bytes) plus, on the
-    device, the vectors and two chunk_size × n_dst blocks.
+    device, the vectors and one (two with on_block) chunk_size × n_dst blocks.
     """
     x2, y2 = (X * X).sum(dim=1), (Y * Y).sum(dim=1)  # (n_src,), (n_dst,)
     n_src, n_dst = X.shape[0], Y.shape[0]
     cost = np.empty((n_src, n_dst), dtype=np.float32)
-    top1 = np.empty(n_src, dtype=np.int32) if U is not None else None
-    top1_cos = np.empty(n_src, dtype=np.float32) if U is not None else None
     cost_t = torch.from_numpy(cost)  # shares memory: CPU blocks are written in place
+    on_cpu = X.device.type == "cpu"
+    buffer = None if on_cpu else torch.empty((min(chunk_size, n_src), n_dst), device=X.device)
     t0, last = time.perf_counter(), 0.0
     with torch.no_grad():
         for start in range(0, n_src, chunk_size):
             rows = slice(start, min(start + chunk_size, n_src))
-            # ‖x‖² + ‖y‖² − 2 x·y in one fused product; rounding can give tiny negatives
-            base = x2[rows, None] + y2[None, :]
-            if X.device.type == "cpu":
-                torch.addmm(base, X[rows], Y.T, alpha=-2.0, out=cost_t[rows]).clamp_min_(0.0)
-            else:
-                cost_t[rows] = torch.addmm(base, X[rows], Y.T, alpha=-2.0).clamp_min_(0.0).cpu()
-            if U is not None:
-                best = (U[rows] @ V.T).max(dim=1)
-                top1[rows] = best.indices.cpu().numpy()
-                top1_cos[rows] = best.values.cpu().numpy()
+            out = cost_t[rows] if on_cpu else buffer[: rows.stop - start]
+            torch.add(x2[rows, None], y2[None, :], out=out)  # ‖x‖² + ‖y‖² − 2 x·y
+            x, y = X[rows], Y
+            if on_block is not None:
+                P = x[:, :split] @ y[:, :split].T
+                out.add_(P, alpha=-2.0)
+                on_block(rows, P)
+                x, y = x[:, split:], y[:, split:]
+            out.addmm_(x, y.T, alpha=-2.0).clamp_min_(0.0)  # rounding can give tiny negatives
+            if not on_cpu:
+                cost_t[rows] = out.cpu()
             now = time.perf_counter() - t0
             if now - last > 5 or rows.stop == n_src:
                 log.info("cost rows %d/%d (%.1f s)", rows.stop, n_src, now)
                 last = now
-    return cost, top1, top1_cos
+    return cost

@@ -190,10 +190,10 @@ def make_demo(
         files = {}
         for L, st in enumerate(layers):
             dec, enc = st["dec_dir"], st["enc_dir"]
-            if site == "att":  # back into z: solve (1 + g) ⊙ (W_O u) = w for each row w
-                to_resid = o_proj[L] * (1.0 + gain[L])[:, None]  # (d_model, d_att)
-                pinv = np.linalg.pinv(to_resid)  # (d_att, d_model)
-                dec, enc = dec @ pinv.T, _unit(enc @ pinv.T)
+            if site == "att":  # back into z through T = diag(1 + g) W_O (d_model, d_att)
+                to_resid = o_proj[L] * (1.0 + gain[L])[:, None]
+                # decoders are vectors: solve T u = w; encoders are functionals: e_z = Tᵀ e, read z as e reads T z
+                dec, enc = dec @ np.linalg.pinv(to_resid).T, _unit(enc @ to_resid)
             d_in = dec.shape[1]
             for k, path in enumerate(paths[site][L]):
                 files[path] = npz_bytes({

@@ -370,19 +370,37 @@ def load_att_projection(model_files: dict[str, str], layer: int) -> tuple[torch.
     return o_proj, gain
 
 
-def project_att(sae: Sae, o_proj: torch.Tensor, gain: torch.Tensor, where: str = "att projection") -> Sae:
-    """Map a hook_z SAE's decoder into the residual stream: v_i = (1 + g) ⊙ (W_O u_i).
+def _pinv_transpose(T: torch.Tensor) -> torch.Tensor:
+    """(T⁺)ᵀ in float64, shape of T: from the smaller Gram matrix by Cholesky (full rank), else by SVD."""
+    T = T.double()
+    tall = T.shape[0] >= T.shape[1]
+    L, info = torch.linalg.cholesky_ex(T.T @ T if tall else T @ T.T)
+    if info:  # rank-deficient
+        return torch.linalg.pinv(T).T
+    return torch.cholesky_solve(T.T, L).T if tall else torch.cholesky_solve(T, L)
 
-    Gemma's RMSNorm scales by (1 + g); its per-token rescale keeps directions. The encoder
-    reads z, not the residual stream, so it is dropped: match such SAEs on decoder terms.
+
+def project_att(sae: Sae, o_proj: torch.Tensor, gain: torch.Tensor, where: str = "att projection") -> Sae:
+    """Map a hook_z SAE into the residual stream through T = diag(1 + g) W_O (d_model, d_z).
+
+    Decoder rows are vectors: v_i = T u_i. Encoder columns are functionals on z: e'_i = (T⁺)ᵀ e_i,
+    so that e'_i · (T z) = e_i · z for every z (every z in T's row space where d_z > d_model):
+    the direction of attention output the feature reads. Gemma's RMSNorm scales by (1 + g); its
+    per-token rescale keeps directions but not levels, so such SAEs are matched on decoder terms
+    (config forces weights 'dec'); the verdict compares encoder directions.
     """
     if o_proj.shape[1] != sae.d_out:
         raise SaeError(f"{where}: o_proj is {tuple(o_proj.shape)} but the SAE decodes to {sae.d_out}-d z")
     scale = 1.0 + gain  # (d_model,)
+    T = o_proj * scale[:, None]  # (d_model, d_z)
+    if not torch.isfinite(T).all():
+        raise SaeError(f"{where}: o_proj or the post-attention norm weight has {int((~torch.isfinite(T)).sum())} "
+                       "NaN or Inf values in T = diag(1 + g) W_O")
+    W_enc = None if sae.W_enc is None else (_pinv_transpose(T).to(sae.W_enc.dtype) @ sae.W_enc)  # (d_model, F)
     return check_sae(
-        Sae(W_enc=None, b_enc=None,
-            W_dec=(sae.W_dec @ o_proj.T) * scale,  # (F, d_model)
-            b_dec=(sae.b_dec @ o_proj.T) * scale,
+        Sae(W_enc=W_enc, b_enc=sae.b_enc,
+            W_dec=sae.W_dec @ T.T,  # (F, d_model)
+            b_dec=sae.b_dec @ T.T,
             threshold=sae.threshold,
             source=dict(sae.source, projected="o_proj+post_attention_layernorm")),
         where,

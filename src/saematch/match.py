@@ -14,7 +14,7 @@ from .fold import fold as fold_sae
 from .sae import Sae, SaeError
 from .solve import choose_solver, solve_lap
 from .sparse import ImpreciseFeatures, solve_sparse
-from .verdict import directions, neighbours, opt_out_costs, partial_assignment, verdict
+from .verdict import directions, finish_neighbours, neighbour_collector, neighbours, opt_out_costs, partial_assignment, verdict
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,13 @@ def explain_nonfinite(cost: np.ndarray, nx: np.ndarray, ny: np.ndarray, describe
             f"({describe('dst', j)}): " + _overflow_message(side, k, float(norm), describe))
 
 
-def assign(X, Y, U=None, V=None, path: str = "dense", k: int = 32, chunk_size: int = 2048, device=None,
-           describe=None):
+def assign(X, Y, path: str = "dense", k: int = 32, chunk_size: int = 2048, device=None, describe=None,
+           on_block=None, split: int = 0):
     """Certified minimum-cost assignment of the rows of X (n_src, p) to those of Y (n_dst, p).
 
     Cost C_ij = ‖X_i − Y_j‖². Returns match (n_src,) int32 (−1 unmatched), matched cost per row
-    (n_src,) float64 (0 where unmatched), the certificate, Feature Flow's (top1, top1_cosine)
-    from the unit decoders U, V (None without them), and seconds per stage.
+    (n_src,) float64 (0 where unmatched), the certificate, and seconds per stage.
+    ``on_block``, ``split``: see :func:`saematch.cost.dense_cost` (dense path only).
 
     ``describe(side, i)`` ('src' or 'dst', feature index) names a feature in error messages
     (file, layer, threshold: match_pair passes one). Features whose float32 costs overflow are
@@ -80,7 +80,7 @@ def assign(X, Y, U=None, V=None, path: str = "dense", k: int = 32, chunk_size: i
             check_norms(nx, ny, describe)
         if path == "dense":
             t = time.perf_counter()
-            cost, top1, top1_cosine = dense_cost(X, Y, U, V, chunk_size)
+            cost = dense_cost(X, Y, chunk_size, on_block, split)
             if not np.isfinite(cost).all():
                 raise SaeError(explain_nonfinite(cost, nx, ny, describe))
             seconds["cost"] = time.perf_counter() - t
@@ -95,14 +95,12 @@ def assign(X, Y, U=None, V=None, path: str = "dense", k: int = 32, chunk_size: i
             matched_cost = np.zeros(len(match))
             rows = np.nonzero(match >= 0)[0]
             matched_cost[rows] = cost[rows, match[rows]]
-            return match, matched_cost, certificate, (top1, top1_cosine), seconds
+            return match, matched_cost, certificate, seconds
         try:
-            match, matched_cost, certificate, top, seconds = solve_sparse(X, Y, k=k, chunk=chunk_size, U=U, V=V,
-                                                                            device=device)
+            return solve_sparse(X, Y, k=k, chunk=chunk_size, device=device)
         except ImpreciseFeatures as exc:
             named = [describe(side, i) for side in ("src", "dst") for i in exc.precision[f"imprecise_{side}"]]
             raise SaeError(f"{exc}; features: " + "; ".join(named)) from exc
-        return match, matched_cost, certificate, top, seconds
 
 
 def match_pair(
@@ -150,7 +148,7 @@ def match_pair(
         raise SaeError(f"{src.source.get('where', 'layer L')}: match.partial needs the dense solver (it solves "
                        f"one (n_src + n_dst)² problem); this pair of {src.n_features} features takes the sparse path")
     t = time.perf_counter()
-    X, Y, U, V = pair_vectors(a, b, weights, dev)
+    X, Y = pair_vectors(a, b, weights, dev)
     n_params = X.shape[1]
     seconds["vectors"] = time.perf_counter() - t
     where = {"src": src.source.get("where", "layer L"), "dst": dst.source.get("where", "layer L+1")}
@@ -161,23 +159,34 @@ def match_pair(
         return (f"{where[side]} ({layer}) feature {i} (threshold θ = {float(saes[side].threshold[i]):.3g}"
                 f"{'' if fold else ', not folded'})")
 
-    match, matched_cost, certificate, _, assign_seconds = assign(
-        X, Y, None, None, path, k=k, chunk_size=chunk_size, describe=describe)
+    d = a.d_out  # X's first d columns are the decoders: their cosines come from the cost pass
+    on_block, nb = neighbour_collector(feature_norms(X[:, :d]), feature_norms(Y[:, :d]), device=dev) \
+        if path == "dense" else (None, None)
+    match, matched_cost, certificate, assign_seconds = assign(
+        X, Y, path, k=k, chunk_size=chunk_size, describe=describe, on_block=on_block, split=d)
     seconds.update(assign_seconds)
     t = time.perf_counter()
     (Ud, Ed), (Vd, Wd) = (directions(s.W_dec.to(dev), None if s.W_enc is None else s.W_enc.to(dev)) for s in (src, dst))
-    nb = neighbours(Ud, Vd, chunk=chunk_size)
+    verdict_seconds = {"directions": time.perf_counter() - t}
+    if nb is None:
+        nb = neighbours(Ud, Vd, chunk=chunk_size)
+    else:  # the collector's seconds were spent inside the cost pass: count them here
+        nb = finish_neighbours(nb)
+        seconds["cost"] -= nb["seconds"]
+        t -= nb["seconds"]
+    verdict_seconds["neighbours"] = time.perf_counter() - t - verdict_seconds["directions"]
     top1, top1_cosine = nb["top1"], nb["top1_cosine"]
     partial_stats = None
     if partial:
         d_enc = 0 if weights == "dec" else a.W_enc.shape[0]
         tau_src, tau_dst, partial_stats = opt_out_costs(X, Y, match, matched_cost, a.d_out, d_enc,
                                                         rows=null_rows, draws=null_draws)
-        cost, _, _ = dense_cost(X, Y, chunk_size=chunk_size)
+        cost = dense_cost(X, Y, chunk_size=chunk_size)
         match, matched_cost, certificate = partial_assignment(cost, tau_src, tau_dst)
         del cost
-    del X, Y, U, V
+    del X, Y
     verdict_columns, verdict_stats = verdict(Ud, Ed, Vd, Wd, match, nb, cut=cut, rows=null_rows, draws=null_draws)
+    verdict_stats["seconds"] = {**{k: round(v, 4) for k, v in verdict_seconds.items()}, **verdict_stats["seconds"]}
     if partial_stats:
         verdict_stats["partial"] = partial_stats
     del Ud, Ed, Vd, Wd

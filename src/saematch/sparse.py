@@ -203,12 +203,11 @@ def _merge_top(vals, idx, new_vals, new_idx, k, dim):
     return v.gather(dim, keep), i.gather(dim, keep)
 
 
-def candidates(S: dict, k: int, chunk: int = 1024, col_chunk: int = 8192, U=None, V=None):
+def candidates(S: dict, k: int, chunk: int = 1024, col_chunk: int = 8192):
     """One bf16 pass: top-k by cosine per row and per column, plus the diagonal.
 
     Returns (rows, cols, costs) int64/int64/float64 unique pairs sorted by (row, col), with
-    float32-exact costs (cols are internal: see :func:`prepare`), and, when the unit decoders
-    U (n, d), V (n, d) are given, Feature Flow's top-1 (index, cosine) per row (float32).
+    float32-exact costs (cols are internal: see :func:`prepare`).
     """
     n, device, ny = S["n"], S["device"], S["ny"]
     k = min(k, n)
@@ -216,8 +215,6 @@ def candidates(S: dict, k: int, chunk: int = 1024, col_chunk: int = 8192, U=None
     col_val = torch.full((k, n), -float("inf"), device=device)
     col_row = torch.zeros((k, n), dtype=torch.long, device=device)
     row_parts = []
-    top1 = np.empty(n, np.int32)
-    top1_cos = np.empty(n, np.float32)
     for rows in _blocks(n, chunk):
         xb = _x_unit(S, rows).to(torch.bfloat16)
         b = rows.stop - rows.start
@@ -233,14 +230,11 @@ def candidates(S: dict, k: int, chunk: int = 1024, col_chunk: int = 8192, U=None
             best_val, best_idx = _merge_top(best_val, best_idx, -t.values, t.indices + cols.start, k, 1)
         row_parts.append((torch.arange(rows.start, rows.stop, device=device).repeat_interleave(k),
                           best_idx.reshape(-1)))
-        if U is not None:
-            b1 = (U[rows] @ V.T).max(dim=1)
-            top1[rows], top1_cos[rows] = b1.indices.cpu().numpy(), b1.values.cpu().numpy()
     diag = S["where"]  # the pairs (i, i) in internal columns
     r = torch.cat([*(p[0] for p in row_parts), col_row.reshape(-1), torch.arange(n, device=device)]).cpu().numpy()
     c = torch.cat([*(p[1] for p in row_parts), torch.arange(n, device=device).repeat(k), diag]).cpu().numpy()
     r, c = _unique_pairs(n, r, c)
-    return (r, c, edge_costs(S, r, c, chunk)), (top1, top1_cos)
+    return r, c, edge_costs(S, r, c, chunk)
 
 
 def _unique_pairs(n, rows, cols):
@@ -407,7 +401,7 @@ def _column_cut(pool, m: int):
     return i[keep], j[keep], rc[keep]
 
 
-def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, U=None, V=None, max_rounds: int = 100,
+def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, max_rounds: int = 100,
                  eps: float = EPS, m: int = 32, slack_rel: float = 0.003, col_chunk: int = 8192,
                  device=None):
     """Exact, certified assignment of the rows of X to the rows of Y (square, n × p each).
@@ -415,7 +409,7 @@ def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, U=None, V=None, max_round
     X, Y are float32 tensors or :class:`RowFile` s (X is then streamed from disk each pass).
     ``slack_rel`` · (mean matched cost) is the reduced-cost slack below which pricing adds
     pairs. Returns match (n,) int32, costs of the matched pairs (n,) float64, the certificate
-    dict, Feature Flow's (top1, top1_cosine), and seconds per stage.
+    dict, and seconds per stage.
     """
     if device is None:
         device = X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
@@ -426,7 +420,7 @@ def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, U=None, V=None, max_round
     precision = precision_report(S["nx"].double().cpu().numpy(), S["ny"][S["where"]].double().cpu().numpy())
     if precision["precision_reason"]:
         log.warning("sparse: %s", precision["precision_reason"])
-    edges, top = candidates(S, k, chunk, col_chunk, U, V)
+    edges = candidates(S, k, chunk, col_chunk)
     seconds["candidates"] = time.perf_counter() - t
     log.info("sparse: %d candidate edges (k=%d, %.1f per row) in %.1f s", len(edges[0]), k,
              len(edges[0]) / n, seconds["candidates"])
@@ -460,7 +454,7 @@ def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, U=None, V=None, max_round
     else:
         log.warning("sparse: not certified after %d rounds", rounds)
     cert = sparse_certificate(S, primal, u, v, x, matched_cost, row_min, violated, worst, rounds, eps, precision)
-    return order[x].astype(np.int32), matched_cost, cert, top, seconds
+    return order[x].astype(np.int32), matched_cost, cert, seconds
 
 
 def sparse_certificate(S: dict, primal: float, u, v, x, matched_cost, row_min, violated: int, worst: float,

@@ -36,7 +36,7 @@ are not rejected.
 from __future__ import annotations
 
 import logging
-import math
+import time
 
 import numpy as np
 import torch
@@ -47,13 +47,20 @@ log = logging.getLogger(__name__)
 K_NEIGHBOURS = 4  # nearest columns per row and rows per column kept as competitors
 STOREY_LAMBDA = 0.5
 CLIP = (0.05, 0.95)
+NEGLIGIBLE = 40.0  # κΔ beyond which exp(−κΔ) < 5e-18 leaves 1 + Σ unchanged in float64
+VAR_COLUMNS = 1024  # columns of each null block that estimate the variance of chance scores
 BLOCK = 1 << 25  # entries of a row block of scores (128 MiB of float32): memory O(n), never n²
 
 
 def directions(W_dec: torch.Tensor, W_enc: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Unit decoder rows (F, d) and unit encoder columns (F, d_in) (None without an encoder)."""
-    U = torch.nn.functional.normalize(W_dec.float(), dim=1)
-    return U, (None if W_enc is None else torch.nn.functional.normalize(W_enc.float().T, dim=1))
+    """Unit decoder rows (F, d) and unit encoder columns as rows (F, d_in) (None without an encoder);
+    contiguous, since gathering rows of a transposed view is 4× slower."""
+    def unit(A):
+        B = A.float().contiguous()
+        A = B.clone() if B.data_ptr() == A.data_ptr() else B  # a copy of its own: normalised in place
+        return A.div_(torch.linalg.vector_norm(A, dim=1, keepdim=True).clamp_min_(1e-12))  # as F.normalize
+
+    return unit(W_dec), (None if W_enc is None else unit(W_enc.T))
 
 
 def _score_block(U, E, V, W):
@@ -62,13 +69,13 @@ def _score_block(U, E, V, W):
     return D if E is None else torch.minimum(D, E @ W.T)
 
 
-def pair_scores(U, E, V, W, i, j) -> np.ndarray:
-    """m_{i_k, j_k} for index arrays i, j (same length), float32; gathered in blocks of rows."""
+def pair_scores(U, E, V, W, i, j, chunk: int = 512) -> np.ndarray:
+    """m_{i_k, j_k} for index arrays i, j (same length), float32; gathered in small blocks of pairs
+    (a few hundred rows stay in cache: 3× faster than large blocks on a CPU)."""
     i, j = torch.as_tensor(np.asarray(i, np.int64)), torch.as_tensor(np.asarray(j, np.int64))
-    chunk = max(1, BLOCK // U.shape[1])
     out = torch.empty(len(i))
     for s in range(0, len(i), chunk):
-        a, b = i[s:s + chunk], j[s:s + chunk]
+        a, b = i[s:s + chunk].to(U.device), j[s:s + chunk].to(U.device)
         m = (U[a] * V[b]).sum(1)
         if E is not None:
             m = torch.minimum(m, (E[a] * W[b]).sum(1))
@@ -76,46 +83,85 @@ def pair_scores(U, E, V, W, i, j) -> np.ndarray:
     return out.numpy()
 
 
-def neighbours(U, V, k: int = K_NEIGHBOURS, chunk: int = 2048) -> dict[str, np.ndarray]:
-    """One blockwise pass over the decoder cosines U Vᵀ (never stored whole).
+def neighbour_collector(x_norm, y_norm, k: int = K_NEIGHBOURS, device=None):
+    """Each row's k nearest columns by decoder cosine, collected from blocks of decoder products.
 
-    Returns top1 (F_src,) int32 and top1_cosine (F_src,) float32 (Feature Flow's top-1
-    partner), row_top (F_src, k) int64 (each row's k nearest columns) and col_top (F_dst, k)
-    int64 (each column's k nearest rows).
+    x_norm (F_src,), y_norm (F_dst,): norms of the decoder rows whose products P (rows, F_dst)
+    arrive in ``on_block(rows, P)`` (saematch.cost.dense_cost; P is overwritten); cos = P / (‖x‖·‖y‖). Returns
+    (on_block, nb): nb fills in place with row_top (F_src, k) int64, row_cos (F_src, k) float32
+    (descending), and ``seconds`` spent; once every row has passed, :func:`finish_neighbours`
+    adds top1, top1_cosine and the columns' nearest rows.
     """
+    n_src, n_dst = len(x_norm), len(y_norm)
+    kr = min(k, n_dst)
+    inv_x = 1.0 / np.maximum(np.asarray(x_norm, np.float64), 1e-12)  # like F.normalize: a zero row has cosine 0
+    inv_y = torch.as_tensor(1.0 / np.maximum(np.asarray(y_norm, np.float64), 1e-12), dtype=torch.float32)
+    inv_y = inv_y.to(device) if device is not None else inv_y
+    nb = {"row_top": np.empty((n_src, kr), np.int64), "row_cos": np.empty((n_src, kr), np.float32),
+          "seconds": 0.0, "n_dst": n_dst}
+
+    def on_block(rows: slice, P: torch.Tensor) -> None:
+        t = time.perf_counter()
+        best = P.mul_(inv_y.to(P.device)).topk(kr, dim=1)  # a row's scale does not change its order
+        nb["row_top"][rows] = best.indices.cpu().numpy()
+        nb["row_cos"][rows] = best.values.cpu().double().numpy() * inv_x[rows, None]
+        nb["seconds"] += time.perf_counter() - t
+
+    return on_block, nb
+
+
+def finish_neighbours(nb: dict, k: int = K_NEIGHBOURS) -> dict:
+    """Add top1 (F_src,) int32, top1_cosine (F_src,) float32 (Feature Flow's top-1 partner), and
+    col_top, col_pos (F_dst, k) int64: each column's k nearest rows among the rows that hold it
+    in their own row_top (−1 where fewer), and its position there (row_top[col_top, col_pos] is
+    the column). A row that is among a column's nearest but holds k nearer columns itself is
+    missed: it has better partners than this one to collide on."""
+    row_top, row_cos = nb["row_top"], nb["row_cos"]
+    n_src, kr = row_top.shape
+    r = np.repeat(np.arange(n_src), kr)
+    pos = np.tile(np.arange(kr), n_src)
+    c, v = row_top.reshape(-1), row_cos.reshape(-1)
+    order = np.lexsort((r, -v, c))  # by column, then by cosine descending, then by row
+    c_sorted = c[order]
+    rank = np.arange(len(order)) - np.searchsorted(c_sorted, c_sorted, side="left")
+    keep = order[rank < k]
+    col_top = np.full((nb["n_dst"], k), -1, np.int64)
+    col_pos = np.full((nb["n_dst"], k), -1, np.int64)
+    col_top[c[keep], rank[rank < k]] = r[keep]
+    col_pos[c[keep], rank[rank < k]] = pos[keep]
+    nb.update(top1=row_top[:, 0].astype(np.int32), top1_cosine=row_cos[:, 0].copy(), col_top=col_top,
+              col_pos=col_pos)
+    return nb
+
+
+def neighbours(U, V, k: int = K_NEIGHBOURS, chunk: int = 2048) -> dict[str, np.ndarray]:
+    """:func:`neighbour_collector` over its own blockwise pass of U Vᵀ (never stored whole), for
+    unit decoders U (F_src, d), V (F_dst, d) (the sparse path, whose cost pass has no decoder
+    products)."""
     n_src, n_dst = U.shape[0], V.shape[0]
     chunk = max(1, min(chunk, BLOCK // max(n_dst, 1)))
-    kr, kc = min(k, n_dst), min(k, n_src)
-    row_top = np.empty((n_src, kr), np.int64)
-    top1_cos = np.empty(n_src, np.float32)
-    col_val = torch.full((kc, n_dst), -math.inf)
-    col_idx = torch.zeros((kc, n_dst), dtype=torch.int64)
+    on_block, nb = neighbour_collector(np.ones(n_src), np.ones(n_dst), k, device=U.device)
     with torch.no_grad():
         for s in range(0, n_src, chunk):
-            D = U[s:s + chunk] @ V.T
-            best = D.topk(kr, dim=1)
-            row_top[s:s + len(D)] = best.indices.cpu().numpy()
-            top1_cos[s:s + len(D)] = best.values[:, 0].cpu().numpy()
-            cand = D.topk(min(kc, len(D)), dim=0)
-            vals = torch.cat([col_val, cand.values.cpu()])
-            idx = torch.cat([col_idx, cand.indices.cpu() + s])
-            keep = vals.topk(kc, dim=0).indices
-            col_val, col_idx = vals.gather(0, keep), idx.gather(0, keep)
-    return {"top1": row_top[:, 0].astype(np.int32), "top1_cosine": top1_cos, "row_top": row_top,
-            "col_top": col_idx.T.numpy()}
+            rows = slice(s, min(s + chunk, n_src))
+            on_block(rows, U[rows] @ V.T)
+    return finish_neighbours(nb, k)
 
 
-def random_rotation(d: int, gen: torch.Generator) -> torch.Tensor:
-    """A Haar-random d × d orthogonal matrix (QR of a Gaussian with R's diagonal made positive)."""
-    Q, R = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
-    return (Q * torch.sign(torch.diagonal(R))).float()
+def random_rotation(d: int, gen: torch.Generator, device=None) -> torch.Tensor:
+    """A Haar-random d × d orthogonal matrix: QR of a Gaussian (drawn on the CPU by ``gen``, so
+    the same on every device) with R's diagonal made positive; float32, on ``device``."""
+    G = torch.randn(d, d, generator=gen).to(device or "cpu")
+    Q, R = torch.linalg.qr(G)
+    return Q * torch.sign(torch.diagonal(R))
 
 
 def null_scores(U, E, V, W, rows: int = 1024, draws: int = 2, seed: int = 0,
                 chunk: int = 1024) -> tuple[np.ndarray, float]:
     """The null: for ``draws`` random rotations Q and ``rows`` random features i of layer L each,
     t0 = max_j m(Q·u_i, Q·e_i; v_j, w_j). Returns the t0 values (draws·rows,) and d_eff = 1 /
-    var of all null scores m (the effective dimension of chance cosines)."""
+    var of the null scores m against layer L+1's first VAR_COLUMNS features (the effective
+    dimension of chance cosines)."""
     gen = torch.Generator().manual_seed(seed)
     n_src = U.shape[0]
     chunk = max(1, min(chunk, BLOCK // max(V.shape[0], 1)))
@@ -123,12 +169,13 @@ def null_scores(U, E, V, W, rows: int = 1024, draws: int = 2, seed: int = 0,
     with torch.no_grad():
         for _ in range(draws):
             pick = torch.randperm(n_src, generator=gen)[:rows]
-            Q = random_rotation(U.shape[1], gen).to(U.device)
-            Qe = Q if E is None or E.shape[1] == U.shape[1] else random_rotation(E.shape[1], gen).to(U.device)
+            Q = random_rotation(U.shape[1], gen, U.device)
+            Qe = Q if E is None or E.shape[1] == U.shape[1] else random_rotation(E.shape[1], gen, U.device)
             for s in range(0, len(pick), chunk):
                 idx = pick[s:s + chunk]
-                m = _score_block(U[idx] @ Q, None if E is None else E[idx] @ Qe, V, W).double()
-                t0.append(m.max(dim=1).values.cpu().numpy())
+                m = _score_block(U[idx] @ Q, None if E is None else E[idx] @ Qe, V, W)
+                t0.append(m.max(dim=1).values.double().cpu().numpy())
+                m = m[:, :VAR_COLUMNS].double()  # the variance needs no more: 10⁶ samples per chunk
                 s1, s2, count = s1 + float(m.sum()), s2 + float((m * m).sum()), count + m.numel()
     var = s2 / count - (s1 / count) ** 2
     return np.concatenate(t0), 1.0 / max(var, 1e-12)
@@ -141,11 +188,18 @@ def fit_lfdr(t_obs: np.ndarray, t_null: np.ndarray, lam: float = STOREY_LAMBDA):
     null 0; each class weighted to total 1) on the score; π0 = min(1, #{p > λ} / ((1 − λ)·n))
     from the null p-values p = (1 + #{t0 ≥ t}) / (m + 1). Returns (lfdr, π0); lfdr is
     interpolated linearly, 1 below the lowest pooled score and 0 above the highest.
+
+    Like the p-values' +1, the fit counts one more null score at the highest observed one:
+    beyond the null's range the evidence is a few observations against m null draws, not a
+    certainty (without it, an unrelated pair's best score, above every null draw half the
+    time, would get lfdr 0).
     """
     t_obs, t_null = np.asarray(t_obs, np.float64), np.sort(np.asarray(t_null, np.float64))
     n, m = len(t_obs), len(t_null)
     p = (m - np.searchsorted(t_null, t_obs, side="left") + 1) / (m + 1)
     pi0 = float(min(1.0, (p > lam).sum() / ((1 - lam) * n))) if n else 1.0
+    if n:
+        t_null, m = np.append(t_null, max(t_obs.max(), t_null[-1])), m + 1
     scores = np.concatenate([t_obs, t_null])
     label = np.concatenate([np.ones(n), np.zeros(m)])
     weight = np.concatenate([np.full(n, 1.0 / max(n, 1)), np.full(m, 1.0 / m)])
@@ -163,23 +217,47 @@ def _kappa(score: np.ndarray, d_eff: float) -> np.ndarray:
     return c * d_eff / (1 - c * c)
 
 
-def row_competitor_scores(U, E, V, W, nb) -> np.ndarray:
-    """m(i, j') for each row's nearest columns j' (nb["row_top"]): (F_src, k)."""
+def _odds(x: np.ndarray) -> np.ndarray:
+    """exp(x), capped at exp(700) (finite: a rival that far ahead makes a ≈ 1e-304, i.e. 0)."""
+    return np.exp(np.minimum(x, 700.0))
+
+
+def row_competitor_scores(E, W, nb) -> np.ndarray:
+    """m(i, j') for each row's nearest columns j' (nb["row_top"]): (F_src, k). The decoder
+    cosines are nb["row_cos"]; only the encoder cosines (E, W: unit encoder columns, or None)
+    are gathered."""
+    m = nb["row_cos"].astype(np.float32)
+    if E is None:
+        return m
     cols = nb["row_top"]
     rows = np.repeat(np.arange(len(cols)), cols.shape[1])
-    return pair_scores(U, E, V, W, rows, cols.reshape(-1)).reshape(cols.shape)
+    return np.minimum(m, pair_scores(E, None, W, None, rows, cols.reshape(-1)).reshape(cols.shape))
 
 
-def ambiguity_top1(U, E, V, W, top1, nb, d_eff, base, row_m) -> np.ndarray:
+def scores_at(U, E, V, W, nb, row_m, i, j) -> np.ndarray:
+    """m(i_k, j_k) (float64): read from row_m where j_k is among row i_k's nearest columns,
+    gathered (:func:`pair_scores`) elsewhere."""
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    hit = nb["row_top"][i] == j[:, None]
+    found = hit.any(1)
+    out = np.empty(len(i))
+    out[found] = row_m[i[found], hit[found].argmax(1)]
+    out[~found] = pair_scores(U, E, V, W, i[~found], j[~found])
+    return out
+
+
+def ambiguity_top1(top1, nb, d_eff, base, row_m) -> np.ndarray:
     """a = 1/(1 + Σ exp(−κ·margin)) over row i's other nearest columns and column top1(i)'s
-    other nearest rows (module docstring, step 4). base: m(i, top1(i)); row_m: m(i, row_top)."""
+    other nearest rows (module docstring, step 4; nb from :func:`finish_neighbours`).
+    base: m(i, top1(i)); row_m: m(i, row_top), which also holds every column rival's score."""
     n = len(top1)
-    kappa = _kappa(base, d_eff)
-    other = nb["row_top"] != top1[:, None]
-    z = 1 + (np.exp(-kappa[:, None] * (base[:, None] - row_m)) * other).sum(1)
-    rivals = nb["col_top"][top1]  # (n, k): the rows nearest to each row's top-1 column
-    col_m = pair_scores(U, E, V, W, rivals.reshape(-1), np.repeat(top1, rivals.shape[1])).reshape(rivals.shape)
-    z += (np.exp(-kappa[:, None] * (base[:, None] - col_m)) * (rivals != np.arange(n)[:, None])).sum(1)
+    kappa = _kappa(base, d_eff)[:, None]
+    rival = nb["row_top"] != top1[:, None]
+    z = 1 + np.where(rival, _odds(-kappa * (base[:, None] - row_m)), 0.0).sum(1)
+    rows, pos = nb["col_top"][top1], nb["col_pos"][top1]  # (n, k): the rows nearest to each row's top-1 column
+    rival = (rows >= 0) & (rows != np.arange(n)[:, None])
+    col_m = row_m[np.maximum(rows, 0), np.maximum(pos, 0)]
+    z += np.where(rival, _odds(-kappa * (base[:, None] - col_m)), 0.0).sum(1)
     return 1.0 / z
 
 
@@ -199,10 +277,20 @@ def ambiguity_match(U, E, V, W, match, nb, d_eff, base, row_m) -> np.ndarray:
     o = owner[cols]
     delta = base[matched, None] - row_m[matched]
     owned = (o >= 0) & (cols != part[:, None])
-    oi, oc = np.nonzero(owned)
-    delta[oi, oc] += base[o[oi, oc]] - pair_scores(U, E, V, W, o[oi, oc], part[oi])  # m(o, j') = base[o]
     kappa = _kappa(base[matched], d_eff)
-    z = 1 + (np.exp(-kappa[:, None] * delta) * (cols != part[:, None])).sum(1)
+    oi, oc = np.nonzero(owned)
+    oo, pp = o[oi, oc], part[oi]
+    hit = nb["row_top"][oo] == pp[:, None]
+    found = hit.any(1)
+    # m(o, π(i)): read where π(i) is among o's nearest columns; elsewhere at most o's k-th decoder
+    # cosine, a bound that is exact enough wherever it leaves exp(−κΔ) below 1e-17 (z ≥ 1 is then
+    # the same float64); gathered only where it does not
+    m_o = np.where(found, row_m[oo, hit.argmax(1)], nb["row_cos"][oo, -1])
+    d = delta[oi, oc] + base[oo] - m_o  # m(o, j') = base[o]
+    need = ~found & (kappa[oi] * d < NEGLIGIBLE)
+    d[need] += m_o[need] - pair_scores(U, E, V, W, oo[need], pp[need])
+    delta[oi, oc] = d
+    z = 1 + np.where(cols != part[:, None], _odds(-kappa[:, None] * delta), 0.0).sum(1)
     a[matched] = 1.0 / z
     return a
 
@@ -218,21 +306,26 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
     """
     if (E is None) != (W is None) or (E is not None and E.shape[1] != W.shape[1]):
         E = W = None  # no encoders in a shared space: decoder directions alone
-    nb = nb or neighbours(U, V)
+    nb = nb if nb is not None else neighbours(U, V)
     match = np.asarray(match, np.int64)
-    with torch.no_grad(), np.errstate(over="ignore"):  # exp(−κΔ) → inf: a → 0, as it should
+    seconds = {}
+    with torch.no_grad():
+        t = time.perf_counter()
         t_null, d_eff = null_scores(U, E, V, W, rows=min(rows, U.shape[0]), draws=draws, seed=seed)
+        seconds["null"] = time.perf_counter() - t
+        t = time.perf_counter()
         matched = match >= 0
-        t_match = np.full(len(match), -1.0)
-        t_match[matched] = pair_scores(U, E, V, W, np.flatnonzero(matched), match[matched])
         top1 = nb["top1"].astype(np.int64)
-        t_top1 = pair_scores(U, E, V, W, np.arange(len(top1)), top1)
+        row_m = row_competitor_scores(E, W, nb)
+        t_match = np.full(len(match), -1.0)
+        t_match[matched] = scores_at(U, E, V, W, nb, row_m, np.flatnonzero(matched), match[matched])
+        t_top1 = row_m[:, 0].astype(np.float64)  # top1 is each row's first neighbour
         lfdr_match, pi0 = fit_lfdr(t_match[matched], t_null)
         lfdr_top1, pi0_top1 = fit_lfdr(t_top1, t_null)
-        row_m = row_competitor_scores(U, E, V, W, nb)
         a_match = ambiguity_match(U, E, V, W, match, nb, d_eff, t_match, row_m)
         conf = np.where(matched, (1 - lfdr_match(t_match)) * a_match, 0.0)
-        conf_top1 = (1 - lfdr_top1(t_top1)) * ambiguity_top1(U, E, V, W, top1, nb, d_eff, t_top1, row_m)
+        conf_top1 = (1 - lfdr_top1(t_top1)) * ambiguity_top1(top1, nb, d_eff, t_top1, row_m)
+        seconds["scores"] = time.perf_counter() - t
     columns = {
         "persists": conf >= cut,
         "confidence": conf.astype(np.float32),
@@ -240,7 +333,7 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
         "top1_confidence": conf_top1.astype(np.float32),
     }
     stats = {"pi0": pi0, "pi0_top1": pi0_top1, "null_samples": int(len(t_null)), "d_eff": float(d_eff),
-             "encoders": E is not None, "cut": cut,
+             "encoders": E is not None, "cut": cut, "seconds": {k: round(v, 4) for k, v in seconds.items()},
              "share_persists": float(columns["persists"].mean()) if len(conf) else 0.0,
              "share_top1_persists": float(columns["top1_persists"].mean()) if len(conf) else 0.0}
     log.info("verdict: %.1f%% of features persist (top1 %.1f%%); π0 %.3f, null %d samples, d_eff %.0f%s",
@@ -262,8 +355,8 @@ def _similarity_null(X, Y, d_dec: int, d_enc: int, rows: int, draws: int, seed: 
     with torch.no_grad():
         for _ in range(draws):
             pick = torch.randperm(X.shape[0], generator=gen)[:rows]
-            Q = random_rotation(d_dec, gen).to(X.device)
-            Qe = Q if d_enc in (0, d_dec) else random_rotation(d_enc, gen).to(X.device)
+            Q = random_rotation(d_dec, gen, X.device)
+            Qe = Q if d_enc in (0, d_dec) else random_rotation(d_enc, gen, X.device)
             for s in range(0, len(pick), chunk):
                 x = X[pick[s:s + chunk]].clone()
                 x[:, :d_dec] = x[:, :d_dec] @ Q
