@@ -10,6 +10,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/match.smk"
+include: "workflow/rules/flow.smk"
 include: "workflow/rules/summarize.smk"
 
 

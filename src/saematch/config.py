@@ -27,6 +27,8 @@ RESULT_OPTIONS = ("fold", "weights", "partial", "cut", "null_rows", "null_draws"
 DEFAULT_OPTIONS = {"fold": True, "weights": "enc+dec+benc", "partial": False, "cut": 0.5, "null_rows": 1024,
                    "null_draws": 2}
 
+DEFAULT_FLOW = {"top_k": 5, "high": {"res": 0.5, "mlp": 0.25, "att": 0.25}}  # saematch.flow
+
 
 class ConfigError(SaeError):
     """A config value that cannot work; the message names the key."""
@@ -127,6 +129,22 @@ def pair_layers(config: dict, model: str) -> list[int]:
     return [L for L in sorted(layers) if L + 1 in layers]
 
 
+def flow_modules(config: dict, model: str, layer: int) -> dict[str, int]:
+    """Feature Flow's predecessors of residual layer ``layer`` in this selection: module → the
+    layer of its SAE (res: L − 1; mlp, att: L). Empty unless res and the layer are selected."""
+    layers = set(selected_layers(config, model))
+    if "res" not in config["sites"] or layer not in layers:
+        return {}
+    out = {"res": layer - 1} if layer - 1 in layers else {}
+    out.update({m: layer for m in ("mlp", "att") if m in config["sites"]})
+    return out
+
+
+def flow_layers(config: dict, model: str) -> list[int]:
+    """Residual layers with at least one predecessor module selected."""
+    return [L for L in selected_layers(config, model) if flow_modules(config, model, L)]
+
+
 def check_selection(config: dict) -> None:
     """Unknown model, site or layer, or a selection with no pair: ConfigError before any job."""
     catalog = config["catalog"]
@@ -207,8 +225,9 @@ def variant_name(config: dict, model: str) -> str:
     """This run's variant of ``model``: ``config['variant']`` or a name from what deviates.
 
     Parts: the width; per site and layer override in ``per_layer`` (l0 by value, other keys
-    by a short hash); the match options that change results (fold, weights) where they differ
-    from the defaults (globally, or per site).
+    by a short hash); the match options that change results (fold, weights, ...) where they
+    differ from the defaults (globally, or per site); the flow options (``flow-k10``,
+    ``flow-high-<hash>``) where they differ.
     """
     if config.get("variant"):
         return config["variant"]
@@ -226,6 +245,11 @@ def variant_name(config: dict, model: str) -> str:
         if entry["sites"][site].get("project_att", False):
             base["weights"] = "dec"
         parts += [f"{site}-{p}" for p in _option_parts(site_options(config, model, site), base)]
+    flow = config.get("flow", DEFAULT_FLOW)
+    if flow["top_k"] != DEFAULT_FLOW["top_k"]:
+        parts.append(f"flow-k{flow['top_k']}")
+    if flow["high"] != DEFAULT_FLOW["high"]:
+        parts.append(f"flow-high-{_short_hash(flow['high'])}")
     name = "_".join(parts)
     if not NAME.match(name):
         raise ConfigError(f"config: variant name {name!r} of model {model!r} is not a safe folder name; "

@@ -42,6 +42,36 @@ def write_matches(path: str | Path, columns: dict[str, np.ndarray], provenance: 
     _write_table(path, table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}))
 
 
+def flow_schema(k: int) -> pa.Schema:
+    """One row per residual feature of layer L (saematch.flow): top-1 index and cosine per
+    module (null where the module is not available), the top-k lists, and the case A–D."""
+    fields = [pa.field("feature", pa.int32(), nullable=False)]
+    for m in ("res", "mlp", "att"):
+        fields += [pa.field(m, pa.int32()), pa.field(f"s_{m}", pa.float32())]
+    for m in ("res", "mlp", "att"):
+        fields += [pa.field(f"{m}_top", pa.list_(pa.int32(), k)), pa.field(f"s_{m}_top", pa.list_(pa.float32(), k))]
+    return pa.schema(fields + [pa.field("case", pa.string(), nullable=False)])
+
+
+def write_flow(path: str | Path, columns: dict, k: int, provenance: dict) -> None:
+    """Write one layer's predecessor scores (:func:`saematch.flow.predecessor_scores` plus
+    ``feature`` and ``case``); a missing module's columns are all null."""
+    schema = flow_schema(k)
+    n = len(columns["feature"])
+    arrays = []
+    for field in schema:
+        values = columns.get(field.name)
+        if values is None:
+            arrays.append(pa.nulls(n, type=field.type))
+        elif pa.types.is_fixed_size_list(field.type):
+            flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=field.type.value_type)
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, k))
+        else:
+            arrays.append(pa.array(values, type=field.type))
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    _write_table(path, table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}))
+
+
 def _write_table(path: str | Path, table: pa.Table) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ SELECTION = {model: cfg.selection_label(config, model) for model in config["mode
 MATCHES = "results/model={model}/variant={variant}/matches/site={site}/layer={layer}/part-0.parquet"
 SUMMARY = "results/model={model}/variant={variant}/summary/{selection}"
 LIFETIMES = "results/model={model}/variant={variant}/lifetimes/{selection}"
+FLOW = "results/model={model}/variant={variant}/flow/layer={layer}.parquet"
 MATCH_LOG = (
     "logs/match_pair/model={model}/variant={variant}/site={site}/layer={layer}.log"
 )
@@ -237,6 +238,33 @@ def match_input(wc):
     return inputs
 
 
+def flow_input(wc):
+    """The residual SAE of layer L (``target``) and each available predecessor module's SAE."""
+    L = int(wc.layer)
+    inputs = {"target": pointer_path(sae_spec(wc.model, "res", L))}
+    for module, layer in cfg.flow_modules(config, wc.model, L).items():
+        site = "res" if module == "res" else module
+        inputs[module] = pointer_path(sae_spec(wc.model, site, layer))
+        if projects_att(wc.model, site):
+            inputs["model"] = pointer_path(model_spec(wc.model))
+    return inputs
+
+
+def flow_options(wc):
+    check_variant(wc)
+    return {**config["flow"], "device": config["match"]["device"]}
+
+
+def flow_gpu(wc):
+    """As match_gpu, from the global match.device."""
+    device = config["match"]["device"]
+    if device == "cpu":
+        return 0
+    if device == "auto" and workflow.local_exec:
+        return int(saematch.devices.host_has_gpu())
+    return 1
+
+
 def demo_params(wc):
     """What the demo writer needs: sizes, repos and every params.npz path per site and layer."""
     entry = config["catalog"][wc.model]
@@ -337,6 +365,10 @@ def all_targets():
         LIFETIMES.format(model=m, variant=VARIANT[m], selection=SELECTION[m])
         + ".survival.png"
         for m in config["models"]
+    ] + [
+        FLOW.format(model=m, variant=VARIANT[m], layer=L)
+        for m in config["models"]
+        for L in cfg.flow_layers(config, m)
     ]
 
 

@@ -1,0 +1,100 @@
+"""Feature Flow (Laptev et al., ICML 2025, §3.3): where does each residual feature come from?
+
+For every residual feature r of layer L and each module P — the residual SAE of layer L−1
+(``res``), the MLP SAE of layer L (``mlp``) and the attention SAE of layer L (``att``, Gemma
+Scope's hook_z SAEs through :func:`saematch.load.project_att`) — the predecessor score
+s(P) = max_k cos(w_r, w_k^P) of unit decoder rows, its argmax (the top-1 predecessor) and the
+top-k. The cosines come in row blocks (:func:`saematch.verdict.neighbours`: never F × F).
+
+Cases (§2.3), with "high" thresholds per module:
+
+====  ========  ===================  =================================
+case  s(R)      s(M) or s(A)         reading
+====  ========  ===================  =================================
+A     high      both low             translated from layer L−1
+B     high      at least one high    processed by the MLP / attention
+C     low       at least one high    born in that module
+D     low       both low             not explained by these SAEs
+====  ========  ===================  =================================
+
+A module that is not available (layer 0 has no residual SAE below it; a site left out of the
+selection) counts as low, and its columns are null.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .verdict import neighbours
+
+MODULES = ("res", "mlp", "att")
+TOP_K = 5
+# Feature Flow's cuts: t(R) = 0.5 (App. B.2, the residual chain), t(M) = 0.25 (Table 5's graph)
+HIGH = {"res": 0.5, "mlp": 0.25, "att": 0.25}
+
+
+def predecessor_scores(W_dec: torch.Tensor, modules: dict[str, torch.Tensor | None], k: int = TOP_K,
+                       chunk: int = 2048) -> dict[str, np.ndarray | None]:
+    """Top-1 and top-k decoder cosines of each residual feature against each module.
+
+    W_dec (F, d): the residual SAE of layer L; modules[P] (F_P, d) the decoders of module P in
+    the same space, or None. Returns per module P: ``P`` (F,) int32 top-1 index, ``s_P`` (F,)
+    float32 its cosine, ``P_top`` (F, k) int32 and ``s_P_top`` (F, k) float32 (descending);
+    None for a module that is missing.
+    """
+    U = torch.nn.functional.normalize(W_dec.float(), dim=1)
+    out: dict[str, np.ndarray | None] = {}
+    for name in MODULES:
+        V = modules.get(name)
+        if V is None:
+            out.update({name: None, f"s_{name}": None, f"{name}_top": None, f"s_{name}_top": None})
+            continue
+        if V.shape[1] != U.shape[1]:
+            raise ValueError(f"flow: {name} decoders are {V.shape[1]}-d but the residual SAE's {U.shape[1]}-d")
+        nb = neighbours(U, torch.nn.functional.normalize(V.float().to(U.device), dim=1), k=k, chunk=chunk)
+        out[name] = nb["row_top"][:, 0].astype(np.int32)
+        out[f"s_{name}"] = nb["row_cos"][:, 0].astype(np.float32)
+        out[f"{name}_top"] = nb["row_top"].astype(np.int32)
+        out[f"s_{name}_top"] = nb["row_cos"].astype(np.float32)
+    return out
+
+
+def thresholds(scores: dict, high: dict) -> dict[str, float | None]:
+    """The "high" cut per module: a number is absolute; a string ``qX`` is the X-quantile
+    (0 < X < 1) of this layer's s(P). Missing modules get None (never high)."""
+    cut = {}
+    for name in MODULES:
+        s, spec = scores.get(f"s_{name}"), high[name]
+        if s is None:
+            cut[name] = None
+        elif isinstance(spec, str):
+            cut[name] = float(np.quantile(s, float(spec[1:])))
+        else:
+            cut[name] = float(spec)
+    return cut
+
+
+def cases(scores: dict, cut: dict[str, float]) -> np.ndarray:
+    """Case A–D per residual feature (module docstring) from s(P) ≥ cut[P]; (F,) str."""
+    n = len(next(v for v in scores.values() if v is not None))
+
+    def high(name):
+        s = scores.get(f"s_{name}")
+        return np.zeros(n, bool) if s is None else s >= cut[name]
+
+    res, module = high("res"), high("mlp") | high("att")
+    return np.where(res, np.where(module, "B", "A"), np.where(module, "C", "D"))
+
+
+def flow_layer(W_dec: torch.Tensor, modules: dict[str, torch.Tensor | None], k: int = TOP_K,
+               high: dict | None = None, chunk: int = 2048) -> tuple[dict, dict]:
+    """One layer end to end: the columns of its flow file (feature, the scores, case) and
+    stats (the cuts used, the share of each case)."""
+    scores = predecessor_scores(W_dec, modules, k, chunk)
+    cut = thresholds(scores, high or HIGH)
+    case = cases(scores, cut)
+    columns = {"feature": np.arange(W_dec.shape[0], dtype=np.int32), **scores, "case": case}
+    stats = {"cut": cut, "share": {c: float((case == c).mean()) for c in "ABCD"},
+             "modules": [m for m in MODULES if scores[m] is not None]}
+    return columns, stats
