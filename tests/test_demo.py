@@ -23,7 +23,7 @@ def demo(cache, n_layers=3):
 @pytest.fixture(scope="module")
 def demo_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("hf")
-    manifest, truth = demo(cache)
+    manifest, truth, _ = demo(cache)
     return cache, manifest, truth
 
 
@@ -48,7 +48,7 @@ def test_planted_matches_are_recovered_on_the_demo(demo_cache, site):
 
 
 def test_the_demo_is_byte_for_byte_reproducible(tmp_path):
-    (m1, _), (m2, _) = demo(tmp_path / "a"), demo(tmp_path / "b")
+    (m1, *_), (m2, *_) = demo(tmp_path / "a"), demo(tmp_path / "b")
     assert m1 == m2
     f = "layer_1/width_1k/average_l0_11/params.npz"
     digest = [hashlib.sha256((tmp_path / d / "models--demo--gemma-scope-2b-pt-res/snapshots" /

@@ -80,7 +80,8 @@ def _perturb(dirs: np.ndarray, cos: np.ndarray, rng) -> np.ndarray:
 
 
 def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, jitter: float = 1.0,
-                 cos: tuple[float, float] = (0.3, 0.95), dup: float = 0.1, distract: float = 0.5):
+                 cos: tuple[float, float] = (0.3, 0.95), dup: float = 0.1, distract: float = 0.5,
+                 sources: dict[str, list[np.ndarray]] | None = None):
     """Per-layer feature states (residual-space) and the planted map layer L → L+1.
 
     What real SAEs have, planted: each layer holds near-duplicate features (a share ``dup``
@@ -92,8 +93,15 @@ def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, ji
     of the dying get a born look-alike in the next layer (decoder at cosine 0.3–0.55, an
     unrelated encoder): a plausible nearest neighbour that is not the same feature.
 
-    Returns a list of dicts (dec_dir (F, d), enc_dir (F, d), enc_gain, dec_gain, threshold, b_enc)
-    and a list of n_layers − 1 int arrays planted[i] = successor of feature i in L+1 or −1.
+    ``sources`` (the residual site: module → per-layer decoder directions of the MLP and
+    attention SAEs, (F, d) each) plants Feature Flow's origins: of the other born features of
+    layer L ≥ 1, a third are born in the MLP (decoder at cosine U(0.6, 0.95) to a random MLP
+    feature of layer L), a third in attention, a third from nowhere.
+
+    Returns a list of dicts (dec_dir (F, d), enc_dir (F, d), enc_gain, dec_gain, threshold, b_enc),
+    a list of n_layers − 1 int arrays planted[i] = successor of feature i in L+1 or −1, and (with
+    ``sources``) per layer L ≥ 1 a dict origin (F,) str ("res": persisting from L − 1, "mlp",
+    "att", "none", "lookalike") and source (F,) int64 (the MLP / attention feature, else −1).
     """
     F = n_features
 
@@ -111,7 +119,7 @@ def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, ji
             "b_enc": -0.1 * scale * rng.random(n),
         }
 
-    layers, planted = [fresh(F, 1.0)], []
+    layers, planted, origins = [fresh(F, 1.0)], [], []
     for L in range(1, n_layers):
         prev, growth = layers[-1], 1.15**L
         keep = rng.random(F) < persist
@@ -131,14 +139,28 @@ def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, ji
         nxt["dec_dir"][near] = _perturb(prev["dec_dir"][near], rng.uniform(0.3, 0.55, len(near)), rng)
         nxt["enc_dir"][near] = _perturb(_unit(rng.standard_normal((len(near), d))),
                                         rng.uniform(0.5, 0.9, len(near)), rng)
+        origin = np.where(keep, "res", "none").astype(object)
+        origin[near] = "lookalike"
+        source = np.full(F, -1, np.int64)
+        if sources:
+            born = np.setdiff1d(dying, near)
+            which = rng.integers(0, 3, len(born))  # 0: MLP, 1: attention, 2: nowhere
+            for code, module in enumerate(("mlp", "att")):
+                slots = born[which == code]
+                j = rng.choice(F, len(slots), replace=False)
+                nxt["dec_dir"][slots] = _perturb(sources[module][L][j], rng.uniform(0.6, 0.95, len(slots)), rng)
+                nxt["enc_dir"][slots] = _perturb(nxt["dec_dir"][slots], rng.uniform(0.5, 0.9, len(slots)), rng)
+                origin[slots], source[slots] = module, j
         order = rng.permutation(F)  # new position p holds old-index-order feature order[p]
         for key in nxt:
             nxt[key] = nxt[key][order]
         position = np.empty(F, dtype=np.int64)
         position[order] = np.arange(F)
         planted.append(np.where(keep, position, -1).astype(np.int32))
+        res_source = np.where(keep, np.arange(F), -1)  # slot i holds layer L − 1's feature i where it persists
+        origins.append({"origin": origin[order].astype("<U12"), "source": source[order], "res_source": res_source[order]})
         layers.append(nxt)
-    return layers, planted
+    return (layers, planted, origins) if sources else (layers, planted)
 
 
 def state_sae(st: dict):
@@ -183,10 +205,17 @@ def make_demo(
     rng = np.random.default_rng(seed)
     o_proj = rng.standard_normal((n_layers, d_model, d_att)).astype(np.float32) / np.sqrt(d_att)
     gain = (0.3 * rng.standard_normal((n_layers, d_model))).astype(np.float32)
-    manifest, truth = {"repos": {}}, {}
+    manifest, truth, states = {"repos": {}}, {}, {}
+    for site in sorted(site_repos, key=lambda s: s == "res"):  # res last: its origins come from the others
+        sources = {m: [st["dec_dir"] for st in states[m]] for m in ("mlp", "att")} \
+            if site == "res" and {"mlp", "att"} <= set(states) else None
+        out = planted_site(n_layers, n_features, d_model, persist, rng, jitter, sources=sources)
+        states[site], truth[site] = out[0], out[1]
+    origins = out[2] if "res" in states and len(out) == 3 else []
+    if origins:
+        processed_by_modules(states, truth, origins, rng)
     for site, repo in site_repos.items():
-        layers, planted = planted_site(n_layers, n_features, d_model, persist, rng, jitter)
-        truth[site] = planted
+        layers = states[site]
         files = {}
         for L, st in enumerate(layers):
             dec, enc = st["dec_dir"], st["enc_dir"]
@@ -220,4 +249,27 @@ def make_demo(
         {"metadata": {"total_size": sum(len(b) for b in files.values())}, "weight_map": weight_map},
         indent=2, sort_keys=True).encode()
     manifest["repos"][model_repo] = {"commit": write_hub_repo(cache_dir, model_repo, files), "files": sorted(files)}
-    return manifest, truth
+    return manifest, truth, origins
+
+
+def processed_by_modules(states: dict, truth: dict, origins: list[dict], rng, share: float = 0.2) -> None:
+    """Feature Flow's case B, planted: a share of the persisting residual features of each layer
+    L ≥ 1 also gets a twin in that layer's MLP or attention SAE (its decoder at cosine U(0.6,
+    0.95) to the residual one), taken from the module's features that are born at L and die
+    after it, so no planted match of that site changes. In place; origins[L − 1] says so."""
+    F = len(origins[0]["origin"])
+    for L in range(1, len(states["res"])):
+        o = origins[L - 1]
+        persisting = np.flatnonzero(o["origin"] == "res")
+        chosen = persisting[rng.random(len(persisting)) < share]
+        modules = rng.integers(0, 2, len(chosen))
+        for code, module in enumerate(("mlp", "att")):
+            born = np.setdiff1d(np.arange(F), truth[module][L - 1])
+            dies = truth[module][L] < 0 if L < len(truth[module]) else np.ones(F, bool)
+            free = rng.permutation(np.intersect1d(born, np.flatnonzero(dies)))
+            rows = chosen[modules == code][:len(free)]
+            j = free[:len(rows)]
+            st = states[module][L]
+            st["dec_dir"][j] = _perturb(states["res"][L]["dec_dir"][rows], rng.uniform(0.6, 0.95, len(rows)), rng)
+            st["enc_dir"][j] = _perturb(st["dec_dir"][j], rng.uniform(0.5, 0.9, len(rows)), rng)
+            o["origin"][rows], o["source"][rows] = f"res+{module}", j

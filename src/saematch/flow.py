@@ -98,3 +98,50 @@ def flow_layer(W_dec: torch.Tensor, modules: dict[str, torch.Tensor | None], k: 
     stats = {"cut": cut, "share": {c: float((case == c).mean()) for c in "ABCD"},
              "modules": [m for m in MODULES if scores[m] is not None]}
     return columns, stats
+
+
+# --- the flow summary: cases per layer, and on the demo the planted origins recovered -----------
+
+EXPECTED_CASE = {"res": "A", "res+mlp": "B", "res+att": "B", "mlp": "C", "att": "C", "none": "D"}
+
+
+def summarize(paths: list[str], origins=None):
+    """One row per layer: features, the count of each case, and with the demo's planted
+    ``origins`` (layer, feature, origin, source, res_source) per origin: how many there are,
+    the share whose case is the expected one (EXPECTED_CASE; look-alikes are left out) and
+    the share whose top-1 predecessor in the origin's module is the planted one."""
+    import polars as pl
+
+    df = pl.concat([pl.read_parquet(p, columns=["feature", "res", "mlp", "att", "case"])
+                    .with_columns(layer=pl.lit(_layer_of(p), pl.Int32)) for p in paths])
+    table = (df.group_by("layer").agg(pl.len().alias("features"),
+                                      *[(pl.col("case") == c).sum().alias(f"case_{c}") for c in "ABCD"])
+             .sort("layer"))
+    if origins is None:
+        return table
+    known = df.join(origins, on=["layer", "feature"], how="inner").filter(pl.col("origin") != "lookalike")
+    expected = pl.col("origin").replace_strict(EXPECTED_CASE, default=None)
+    module = pl.col("origin").str.replace("res+", "", literal=True)
+    index_ok = (pl.when(pl.col("origin") == "res").then(pl.col("res") == pl.col("res_source"))
+                .when(module == "mlp").then(pl.col("mlp") == pl.col("source"))
+                .when(module == "att").then(pl.col("att") == pl.col("source")))
+    recovered = known.group_by("layer").agg(
+        *[pl.col("origin").eq(o).sum().alias(f"planted_{_name(o)}") for o in EXPECTED_CASE],
+        *[((pl.col("case") == expected) & (pl.col("origin") == o)).sum().truediv(pl.col("origin").eq(o).sum())
+          .alias(f"case_recovered_{_name(o)}") for o in EXPECTED_CASE],
+        *[(index_ok.fill_null(False) & (pl.col("origin") == o)).sum().truediv(pl.col("origin").eq(o).sum())
+          .alias(f"source_recovered_{_name(o)}") for o in ("res", "mlp", "att")])
+    return table.join(recovered, on="layer", how="left")
+
+
+def _name(origin: str) -> str:
+    return origin.replace("+", "_")
+
+
+def _layer_of(path: str) -> int:
+    import re
+
+    found = re.search(r"layer=(\d+)", str(path))
+    if not found:
+        raise ValueError(f"{path}: not a flow file (…/flow/layer=L.parquet)")
+    return int(found.group(1))

@@ -250,6 +250,18 @@ def flow_input(wc):
     return inputs
 
 
+def flow_files(wc):
+    check_variant(wc)
+    return [
+        FLOW.format(model=wc.model, variant=wc.variant, layer=L)
+        for L in cfg.flow_layers(config, wc.model)
+    ]
+
+
+def flow_origins(wc):
+    return f"resources/demo/{wc.model}/origins.parquet" if is_demo(wc.model) else []
+
+
 def flow_options(wc):
     check_variant(wc)
     return {**config["flow"], "device": config["match"]["device"]}
@@ -366,9 +378,9 @@ def all_targets():
         + ".survival.png"
         for m in config["models"]
     ] + [
-        FLOW.format(model=m, variant=VARIANT[m], layer=L)
+        f"{summary_prefix(m)}.flow.tsv"
         for m in config["models"]
-        for L in cfg.flow_layers(config, m)
+        if cfg.flow_layers(config, m)
     ]
 
 

@@ -2,6 +2,7 @@ rule make_demo:
     output:
         hub="resources/demo/{model}/hub.json",
         truth="resources/demo/{model}/truth.parquet",
+        origins="resources/demo/{model}/origins.parquet",
     log:
         "logs/make_demo/{model}.log",
     benchmark:

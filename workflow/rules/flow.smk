@@ -23,3 +23,24 @@ rule flow:
         algo_version=saematch.ALGO_VERSION,
     script:
         "../../scripts/flow.py"
+
+
+# Cases per layer for a selection, and on the demo the planted origins recovered.
+rule flow_summary:
+    input:
+        flow=flow_files,
+        origins=flow_origins,
+    output:
+        table=f"{SUMMARY}.flow.parquet",
+        text=report(
+            f"{SUMMARY}.flow.tsv",
+            caption="../report/flow.rst",
+            category="Feature Flow",
+            labels={"model": "{model}", "variant": "{variant}", "layers": "{selection}"},
+        ),
+    log:
+        "logs/flow_summary/model={model}/variant={variant}/{selection}.log",
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../../scripts/flow_summary.py"
