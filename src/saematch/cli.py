@@ -1,0 +1,244 @@
+"""``saematch``: ask a run's results about one feature, its flow graph, lifetimes and summary.
+
+    saematch trace demo 4/res/0 --back --format html -o graph.html
+    saematch show demo 4/res/0
+    saematch lifetimes demo
+    saematch summary demo
+
+Reads the Parquet files under ``results/model=M/variant=V`` lazily (polars). Tables for
+people, ``--json`` (or ``--format json``) for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from . import graph as flowgraph
+
+FORMATS = ("table", "json", "graphml", "html", "png", "svg")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def run_dir(results: str, model: str, variant: str | None) -> Path:
+    """results/model=M/variant=V; the only variant when none is given."""
+    base = Path(results) / f"model={model}"
+    if not base.is_dir():
+        found = sorted(p.name.split("=", 1)[1] for p in Path(results).glob("model=*"))
+        raise CliError(f"no results for model {model!r} under {results}/ "
+                       f"(models there: {', '.join(found) or 'none'}; run the pipeline first)")
+    variants = sorted(p.name.split("=", 1)[1] for p in base.glob("variant=*"))
+    if variant is None:
+        if len(variants) != 1:
+            raise CliError(f"{base}: {len(variants)} variants ({', '.join(variants) or 'none'}); pick one with --variant")
+        variant = variants[0]
+    elif variant not in variants:
+        raise CliError(f"{base}: no variant {variant!r} (variants: {', '.join(variants) or 'none'})")
+    return base / f"variant={variant}"
+
+
+def _feature(text: str) -> tuple[int, str, int]:
+    try:
+        return flowgraph.parse_node(text)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _matches(root: Path, site: str, layer: int) -> Path | None:
+    path = root / "matches" / f"site={site}" / f"layer={layer}" / "part-0.parquet"
+    return path if path.exists() else None
+
+
+def _print_table(rows: list[dict]) -> None:
+    if not rows:
+        print("(nothing)")
+        return
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True, float_precision=3):
+        print(pl.DataFrame(rows))
+
+
+# --- subcommands --------------------------------------------------------------------------------
+
+def cmd_trace(args) -> None:
+    root = run_dir(args.results, args.model, args.variant)
+    _feature(args.feature)
+    paths = flowgraph.results_paths(root)
+    if not paths["flow"] and args.direction != "forward":
+        raise CliError(f"{root}: no flow files (…/flow/layer=L.parquet): run the pipeline with the res site selected")
+    try:
+        G = flowgraph.trace(paths, args.feature, args.direction, args.res_cut, args.module_cut)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    fmt = args.format
+    if fmt in ("png", "svg", "graphml") and not args.output:
+        raise CliError(f"--format {fmt} writes a file: give -o/--output")
+    if fmt == "table":
+        _print_table([{"from": u, "to": v, "kind": a["kind"], "score": a["score"], "confidence": a.get("confidence")}
+                      for u, v, a in sorted(G.edges(data=True), key=lambda e: (-G.nodes[e[1]]["layer"], e[0]))])
+        return
+    if fmt == "json":
+        text = json.dumps(flowgraph.to_json(G), indent=1)
+    elif fmt == "html":
+        text = flowgraph.to_html(G)
+    elif fmt == "graphml":
+        flowgraph.write_graphml(G, args.output)
+        print(args.output)
+        return
+    else:
+        flowgraph.draw(G, args.output)
+        print(args.output)
+        return
+    if args.output:
+        Path(args.output).write_text(text)
+        print(args.output)
+    else:
+        print(text)
+
+
+def show_feature(root: Path, layer: int, site: str, index: int) -> dict:
+    """Everything the run knows about one feature: its partner in layer L+1, who points at it
+    from layer L−1, and (residual features) its Feature Flow scores and case."""
+    out: dict = {"feature": flowgraph.node_name(layer, site, index)}
+    fwd, back = _matches(root, site, layer), _matches(root, site, layer - 1)
+    if fwd is None and back is None:
+        raise CliError(f"{root}: no matches for site {site} at layer {layer} (neither {layer}→{layer + 1} "
+                       f"nor {layer - 1}→{layer})")
+    n = pl.scan_parquet(fwd or back).select(pl.len() if fwd else pl.col("match").max()).collect().item()
+    if fwd and not 0 <= index < n:
+        raise CliError(f"{out['feature']}: layer {layer} has features 0–{n - 1}")
+    cols = ["match", "cosine", "persists", "confidence", "top1", "top1_cosine", "top1_persists", "top1_confidence"]
+    if fwd:
+        row = pl.scan_parquet(fwd).filter(pl.col("feature") == index).select(cols).collect()
+        out["next"] = row.row(0, named=True) if len(row) else None
+    if back:
+        rows = (pl.scan_parquet(back).filter((pl.col("match") == index) | (pl.col("top1") == index))
+                .select(["feature", *cols]).collect())
+        out["previous"] = rows.to_dicts()
+    flow = root / "flow" / f"layer={layer}.parquet"
+    if site == "res" and flow.exists():
+        row = (pl.scan_parquet(flow).filter(pl.col("feature") == index)
+               .select(["res", "s_res", "mlp", "s_mlp", "att", "s_att", "case"]).collect())
+        out["flow"] = row.row(0, named=True) if len(row) else None
+    return out
+
+
+def cmd_show(args) -> None:
+    layer, site, index = _feature(args.feature)
+    info = show_feature(run_dir(args.results, args.model, args.variant), layer, site, index)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return
+    print(info["feature"])
+    if "next" in info and info["next"]:
+        print(f"\nnext layer ({layer} → {layer + 1}):")
+        _print_table([info["next"]])
+    if "previous" in info:
+        print(f"\nfrom the previous layer ({layer - 1} → {layer}): features matched or top-1 to it")
+        _print_table(info["previous"])
+    if info.get("flow"):
+        print("\nFeature Flow (where it comes from):")
+        _print_table([info["flow"]])
+
+
+def cmd_lifetimes(args) -> None:
+    root = run_dir(args.results, args.model, args.variant)
+    files = sorted((root / "lifetimes").glob("*.parquet"))
+    if not files:
+        raise CliError(f"{root}: no lifetimes (…/lifetimes/*.parquet): run the pipeline first")
+    chains = pl.scan_parquet(files[-1])
+    if args.site:
+        chains = chains.filter(pl.col("site") == args.site)
+    longest = (chains.group_by("site", "chain")
+               .agg(pl.len().alias("layers"), pl.col("layer").min().alias("from"), pl.col("layer").max().alias("to"),
+                    pl.col("feature").sort_by("layer").alias("features"))
+               .sort(["layers", "site", "chain"], descending=[True, False, False]).head(args.top).collect())
+    summary = sorted((root / "summary").glob("*.L*.parquet"))
+    turnover = (pl.scan_parquet(summary[-1]).select("site", "layer", "births", "deaths").sort("site", "layer").collect()
+                if summary and "births" in pl.read_parquet_schema(summary[-1]) else None)
+    if args.json:
+        print(json.dumps({"longest": longest.to_dicts(),
+                          "births_deaths": None if turnover is None else turnover.to_dicts()}, indent=1))
+        return
+    print(f"longest chains ({files[-1].name}):")
+    _print_table([{**r, "features": " → ".join(map(str, r["features"]))} for r in longest.to_dicts()])
+    if turnover is not None:
+        print("\nbirths and deaths per layer (pair L → L+1):")
+        _print_table(turnover.to_dicts())
+
+
+def cmd_summary(args) -> None:
+    root = run_dir(args.results, args.model, args.variant)
+    tables = sorted((root / "summary").glob("*.tsv"))
+    if not tables:
+        raise CliError(f"{root}: no summary (…/summary/*.tsv): run the pipeline first")
+    if args.json:
+        print(json.dumps({t.name: pl.read_csv(t, separator="\t").to_dicts() for t in tables}, indent=1))
+        return
+    for t in tables:
+        print(f"{t.name}:")
+        _print_table(pl.read_csv(t, separator="\t").to_dicts())
+        print()
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="saematch", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default="results", help="the pipeline's results folder (default: results)")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, help_text, fn):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("model", help="model name as in the config (e.g. gemma-2-2b, demo)")
+        p.add_argument("--variant", help="results variant (default: the only one)")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("trace", "a feature's Feature Flow graph: where it comes from (--back) or goes (--forward)", cmd_trace)
+    p.add_argument("feature", help="LAYER/res/INDEX, e.g. 12/res/4230")
+    way = p.add_mutually_exclusive_group()
+    way.add_argument("--back", dest="direction", action="store_const", const="back", help="where it comes from (default)")
+    way.add_argument("--forward", dest="direction", action="store_const", const="forward", help="where it goes")
+    way.add_argument("--both", dest="direction", action="store_const", const="both", help="both walks")
+    p.set_defaults(direction="back")
+    p.add_argument("--format", choices=FORMATS, default="table", help="table (default), json (node-link), graphml, "
+                   "html (a self-contained viewer), png or svg")
+    p.add_argument("-o", "--output", help="write to this file (needed for graphml, png, svg)")
+    p.add_argument("--res-cut", type=float, default=flowgraph.RES_CUT, help="stop the residual chain below this cosine (0.5)")
+    p.add_argument("--module-cut", type=float, default=flowgraph.MODULE_CUT, help="drop MLP/attention nodes below this (0.15)")
+
+    p = add("show", "one feature: its matches both ways, verdicts, Feature Flow scores and case", cmd_show)
+    p.add_argument("feature", help="LAYER/SITE/INDEX, e.g. 12/res/4230")
+    p.add_argument("--json", action="store_true", help="JSON out")
+
+    p = add("lifetimes", "the longest chains of persisting features and births/deaths per layer", cmd_lifetimes)
+    p.add_argument("--site", choices=flowgraph.SITES, help="one site only")
+    p.add_argument("--top", type=int, default=10, help="how many chains (10)")
+    p.add_argument("--json", action="store_true", help="JSON out")
+
+    p = add("summary", "the run's summary tables (matches, verdict, Feature Flow cases)", cmd_summary)
+    p.add_argument("--json", action="store_true", help="JSON out")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "format", None) == "json":
+        args.json = True
+    try:
+        args.fn(args)
+    except CliError as exc:
+        print(f"saematch {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return 0
