@@ -31,5 +31,6 @@ with logs.job(snakemake):
                                     k=opts["top_k"], high=opts["high"])
     provenance = {"model": wc.model, "variant": wc.variant, "layer": layer, "saes": pointers,
                   "options": {k: v for k, v in opts.items() if k != "device"}, "algo_version": ALGO_VERSION,
-                  "versions": logs.versions(), "seconds": round(time.perf_counter() - t0, 4), **stats}
+                  "neuronpedia": snakemake.params.neuronpedia, "versions": logs.versions(),
+                  "seconds": round(time.perf_counter() - t0, 4), **stats}
     write_flow(snakemake.output[0], columns, opts["top_k"], provenance)

@@ -21,6 +21,7 @@ import polars as pl
 from . import graph as flowgraph
 
 FORMATS = ("table", "json", "graphml", "html", "png", "svg")
+DEFAULT_EXPLANATIONS = "resources/neuronpedia"
 
 
 class CliError(Exception):
@@ -51,6 +52,15 @@ def _feature(text: str) -> tuple[int, str, int]:
         raise CliError(str(exc)) from None
 
 
+def _explanations(args) -> str | None:
+    root = args.explanations
+    if root and not Path(root).is_dir():
+        if root != DEFAULT_EXPLANATIONS:
+            raise CliError(f"--explanations {root}: no such folder")
+        return None
+    return root
+
+
 def _matches(root: Path, site: str, layer: int) -> Path | None:
     path = root / "matches" / f"site={site}" / f"layer={layer}" / "part-0.parquet"
     return path if path.exists() else None
@@ -60,7 +70,7 @@ def _print_table(rows: list[dict]) -> None:
     if not rows:
         print("(nothing)")
         return
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=200, tbl_hide_dataframe_shape=True,
                    tbl_hide_column_data_types=True, float_precision=3):
         print(pl.DataFrame(rows))
 
@@ -75,6 +85,7 @@ def cmd_trace(args) -> None:
         raise CliError(f"{root}: no flow files (…/flow/layer=L.parquet): run the pipeline with the res site selected")
     try:
         G = flowgraph.trace(paths, args.feature, args.direction, args.res_cut, args.module_cut)
+        flowgraph.annotate(G, paths, _explanations(args))
     except ValueError as exc:
         raise CliError(str(exc)) from None
     fmt = args.format
@@ -194,6 +205,9 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="saematch", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="results", help="the pipeline's results folder (default: results)")
+    ap.add_argument("--explanations", default=DEFAULT_EXPLANATIONS,
+                    help="a local copy of Neuronpedia's export, v1/{model}/{set}/explanations/batch-*.jsonl.gz "
+                         f"(default: {DEFAULT_EXPLANATIONS}, where it exists)")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, help_text, fn):

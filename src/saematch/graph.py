@@ -104,6 +104,32 @@ def check_feature(paths: dict, layer: int, site: str, index: int) -> None:
         raise ValueError(f"{layer}/res/{index}: layer {layer} has features 0–{n - 1}")
 
 
+def annotate(G: nx.DiGraph, paths: dict, explanations_root: str | Path | None = None) -> nx.DiGraph:
+    """Add each node's Neuronpedia id and link (or a note why it has none) and its explanations
+    (from a local copy of Neuronpedia's export under ``explanations_root``), from the flow
+    files' provenance: layer L's file names the sets of res L (target), res L − 1, mlp L, att L."""
+    from .neuronpedia import annotate as np_annotate, load_explanations
+    from .write import read_provenance
+
+    sets: dict[tuple[int, str], dict] = {}
+    for L, path in paths["flow"].items():
+        where = read_provenance(path).get("neuronpedia", {})
+        for key, value in where.items():
+            site, layer = ("res", L) if key == "target" else (key, L - 1 if key == "res" else L)
+            sets.setdefault((layer, site), value)
+    cache: dict[tuple[str, str], dict] = {}
+    for n, a in G.nodes(data=True):
+        where = sets.get((a["layer"], a["site"]), {"note": "no Neuronpedia set recorded for this SAE"})
+        explanations = None
+        if explanations_root and "set" in where:
+            key = (where["model"], where["set"])
+            if key not in cache:
+                cache[key] = load_explanations(explanations_root, *key)
+            explanations = cache[key]
+        G.nodes[n].update(np_annotate({}, where, a["index"], explanations))
+    return G
+
+
 def trace(paths: dict, feature: str, direction: str = "back", res_cut: float = RES_CUT,
           module_cut: float = MODULE_CUT) -> nx.DiGraph:
     """The flow graph of ``feature`` ('L/res/i'): direction 'back', 'forward' or 'both'."""
@@ -214,6 +240,7 @@ svg { border: 1px solid #ddd; background: #fff; }
 <script id="graph-data" type="application/json">__DATA__</script>
 <script>
 "use strict";
+window.addEventListener("error", e => document.body.setAttribute("data-error", String(e.message)));
 const graph = JSON.parse(document.getElementById("graph-data").textContent);
 const SITES = ["res", "mlp", "att"], COLOUR = {res: "#4c72b0", mlp: "#dd8452", att: "#55a868"};
 const svg = document.getElementById("graph"), NS = "http://www.w3.org/2000/svg";

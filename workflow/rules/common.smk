@@ -267,6 +267,25 @@ def flow_options(wc):
     return {**config["flow"], "device": config["match"]["device"]}
 
 
+def flow_neuronpedia(wc):
+    """Each SAE's Neuronpedia set (or why it has none): target (res L), res (L − 1), mlp, att."""
+    from saematch.neuronpedia import set_for
+
+    L, entry = int(wc.layer), config["catalog"][wc.model]
+    where = {"target": ("res", L)}
+    where.update({m: ("res" if m == "res" else m, layer) for m, layer in cfg.flow_modules(config, wc.model, L).items()})
+    def l0(site, layer):  # as sae_spec resolves it
+        site_cfg = entry["sites"][site]
+        over = {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(layer, {})
+        default = catalog_l0(wc.model, site, layer) if "l0" in site_cfg else None
+        return over.get("l0", default)
+
+    return {
+        key: set_for(entry, site, layer, l0(site, layer))
+        for key, (site, layer) in where.items()
+    }
+
+
 def flow_gpu(wc):
     """As match_gpu, from the global match.device."""
     device = config["match"]["device"]

@@ -20,6 +20,7 @@ rule flow:
         mem_mb=lambda wc: 1024 + 4 * 4 * n_features(wc.model) * config["catalog"][wc.model]["d_model"] // 2**20,
     params:
         options=flow_options,
+        neuronpedia=flow_neuronpedia,
         algo_version=saematch.ALGO_VERSION,
     script:
         "../../scripts/flow.py"
