@@ -180,3 +180,7 @@ def test_the_viewer_loads_in_a_real_browser_without_errors_and_draws_every_node(
     assert f'data-nodes-drawn="{G.number_of_nodes()}"' in dom and 'data-error="' not in dom
     for n in G.nodes:
         assert f'data-id="{n}"' in dom
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri() + "#3/res/2"],
+                         capture_output=True, text=True, timeout=120).stdout  # opens with that node described
+    info = dom.split('id="info">', 1)[1].split("</div>", 1)[0]
+    assert info.startswith("3/res/2\ncase: D\ns_res: 0.900\ns_mlp: 0.600") and "explanation: none" in info

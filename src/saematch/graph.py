@@ -290,6 +290,8 @@ for (const n of graph.nodes) {
   t.textContent = n.id;
   g.addEventListener("mouseenter", () => describe(n));
 }
+const start = decodeURIComponent(location.hash.slice(1));  // viewer.html#12/res/4230 opens with that node described
+if (byId[start]) describe(byId[start]);
 document.body.setAttribute("data-nodes-drawn", String(svg.querySelectorAll("g.node").length));
 </script></body></html>
 """
