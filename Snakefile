@@ -22,6 +22,7 @@ localrules:
     make_demo,
     download_sae,
     download_model,
+    neuronpedia_explanations,
 
 
 STARTED = time.time()

@@ -46,7 +46,7 @@ def write_run(root: Path, F: int, n_layers: int, seed: int = 0) -> None:
             if m == "res":
                 s[:, 0] = 0.9  # every residual link above the cut: the backward walk reaches layer 0
             cols.update({m: top[:, 0], f"s_{m}": s[:, 0], f"{m}_top": top, f"s_{m}_top": s})
-        write_flow(root / f"flow/layer={L}.parquet", cols, k, {"benchmark": True, "neuronpedia": {}})
+        write_flow(root / f"flow/res+mlp+att/layer={L}.parquet", cols, k, {"benchmark": True, "neuronpedia": {}})
 
 
 def timed(fn, repeat: int) -> float:

@@ -62,7 +62,7 @@ def run(tmp_path):
             res[1], s_res[1] = 3, 0.3
         cases = ["D"] * N
         np_sets = {k: {kk: vv.format(L=L, P=L - 1) for kk, vv in v.items()} for k, v in NP.items()}
-        write_flow(root / "flow" / f"layer={L}.parquet", flow_columns(res, s_res, mlp, s_mlp, att, s_att, cases), 1,
+        write_flow(root / "flow" / "res+mlp+att" / f"layer={L}.parquet", flow_columns(res, s_res, mlp, s_mlp, att, s_att, cases), 1,
                    {"layer": L, "neuronpedia": np_sets})
     write_matches(root / "matches/site=res/layer=0/part-0.parquet",
                   matches_columns(ar, np.full(N, 0.1), np.zeros(N)), {})

@@ -154,7 +154,7 @@ def test_project_att_maps_decoders_through_o_proj_and_the_norm_gain():
     sae = random_sae(d=12, F=20, seed=5)  # z width 12
     o_proj, gain = torch.randn(8, 12), torch.randn(8) * 0.1
     out = project_att(sae, o_proj, gain)
-    assert out.W_enc is None and out.W_dec.shape == (20, 8)
+    assert out.W_enc.shape == (8, 20) and out.W_dec.shape == (20, 8)  # encoders: tests/test_load_pointers.py
     torch.testing.assert_close(out.W_dec[3], (1 + gain) * (o_proj @ sae.W_dec[3]))
 
 

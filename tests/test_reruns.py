@@ -60,10 +60,19 @@ def matches(site: str, *layers: int, variant: str = "1k") -> list[str]:
     return [match_path("demo", variant, site, L) for L in layers]
 
 
+def flows(layers: dict[int, str], variant: str = "1k") -> list[str]:
+    """Flow files: layer → the predecessor modules it is scored against."""
+    return [f"results/model=demo/variant={variant}/flow/{m}/layer={L}.parquet" for L, m in layers.items()]
+
+
+FLOWS = {0: "mlp", 1: "res+mlp", 2: "res+mlp", 3: "res+mlp", 4: "res+mlp"}
+
+
 def summary(selection: str = "res+mlp.L0-4", variant: str = "1k") -> list[str]:
-    """A selection's summary files, its lifetimes and, the demo's, its ablation."""
+    """A selection's summary files (Feature Flow's cases too), its lifetimes and, the demo's, its ablation."""
     lifetimes = f"results/model=demo/variant={variant}/lifetimes/{selection}"
     return sorted([*(summary_path("demo", variant, selection, ext) for ext in ("parquet", "png", "tsv")),
+                   *(summary_path("demo", variant, selection, ext) for ext in ("flow.parquet", "flow.tsv")),
                    *(f"{lifetimes}{ext}" for ext in (".parquet", ".survival.tsv", ".lengths.tsv", ".survival.png")),
                    f"results/model=demo/variant={variant}/demo/ablation.{selection}.parquet"])
 
@@ -103,15 +112,16 @@ def test_a_new_algo_version_reruns_every_match_job_and_nothing_else(wf, tmp_path
     init = lib / "saematch/__init__.py"
     init.write_text(init.read_text().replace('ALGO_VERSION = "', 'ALGO_VERSION = "new-'))
     env = {"PYTHONPATH": f"{lib}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    assert planned_jobs(wf, env=env) == {"match_pair": 8, "ablation": 1, "lifetimes": 1, "summarize": 1, "all": 1}
+    assert planned_jobs(wf, env=env) == {"match_pair": 8, "flow": 5, "flow_summary": 1, "ablation": 1, "lifetimes": 1,
+                                         "summarize": 1, "all": 1}
 
 
 def test_a_new_revision_for_one_layer_is_a_new_variant_beside_the_old(wf):
     edit_config(wf, lambda c: site_cfg(c, "res").update(per_layer={2: {"revision": "1234567890abcdef" * 2 + "12345678"}}))
     out = smk(wf, "-n", "--quiet", "rules")
     assert "variant=1k_res-L2-revision-" in smk(wf, "-n").stdout
-    assert planned_jobs(wf) == {"download_sae": 1, "match_pair": 8, "ablation": 1, "lifetimes": 1, "summarize": 1, "all": 1}, \
-        out.stdout
+    assert planned_jobs(wf) == {"download_sae": 1, "match_pair": 8, "flow": 5, "flow_summary": 1, "ablation": 1,
+                                "lifetimes": 1, "summarize": 1, "all": 1}, out.stdout
     edit_config(wf, lambda c: site_cfg(c, "res").pop("per_layer"))
     assert nothing_to_do(wf)
 
@@ -122,7 +132,11 @@ def test_another_l0_for_one_layer_lands_in_its_own_variant_and_touches_nothing_e
     variant = "1k_res-L2-l0-90"
     rebuilt = rebuilt_by_run(wf)
     assert rebuilt == sorted([pointer("res", 2, 90), *matches("mlp", 0, 1, 2, 3, variant=variant),
-                              *matches("res", 0, 1, 2, 3, variant=variant), *summary(variant=variant)])
+                              *matches("res", 0, 1, 2, 3, variant=variant), *flows(FLOWS, variant),
+                              *summary(variant=variant)])
+    # Feature Flow: only layers 2 (its res SAE) and 3 (res 2 is its predecessor) are computed
+    for L, path in zip(FLOWS, flows(FLOWS, variant)):
+        assert ("reused_from" in read_provenance(wf / path)) == (L not in (2, 3)), L
     assert all((wf / p).read_bytes() == b for p, b in before.items())  # the first variant, intact
     new = pl.read_parquet(wf / matches("res", 1, variant=variant)[0])
     assert not new.equals(pl.read_parquet(wf / matches("res", 1)[0]))  # other SAEs, other matches
@@ -140,12 +154,15 @@ def test_another_l0_for_one_layer_lands_in_its_own_variant_and_touches_nothing_e
 
 def test_another_folding_option_for_one_site_is_its_own_variant(wf):
     edit_config(wf, lambda c: c["match"].update(per_site={"mlp": {"fold": False}}))
-    assert planned_jobs(wf) == {"match_pair": 8, "ablation": 1, "lifetimes": 1, "summarize": 1, "all": 1}
+    assert planned_jobs(wf) == {"match_pair": 8, "flow": 5, "flow_summary": 1, "ablation": 1, "lifetimes": 1,
+                                "summarize": 1, "all": 1}
     rebuilt = rebuilt_by_run(wf)
     assert rebuilt == sorted([*matches("mlp", 0, 1, 2, 3, variant="1k_mlp-nofold"),
-                              *matches("res", 0, 1, 2, 3, variant="1k_mlp-nofold"), *summary(variant="1k_mlp-nofold")])
+                              *matches("res", 0, 1, 2, 3, variant="1k_mlp-nofold"), *flows(FLOWS, "1k_mlp-nofold"),
+                              *summary(variant="1k_mlp-nofold")])
     reused = {m for m in rebuilt if "/matches/" in m and "reused_from" in read_provenance(wf / m)}
     assert reused == set(matches("res", 0, 1, 2, 3, variant="1k_mlp-nofold"))
+    assert all("reused_from" in read_provenance(wf / f) for f in flows(FLOWS, "1k_mlp-nofold"))  # same SAEs
     nofold = read_provenance(wf / matches("mlp", 0, variant="1k_mlp-nofold")[0])
     assert nofold["options"]["fold"] is False
     edit_config(wf, lambda c: c["match"].update(per_site={}))
@@ -174,28 +191,31 @@ def test_another_cost_option_for_one_site_is_its_own_variant(wf):
 def test_adding_a_layer_runs_only_the_new_jobs_and_keeps_the_narrower_summary(wf):
     old_summary = {p: (wf / p).read_bytes() for p in SUMMARY}
     edit_config(wf, lambda c: c.update(layers=[0, 1, 2, 3, 4, 5]))
-    assert planned_jobs(wf) == {"download_sae": 2, "match_pair": 2, "ablation": 1, "lifetimes": 1, "summarize": 1, "all": 1}
-    assert rebuilt_by_run(wf) == sorted([pointer("mlp", 5, 42), pointer("res", 5, 41),
-                                         *matches("mlp", 4), *matches("res", 4), *summary("res+mlp.L0-5")])
+    assert planned_jobs(wf) == {"download_sae": 2, "match_pair": 2, "flow": 1, "flow_summary": 1, "ablation": 1,
+                                "lifetimes": 1, "summarize": 1, "all": 1}
+    assert rebuilt_by_run(wf) == sorted([pointer("mlp", 5, 42), pointer("res", 5, 41), *matches("mlp", 4),
+                                         *matches("res", 4), *flows({5: "res+mlp"}), *summary("res+mlp.L0-5")])
     assert all((wf / p).read_bytes() == b for p, b in old_summary.items())
     assert pl.read_parquet(wf / summary("res+mlp.L0-5")[0]).height == 10
 
 
 def test_a_narrower_run_writes_its_own_summary_and_leaves_the_wider_one(wf):
     wider = {p: (wf / p).read_bytes() for p in summary("res+mlp.L0-5")}
-    assert rebuilt_by_run(wf, "--config", "layers=[1,2,3]", "sites=[res]") == summary("res.L1-3")
+    assert rebuilt_by_run(wf, "--config", "layers=[1,2,3]", "sites=[res]") == sorted(
+        [*flows({2: "res", 3: "res"}), *summary("res.L1-3")])  # scored against res alone: files of their own
     assert pl.read_parquet(wf / summary("res.L1-3")[0]).height == 2
     assert all((wf / p).read_bytes() == b for p, b in wider.items())
 
 
 def test_adding_a_site_runs_only_the_new_jobs(wf):
     edit_config(wf, lambda c: c.update(sites=["res", "mlp", "att"]))
-    assert planned_jobs(wf) == {"download_sae": 6, "download_model": 1, "match_pair": 5, "ablation": 1, "lifetimes": 1,
-                                "summarize": 1, "all": 1}
+    assert planned_jobs(wf) == {"download_sae": 6, "download_model": 1, "match_pair": 5, "flow": 6, "flow_summary": 1,
+                                "ablation": 1, "lifetimes": 1, "summarize": 1, "all": 1}
     rebuilt = rebuilt_by_run(wf)
     assert [r for r in rebuilt if "/matches/" in r] == matches("att", 0, 1, 2, 3, 4)
     assert all("site=att" in r or "pt-att" in r or "resources/hub/model/" in r or "/summary/" in r
-               or "/demo/ablation." in r or "/lifetimes/" in r for r in rebuilt)
+               or "/demo/ablation." in r or "/lifetimes/" in r or "/flow/mlp+att/" in r or "/flow/res+mlp+att/" in r
+               for r in rebuilt)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill-process-group"])

@@ -75,10 +75,11 @@ def pristine(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["models=[gemma-2-2b]"], {"download_sae": 78, "download_model": 1, "match_pair": 75, "summarize": 1}),
-    (["models=[llama-3.1-8b]"], {"download_sae": 96, "match_pair": 93, "summarize": 1}),
+    (["models=[gemma-2-2b]"], {"download_sae": 78, "download_model": 1, "match_pair": 75, "summarize": 1, "flow": 26,
+                               "flow_summary": 1}),
+    (["models=[llama-3.1-8b]"], {"download_sae": 96, "match_pair": 93, "summarize": 1, "flow": 32}),
     (["models=[llama-3.1-8b]", "catalog={llama-3.1-8b: {width: 32x}}"], {"download_sae": 96, "match_pair": 93}),
-    (["models=[gemma-2-2b]", "sites=[res]", "layers=[10,11,12]"], {"download_sae": 3, "match_pair": 2}),
+    (["models=[gemma-2-2b]", "sites=[res]", "layers=[10,11,12]"], {"download_sae": 3, "match_pair": 2, "flow": 2}),
     (["models=[gemma-2-2b,llama-3.1-8b]", "sites=[att]", "layers=[0,1]"],
      {"download_sae": 4, "download_model": 1, "match_pair": 2, "summarize": 2}),
     (["models=[gemma-2-2b]", "sites=[res]", "layers=[11,12]",
@@ -98,6 +99,8 @@ def test_dry_run_of_the_real_configs_works_offline(pristine, args, expected):
     (["match={weights: everything}"], "'everything' is not one of"),
     (["match={k: many}"], "'many' is not of type 'integer'"),
     (["match={device: gpu2}"], "'gpu2' does not match"),
+    (["flow={high: {res: q1.5, mlp: 0.25, att: 0.25}}"], "'q1.5' is not valid"),
+    (["flow={top_k: 0}"], "0 is less than the minimum of 1"),
     (["models=[gemma-2-2b]", "catalog={gemma-2-2b: {width: 65k}}"], "has no l0 list for width 65k"),
     (["layers=[3,5]"], r"layers=\[3, 5\] contain no consecutive pair \(L, L\+1\) for model 'demo': nothing to match"),
     (["layers=[3]"], r"layers=\[3\]: a pair needs two consecutive layers"),
@@ -123,10 +126,18 @@ def test_bad_config_values_fail_before_any_job_with_the_reason(pristine, args, m
     (["match={device: cuda:1}"], "1k"),
     (["match={device: cuda}"], "1k"),
     (["variant=my-sweep"], "my-sweep"),
+    (["flow={top_k: 10}"], "1k_flow-k10"),
+    (["flow={high: {res: q0.9, mlp: 0.3, att: 0.25}}"], "1k_flow-high-"),
+    (["flow={explanations: false}"], "1k"),
 ])
 def test_every_documented_key_can_be_set_on_the_command_line(pristine, args, variant):
     out = smk(pristine, "-n", "--config", *args)
-    assert f"results/model=demo/variant={variant}/matches/site=res/layer=0/part-0.parquet" in out.stdout
+    assert f"results/model=demo/variant={variant}" in out.stdout
+    if "flow" not in args[0]:
+        assert f"results/model=demo/variant={variant}/matches/site=res/layer=0/part-0.parquet" in out.stdout
+    else:
+        assert re.search(f"results/model=demo/variant={re.escape(variant)}[0-9a-f]*/flow/res\\+mlp\\+att/layer=3.parquet",
+                         out.stdout)
 
 
 def test_llama_scopes_site_names_r_m_a_are_accepted(pristine):

@@ -82,7 +82,7 @@ def cmd_trace(args) -> None:
     _feature(args.feature)
     paths = flowgraph.results_paths(root)
     if not paths["flow"] and args.direction != "forward":
-        raise CliError(f"{root}: no flow files (…/flow/layer=L.parquet): run the pipeline with the res site selected")
+        raise CliError(f"{root}: no flow files (…/flow/MODULES/layer=L.parquet): run the pipeline with the res site selected")
     try:
         G = flowgraph.trace(paths, args.feature, args.direction, args.res_cut, args.module_cut)
         flowgraph.annotate(G, paths, _explanations(args))
@@ -133,8 +133,8 @@ def show_feature(root: Path, layer: int, site: str, index: int) -> dict:
         rows = (pl.scan_parquet(back).filter((pl.col("match") == index) | (pl.col("top1") == index))
                 .select(["feature", *cols]).collect())
         out["previous"] = rows.to_dicts()
-    flow = root / "flow" / f"layer={layer}.parquet"
-    if site == "res" and flow.exists():
+    flow = flowgraph.results_paths(root)["flow"].get(layer)
+    if site == "res" and flow is not None:
         row = (pl.scan_parquet(flow).filter(pl.col("feature") == index)
                .select(["res", "s_res", "mlp", "s_mlp", "att", "s_att", "case"]).collect())
         out["flow"] = row.row(0, named=True) if len(row) else None

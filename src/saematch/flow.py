@@ -141,7 +141,7 @@ def _name(origin: str) -> str:
 def _layer_of(path: str) -> int:
     import re
 
-    found = re.search(r"layer=(\d+)", str(path))
+    found = re.search(r"layer=(\d+)\.parquet$", str(path))
     if not found:
-        raise ValueError(f"{path}: not a flow file (…/flow/layer=L.parquet)")
+        raise ValueError(f"{path}: not a flow file (…/flow/MODULES/layer=L.parquet)")
     return int(found.group(1))

@@ -42,10 +42,12 @@ def parse_node(name: str) -> tuple[int, str, int]:
 
 
 def results_paths(root: str | Path) -> dict:
-    """The files of one run (``results/model=M/variant=V``): flow per layer and res matches per
-    layer, as {layer: path}."""
+    """The files of one run (``results/model=M/variant=V``): flow per layer (the one scored
+    against the most modules) and res matches per layer, as {layer: path}."""
     root = Path(root)
-    flow = {int(p.stem.split("=")[1]): p for p in (root / "flow").glob("layer=*.parquet")}
+    flow = {}  # per layer, the file scored against the most modules (flow/res+mlp+att/layer=L.parquet)
+    for p in sorted((root / "flow").glob("*/layer=*.parquet"), key=lambda p: (len(p.parent.name.split("+")), p.parent.name)):
+        flow[int(p.stem.split("=")[1])] = p
     matches = {int(p.parent.name.split("=")[1]): p
                for p in (root / "matches" / "site=res").glob("layer=*/part-0.parquet")}
     return {"root": root, "flow": flow, "matches": matches}

@@ -24,7 +24,7 @@ def results_message(summaries: dict[str, str]) -> str:
         out.append(f"  chains   {run_dir}/lifetimes/{selection}.parquet (features followed while they persist), "
                    f"survival {run_dir}/lifetimes/{selection}.survival.tsv|.png")
         if Path(f"{prefix}.flow.tsv").exists():
-            out.append(f"  flow     {run_dir}/flow/layer=*.parquet (Feature Flow: where each residual feature comes "
+            out.append(f"  flow     {run_dir}/flow/*/layer=*.parquet (Feature Flow: where each residual feature comes "
                        f"from), cases {prefix}.flow.tsv")
             out.append(f"  ask      saematch trace {model} L/res/INDEX | saematch show {model} L/SITE/INDEX "
                        "(saematch --help)")

@@ -90,28 +90,34 @@ def read_provenance(path: str | Path) -> dict:
     return json.loads(pq.ParquetFile(path).metadata.metadata[PROVENANCE_KEY])
 
 
-def _same_pair(a: dict, b: dict) -> bool:
-    """Same SAE files (by sha256), same options, same algorithm version."""
+SAE_KEYS = ("src", "dst", "target", "res", "mlp", "att")  # provenance keys that hold an SAE's pointer
+
+
+def _same_inputs(a: dict, b: dict) -> bool:
+    """The same SAEs in the same roles (files by sha256), options and algorithm version."""
     def files(pv, side):
         return {r: (f["filename"], f["sha256"]) for r, f in pv[side]["files"].items()}
-    return (all(files(a, s) == files(b, s) for s in ("src", "dst"))
+    sides = [k for k in SAE_KEYS if k in b]
+    return (sides == [k for k in SAE_KEYS if k in a] and all(files(a, s) == files(b, s) for s in sides)
             and a["options"] == b["options"] and a["algo_version"] == b["algo_version"]
             and a.get("model_files") == b.get("model_files"))
 
 
 def reuse_identical(path: str | Path, candidates: list[str | Path], wanted: dict) -> str | None:
-    """Copy an existing matches file computed from the same SAE files, options and algorithm
-    (another variant's) to ``path``, with this variant's provenance; return its path or None.
+    """Copy an existing results file (a pair's matches, a layer's flow) computed from the same
+    SAE files, options and algorithm (another variant's) to ``path``, with this variant's
+    provenance; return its path or None.
 
-    ``wanted``: the provenance this job would write (src, dst, options, algo_version, and the
-    model's files for projected sites). The copy records ``reused_from``.
+    ``wanted``: the provenance this job would write (its SAEs' pointers under SAE_KEYS,
+    options, algo_version, and the model's files for projected sites). The copy records
+    ``reused_from``.
     """
     for other in candidates:
         if Path(other) == Path(path) or not Path(other).exists():
             continue
         try:
             provenance = read_provenance(other)
-            if not _same_pair(provenance, wanted):
+            if not _same_inputs(provenance, wanted):
                 continue
             table = pq.read_table(other)
         except (OSError, KeyError, ValueError, TypeError):

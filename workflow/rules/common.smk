@@ -31,7 +31,9 @@ SELECTION = {model: cfg.selection_label(config, model) for model in config["mode
 MATCHES = "results/model={model}/variant={variant}/matches/site={site}/layer={layer}/part-0.parquet"
 SUMMARY = "results/model={model}/variant={variant}/summary/{selection}"
 LIFETIMES = "results/model={model}/variant={variant}/lifetimes/{selection}"
-FLOW = "results/model={model}/variant={variant}/flow/layer={layer}.parquet"
+# a layer's flow file is named by the predecessor modules it was scored against (res: L − 1,
+# mlp, att: L), so a run with other sites selected writes its own file beside the others
+FLOW = "results/model={model}/variant={variant}/flow/{modules}/layer={layer}.parquet"
 MATCH_LOG = (
     "logs/match_pair/model={model}/variant={variant}/site={site}/layer={layer}.log"
 )
@@ -43,6 +45,7 @@ wildcard_constraints:
     site="|".join(SITES),
     layer=r"\d+",
     selection=r"[a-z+]+\.L[0-9_-]+",
+    modules=r"(res|mlp|att)(\+(mlp|att))*",
     repo=r"[^/]+",
     revision=r"[^/]+",
     key=r"[^=]+",
@@ -239,23 +242,25 @@ def match_input(wc):
 
 
 def flow_input(wc):
-    """The residual SAE of layer L (``target``) and each available predecessor module's SAE."""
+    """The residual SAE of layer L (``target``) and each predecessor module's SAE."""
     L = int(wc.layer)
     inputs = {"target": pointer_path(sae_spec(wc.model, "res", L))}
-    for module, layer in cfg.flow_modules(config, wc.model, L).items():
-        site = "res" if module == "res" else module
-        inputs[module] = pointer_path(sae_spec(wc.model, site, layer))
-        if projects_att(wc.model, site):
+    for module in wc.modules.split("+"):
+        layer = L - 1 if module == "res" else L
+        inputs[module] = pointer_path(sae_spec(wc.model, module, layer))
+        if projects_att(wc.model, module):
             inputs["model"] = pointer_path(model_spec(wc.model))
     return inputs
 
 
+def flow_path(model, L):
+    modules = "+".join(cfg.flow_modules(config, model, L))
+    return FLOW.format(model=model, variant=VARIANT[model], modules=modules, layer=L)
+
+
 def flow_files(wc):
     check_variant(wc)
-    return [
-        FLOW.format(model=wc.model, variant=wc.variant, layer=L)
-        for L in cfg.flow_layers(config, wc.model)
-    ]
+    return [flow_path(wc.model, L) for L in cfg.flow_layers(config, wc.model)]
 
 
 def flow_origins(wc):
@@ -264,7 +269,8 @@ def flow_origins(wc):
 
 def flow_options(wc):
     check_variant(wc)
-    return {**config["flow"], "device": config["match"]["device"]}
+    opts = {k: config["flow"][k] for k in ("top_k", "high")}  # what changes the flow files
+    return {**opts, "device": config["match"]["device"]}
 
 
 def flow_neuronpedia(wc):
@@ -273,7 +279,7 @@ def flow_neuronpedia(wc):
 
     L, entry = int(wc.layer), config["catalog"][wc.model]
     where = {"target": ("res", L)}
-    where.update({m: ("res" if m == "res" else m, layer) for m, layer in cfg.flow_modules(config, wc.model, L).items()})
+    where.update({m: (m, L - 1 if m == "res" else L) for m in wc.modules.split("+")})
     def l0(site, layer):  # as sae_spec resolves it
         site_cfg = entry["sites"][site]
         over = {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(layer, {})
@@ -400,7 +406,27 @@ def all_targets():
         f"{summary_prefix(m)}.flow.tsv"
         for m in config["models"]
         if cfg.flow_layers(config, m)
-    ]
+    ] + explanation_targets()
+
+
+def explanation_targets():
+    """flow.explanations: one marker per Neuronpedia set of the selected SAEs it hosts."""
+    if not config["flow"].get("explanations", False):
+        return []
+    from saematch.neuronpedia import set_for
+
+    wanted = set()
+    for model in config["models"]:
+        entry = config["catalog"][model]
+        for site in config["sites"]:
+            for L in cfg.selected_layers(config, model):
+                site_cfg = entry["sites"][site]
+                over = {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(L, {})
+                l0 = over.get("l0", catalog_l0(model, site, L) if "l0" in site_cfg else None)
+                where = set_for(entry, site, L, l0)
+                if "set" in where:
+                    wanted.add(f"resources/neuronpedia/v1/{where['model']}/{where['set']}/explanations.json")
+    return sorted(wanted)
 
 
 def check_nothing_is_overwritten():

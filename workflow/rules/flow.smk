@@ -9,9 +9,9 @@ rule flow:
     output:
         FLOW,
     log:
-        "logs/flow/model={model}/variant={variant}/layer={layer}.log",
+        "logs/flow/model={model}/variant={variant}/{modules}/layer={layer}.log",
     benchmark:
-        "benchmarks/flow/model={model}/variant={variant}/layer={layer}.tsv"
+        "benchmarks/flow/model={model}/variant={variant}/{modules}/layer={layer}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     threads: lambda wc: 1 if n_features(wc.model) < 8192 else 4
@@ -45,3 +45,16 @@ rule flow_summary:
         "../../envs/pipeline.yaml"
     script:
         "../../scripts/flow_summary.py"
+
+
+# Neuronpedia's explanations of one set, from its public export (flow.explanations: true).
+rule neuronpedia_explanations:
+    output:
+        "resources/neuronpedia/v1/{np_model}/{np_set}/explanations.json",
+    log:
+        "logs/neuronpedia/{np_model}/{np_set}.log",
+    retries: 2
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../../scripts/neuronpedia_explanations.py"
