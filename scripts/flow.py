@@ -21,7 +21,7 @@ with logs.job(snakemake):
     names = [m for m in ("target", "res", "mlp", "att") if m in snakemake.input.keys()]
     provenance = {"model": wc.model, "variant": wc.variant, "layer": layer,
                   **{m: read(snakemake.input[m]) for m in names},
-                  "options": {k: v for k, v in opts.items() if k != "device"}, "algo_version": ALGO_VERSION,
+                  "options": opts, "algo_version": ALGO_VERSION,
                   "neuronpedia": snakemake.params.neuronpedia}
     if "model" in snakemake.input.keys():
         provenance["model_files"] = read(snakemake.input.model)
@@ -43,7 +43,8 @@ with logs.job(snakemake):
         if "att" in saes and "model_files" in provenance:
             files = resolve_files(provenance["model_files"])
             saes["att"] = project_att(saes["att"], *load_att_projection(files, layer), where=str(snakemake.input.att))
-        with job_device(snakemake.resources.gpu > 0, opts["device"]) as dev:
+        device = snakemake.config["match"]["device"]  # a resource, not a param: moving to a GPU reruns nothing
+        with job_device(snakemake.resources.gpu > 0, device) as dev:
             columns, stats = flow_layer(saes["target"].W_dec.to(dev),
                                         {m: saes[m].W_dec.to(dev) for m in saes if m != "target"},
                                         k=opts["top_k"], high=opts["high"])

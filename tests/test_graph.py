@@ -149,6 +149,7 @@ def test_the_command_traces_shows_and_answers_errors_with_a_clear_line(run, caps
     shown = json.loads(capsys.readouterr().out)
     assert shown["next"]["top1"] == 2 and [r["feature"] for r in shown["previous"]] == [1]
     assert shown["flow"]["res"] == 3 and shown["flow"]["s_res"] == pytest.approx(0.3)
+    assert shown["neuronpedia"]["url"] == "https://www.neuronpedia.org/gemma-2-2b/2-gemmascope-res-16k/1"
     assert main(["--results", str(results), "trace", "toy", "3/res/99"]) == 2
     assert capsys.readouterr().err.strip() == "saematch trace: 3/res/99: layer 3 has features 0–5"
     assert main(["--results", str(results), "trace", "toy", "9/res/1"]) == 2

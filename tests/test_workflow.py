@@ -129,6 +129,7 @@ def test_bad_config_values_fail_before_any_job_with_the_reason(pristine, args, m
     (["flow={top_k: 10}"], "1k_flow-k10"),
     (["flow={high: {res: q0.9, mlp: 0.3, att: 0.25}}"], "1k_flow-high-"),
     (["flow={explanations: false}"], "1k"),
+    (["flow={per_layer: {3: {high: {res: q0.5}}}}"], "1k_flow-layers-"),
 ])
 def test_every_documented_key_can_be_set_on_the_command_line(pristine, args, variant):
     out = smk(pristine, "-n", "--config", *args)

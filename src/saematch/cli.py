@@ -114,9 +114,10 @@ def cmd_trace(args) -> None:
         print(text)
 
 
-def show_feature(root: Path, layer: int, site: str, index: int) -> dict:
+def show_feature(root: Path, layer: int, site: str, index: int, explanations: str | None = None) -> dict:
     """Everything the run knows about one feature: its partner in layer L+1, who points at it
-    from layer L−1, and (residual features) its Feature Flow scores and case."""
+    from layer L−1, (residual features) its Feature Flow scores and case, and its Neuronpedia
+    link and explanations."""
     out: dict = {"feature": flowgraph.node_name(layer, site, index)}
     fwd, back = _matches(root, site, layer), _matches(root, site, layer - 1)
     if fwd is None and back is None:
@@ -133,17 +134,22 @@ def show_feature(root: Path, layer: int, site: str, index: int) -> dict:
         rows = (pl.scan_parquet(back).filter((pl.col("match") == index) | (pl.col("top1") == index))
                 .select(["feature", *cols]).collect())
         out["previous"] = rows.to_dicts()
-    flow = flowgraph.results_paths(root)["flow"].get(layer)
+    paths = flowgraph.results_paths(root)
+    flow = paths["flow"].get(layer)
     if site == "res" and flow is not None:
         row = (pl.scan_parquet(flow).filter(pl.col("feature") == index)
                .select(["res", "s_res", "mlp", "s_mlp", "att", "s_att", "case"]).collect())
         out["flow"] = row.row(0, named=True) if len(row) else None
+    G = flowgraph.nx.DiGraph()
+    G.add_node(out["feature"], layer=layer, site=site, index=index)
+    flowgraph.annotate(G, paths, explanations)
+    out["neuronpedia"] = {k: v for k, v in G.nodes[out["feature"]].items() if k not in ("layer", "site", "index")}
     return out
 
 
 def cmd_show(args) -> None:
     layer, site, index = _feature(args.feature)
-    info = show_feature(run_dir(args.results, args.model, args.variant), layer, site, index)
+    info = show_feature(run_dir(args.results, args.model, args.variant), layer, site, index, _explanations(args))
     if args.json:
         print(json.dumps(info, indent=1))
         return
@@ -157,6 +163,10 @@ def cmd_show(args) -> None:
     if info.get("flow"):
         print("\nFeature Flow (where it comes from):")
         _print_table([info["flow"]])
+    np_info = info["neuronpedia"]
+    print("\n" + (np_info["url"] if "url" in np_info else np_info.get("neuronpedia_note", "no Neuronpedia page")))
+    if "explanation" in np_info:
+        print(f"explanation: {np_info['explanation']}")
 
 
 def cmd_lifetimes(args) -> None:

@@ -250,6 +250,8 @@ def variant_name(config: dict, model: str) -> str:
         parts.append(f"flow-k{flow['top_k']}")
     if flow["high"] != DEFAULT_FLOW["high"]:
         parts.append(f"flow-high-{_short_hash(flow['high'])}")
+    if flow.get("per_layer"):
+        parts.append(f"flow-layers-{_short_hash({str(k): v for k, v in flow['per_layer'].items()})}")
     name = "_".join(parts)
     if not NAME.match(name):
         raise ConfigError(f"config: variant name {name!r} of model {model!r} is not a safe folder name; "

@@ -106,19 +106,25 @@ def check_feature(paths: dict, layer: int, site: str, index: int) -> None:
         raise ValueError(f"{layer}/res/{index}: layer {layer} has features 0–{n - 1}")
 
 
-def annotate(G: nx.DiGraph, paths: dict, explanations_root: str | Path | None = None) -> nx.DiGraph:
-    """Add each node's Neuronpedia id and link (or a note why it has none) and its explanations
-    (from a local copy of Neuronpedia's export under ``explanations_root``), from the flow
-    files' provenance: layer L's file names the sets of res L (target), res L − 1, mlp L, att L."""
-    from .neuronpedia import annotate as np_annotate, load_explanations
+def neuronpedia_sets(paths: dict) -> dict[tuple[int, str], dict]:
+    """(layer, site) → its Neuronpedia set (or a note), from the flow files' provenance: layer
+    L's file names the sets of res L (target), res L − 1, mlp L and att L."""
     from .write import read_provenance
 
     sets: dict[tuple[int, str], dict] = {}
     for L, path in paths["flow"].items():
-        where = read_provenance(path).get("neuronpedia", {})
-        for key, value in where.items():
+        for key, value in read_provenance(path).get("neuronpedia", {}).items():
             site, layer = ("res", L) if key == "target" else (key, L - 1 if key == "res" else L)
             sets.setdefault((layer, site), value)
+    return sets
+
+
+def annotate(G: nx.DiGraph, paths: dict, explanations_root: str | Path | None = None) -> nx.DiGraph:
+    """Add each node's Neuronpedia id and link (or a note why it has none) and its explanations
+    (from a local copy of Neuronpedia's export under ``explanations_root``)."""
+    from .neuronpedia import annotate as np_annotate, load_explanations
+
+    sets = neuronpedia_sets(paths)
     cache: dict[tuple[str, str], dict] = {}
     for n, a in G.nodes(data=True):
         where = sets.get((a["layer"], a["site"]), {"note": "no Neuronpedia set recorded for this SAE"})

@@ -269,8 +269,9 @@ def flow_origins(wc):
 
 def flow_options(wc):
     check_variant(wc)
-    opts = {k: config["flow"][k] for k in ("top_k", "high")}  # what changes the flow files
-    return {**opts, "device": config["match"]["device"]}
+    over = {int(k): v for k, v in config["flow"].get("per_layer", {}).items()}.get(int(wc.layer), {})
+    high = {**config["flow"]["high"], **over.get("high", {})}  # what changes the flow files
+    return {"top_k": config["flow"]["top_k"], "high": high}  # the device is a resource, not a param
 
 
 def flow_neuronpedia(wc):
