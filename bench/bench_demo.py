@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} before the run")
-    rules = ("make_demo", "download_sae", "download_model", "match_pair", "lifetimes", "ablation", "summarize")
+    rules = ("make_demo", "download_sae", "download_model", "match_pair", "flow", "flow_summary", "lifetimes", "ablation",
+             "summarize")
     print("| run | wall s | " + " | ".join(rules) + " |")
     print("|---|---|" + "---|" * len(rules))
     for i in range(args.repeat):

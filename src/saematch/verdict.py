@@ -40,7 +40,6 @@ import time
 
 import numpy as np
 import torch
-from scipy.optimize import isotonic_regression
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +193,8 @@ def fit_lfdr(t_obs: np.ndarray, t_null: np.ndarray, lam: float = STOREY_LAMBDA):
     certainty (without it, an unrelated pair's best score, above every null draw half the
     time, would get lfdr 0).
     """
+    from scipy.optimize import isotonic_regression  # here: flow jobs import this module but not scipy
+
     t_obs, t_null = np.asarray(t_obs, np.float64), np.sort(np.asarray(t_null, np.float64))
     n, m = len(t_obs), len(t_null)
     p = (m - np.searchsorted(t_null, t_obs, side="left") + 1) / (m + 1)

@@ -41,6 +41,8 @@ rule flow_summary:
         ),
     log:
         "logs/flow_summary/model={model}/variant={variant}/{selection}.log",
+    benchmark:
+        "benchmarks/flow_summary/model={model}/variant={variant}/{selection}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     script:
