@@ -204,15 +204,35 @@ def cmd_summary(args) -> None:
         print(json.dumps({t.name: pl.read_csv(t, separator="\t").to_dicts() for t in tables}, indent=1))
         return
     for t in tables:
+        table = pl.read_csv(t, separator="\t")
         print(f"{t.name}:")
-        _print_table(pl.read_csv(t, separator="\t").to_dicts())
+        if t.name.endswith(".flow.tsv"):  # wide: the cases per layer, then the planted origins pooled
+            _print_table(table.select("layer", "features", *(f"case_{c}" for c in "ABCD")).to_dicts())
+            origins = [c[len("planted_"):] for c in table.columns if c.startswith("planted_")]
+            if origins:
+                print("planted origins recovered (demo; layers pooled):")
+                _print_table([_pooled(table, o) for o in origins])
+        else:  # the pairs' summary: the columns the run's own message shows
+            from .summary import console_table
+
+            print(console_table(table))
         print()
+
+
+def _pooled(table: pl.DataFrame, origin: str) -> dict:
+    n = table[f"planted_{origin}"].fill_null(0)
+    row = {"origin": origin.replace("_", "+"), "features": int(n.sum())}
+    for key in ("case_recovered", "source_recovered"):
+        col = f"{key}_{origin}"
+        if col in table.columns:
+            row[key] = float((table[col].fill_null(0) * n).sum() / max(int(n.sum()), 1))
+    return row
 
 
 # --- the command line ---------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="saematch", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="saematch", description=__doc__.splitlines()[0].replace("``", ""),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="results", help="the pipeline's results folder (default: results)")
     ap.add_argument("--explanations", default=DEFAULT_EXPLANATIONS,
