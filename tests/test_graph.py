@@ -185,3 +185,22 @@ def test_the_viewer_loads_in_a_real_browser_without_errors_and_draws_every_node(
                          capture_output=True, text=True, timeout=120).stdout  # opens with that node described
     info = dom.split('id="info">', 1)[1].split("</div>", 1)[0]
     assert info.startswith("3/res/2\ncase: D\ns_res: 0.900\ns_mlp: 0.600") and "explanation: none" in info
+
+
+def test_the_summary_command_pools_the_planted_origins_over_layers_weighted_by_their_counts(tmp_path, capsys):
+    root = tmp_path / "results" / "model=toy" / "variant=v" / "summary"
+    root.mkdir(parents=True)
+    (root / "res.L0-2.flow.tsv").write_text(
+        "layer\tfeatures\tcase_A\tcase_B\tcase_C\tcase_D\tplanted_res\tplanted_mlp\tcase_recovered_res\t"
+        "case_recovered_mlp\tsource_recovered_mlp\n"
+        "0\t10\t0\t0\t2\t8\t\t\t\t\t\n"
+        "1\t10\t6\t1\t2\t1\t6\t2\t0.5\t1.0\t0.5\n"
+        "2\t10\t5\t1\t3\t1\t2\t2\t1.0\t0.5\t1.0\n")
+    assert main(["--results", str(tmp_path / "results"), "summary", "toy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["res.L0-2.flow.tsv"][1]["case_A"] == 6
+    assert main(["--results", str(tmp_path / "results"), "summary", "toy"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("┆")[0].strip("│ "): [c.strip(" │") for c in line.split("┆")[1:]]
+            for line in out.splitlines() if line.startswith("│ res ") or line.startswith("│ mlp ")}
+    assert rows["res"] == ["8", "0.625", "null"]  # (6·0.5 + 2·1.0) / 8
+    assert rows["mlp"] == ["4", "0.750", "0.750"]

@@ -269,9 +269,17 @@ def flow_origins(wc):
 
 def flow_options(wc):
     check_variant(wc)
-    over = {int(k): v for k, v in config["flow"].get("per_layer", {}).items()}.get(int(wc.layer), {})
-    high = {**config["flow"]["high"], **over.get("high", {})}  # what changes the flow files
-    return {"top_k": config["flow"]["top_k"], "high": high}  # the device is a resource, not a param
+    over = {int(k): v for k, v in config["flow"].get("per_layer", {}).items()}.get(
+        int(wc.layer), {}
+    )
+    high = {
+        **config["flow"]["high"],
+        **over.get("high", {}),
+    }  # what changes the flow files
+    return {
+        "top_k": config["flow"]["top_k"],
+        "high": high,
+    }  # the device is a resource, not a param
 
 
 def flow_neuronpedia(wc):
@@ -281,9 +289,12 @@ def flow_neuronpedia(wc):
     L, entry = int(wc.layer), config["catalog"][wc.model]
     where = {"target": ("res", L)}
     where.update({m: (m, L - 1 if m == "res" else L) for m in wc.modules.split("+")})
+
     def l0(site, layer):  # as sae_spec resolves it
         site_cfg = entry["sites"][site]
-        over = {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(layer, {})
+        over = {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(
+            layer, {}
+        )
         default = catalog_l0(wc.model, site, layer) if "l0" in site_cfg else None
         return over.get("l0", default)
 
@@ -395,19 +406,24 @@ def summary_prefix(model):
 
 
 def all_targets():
-    return [
-        f"{summary_prefix(model)}.{ext}"
-        for model in config["models"]
-        for ext in ("parquet", "png", "tsv")
-    ] + [
-        LIFETIMES.format(model=m, variant=VARIANT[m], selection=SELECTION[m])
-        + ".survival.png"
-        for m in config["models"]
-    ] + [
-        f"{summary_prefix(m)}.flow.tsv"
-        for m in config["models"]
-        if cfg.flow_layers(config, m)
-    ] + explanation_targets()
+    return (
+        [
+            f"{summary_prefix(model)}.{ext}"
+            for model in config["models"]
+            for ext in ("parquet", "png", "tsv")
+        ]
+        + [
+            LIFETIMES.format(model=m, variant=VARIANT[m], selection=SELECTION[m])
+            + ".survival.png"
+            for m in config["models"]
+        ]
+        + [
+            f"{summary_prefix(m)}.flow.tsv"
+            for m in config["models"]
+            if cfg.flow_layers(config, m)
+        ]
+        + explanation_targets()
+    )
 
 
 def explanation_targets():
@@ -422,11 +438,17 @@ def explanation_targets():
         for site in config["sites"]:
             for L in cfg.selected_layers(config, model):
                 site_cfg = entry["sites"][site]
-                over = {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(L, {})
-                l0 = over.get("l0", catalog_l0(model, site, L) if "l0" in site_cfg else None)
+                over = {
+                    int(k): v for k, v in site_cfg.get("per_layer", {}).items()
+                }.get(L, {})
+                l0 = over.get(
+                    "l0", catalog_l0(model, site, L) if "l0" in site_cfg else None
+                )
                 where = set_for(entry, site, L, l0)
                 if "set" in where:
-                    wanted.add(f"resources/neuronpedia/v1/{where['model']}/{where['set']}/explanations.json")
+                    wanted.add(
+                        f"resources/neuronpedia/v1/{where['model']}/{where['set']}/explanations.json"
+                    )
     return sorted(wanted)
 
 

@@ -17,7 +17,12 @@ rule flow:
     threads: lambda wc: 1 if n_features(wc.model) < 8192 else 4
     resources:
         gpu=flow_gpu,
-        mem_mb=lambda wc: 1024 + 4 * 4 * n_features(wc.model) * config["catalog"][wc.model]["d_model"] // 2**20,
+        mem_mb=lambda wc: 1024
+        + 4
+        * 4
+        * n_features(wc.model)
+        * config["catalog"][wc.model]["d_model"]
+        // 2**20,
     params:
         options=flow_options,
         neuronpedia=flow_neuronpedia,
@@ -37,7 +42,11 @@ rule flow_summary:
             f"{SUMMARY}.flow.tsv",
             caption="../report/flow.rst",
             category="Feature Flow",
-            labels={"model": "{model}", "variant": "{variant}", "layers": "{selection}"},
+            labels={
+                "model": "{model}",
+                "variant": "{variant}",
+                "layers": "{selection}",
+            },
         ),
     log:
         "logs/flow_summary/model={model}/variant={variant}/{selection}.log",
