@@ -137,13 +137,17 @@ def test_demo_on_real_slurm_equals_a_local_run_and_only_match_jobs_get_a_gpu(slu
     log = out.stdout + out.stderr
     sbatch = [line.strip().split(" --wrap=")[0] for line in log.splitlines() if line.strip().startswith("sbatch call")]
     print("\n".join(sbatch))  # shown with pytest -s
-    assert len(sbatch) == 9  # 6 pairs, the demo's ablation, the lifetimes, the summary
+    assert len(sbatch) == 13  # 6 pairs, 3 flow layers, the flow summary, the demo's ablation, the lifetimes, the summary
     for line in sbatch:
         gpu_job = "--comment rule_match_pair_" in line
         assert ("--gpus=a100:1" in line) == gpu_job and (" -p gpu " in line) == gpu_job, line
 
     matches = sorted(p.relative_to(local) for p in local.glob("results/model=demo/variant=1k/matches/**/*.parquet"))
     assert len(matches) == 6
+    flows = sorted(p.relative_to(local) for p in local.glob("results/model=demo/variant=1k/flow/*/*.parquet"))
+    assert len(flows) == 3
+    for rel in flows:
+        assert pl.read_parquet(cluster / rel).equals(pl.read_parquet(local / rel)), rel
     for rel in matches:
         assert pl.read_parquet(cluster / rel).equals(pl.read_parquet(local / rel)), rel
     summary = "results/model=demo/variant=1k/summary/res+mlp+att.L0-2.parquet"
@@ -154,9 +158,10 @@ def test_demo_on_real_slurm_equals_a_local_run_and_only_match_jobs_get_a_gpu(slu
     for j in jobs:
         rule = re.search(r"rule_(\w+?)_wildcards|rule_(\w+)", j.get("Comment", ""))
         by_rule.setdefault(next(g for g in rule.groups() if g), []).append(j)
-    assert sorted((r, len(js)) for r, js in by_rule.items()) == [("ablation", 1), ("lifetimes", 1), ("match_pair", 6), ("summarize", 1)]
+    assert sorted((r, len(js)) for r, js in by_rule.items()) == [
+        ("ablation", 1), ("flow", 3), ("flow_summary", 1), ("lifetimes", 1), ("match_pair", 6), ("summarize", 1)]
     for j in by_rule["match_pair"]:
         assert "gpu:a100" in j.get("TresPerJob", "") and j["Partition"] == "gpu", j
-    for j in by_rule["summarize"] + by_rule["ablation"] + by_rule["lifetimes"]:
+    for j in by_rule["summarize"] + by_rule["ablation"] + by_rule["lifetimes"] + by_rule["flow"] + by_rule["flow_summary"]:
         assert "gpu" not in j.get("TresPerJob", "") and j["Partition"] == "cpu", j
     assert all(j["JobState"] == "COMPLETED" for j in jobs)

@@ -305,13 +305,13 @@ def flow_neuronpedia(wc):
 
 
 def flow_gpu(wc):
-    """As match_gpu, from the global match.device."""
+    """1: a flow job uses a GPU. Locally where the host has one (auto) or one is named (cuda);
+    on a cluster never: a layer is three F × F products, minutes on a node's CPUs at most, not
+    worth a GPU queue (profiles/slurm sends only match_pair to the GPU partition)."""
     device = config["match"]["device"]
-    if device == "cpu":
+    if device == "cpu" or not workflow.local_exec:
         return 0
-    if device == "auto" and workflow.local_exec:
-        return int(saematch.devices.host_has_gpu())
-    return 1
+    return int(saematch.devices.host_has_gpu()) if device == "auto" else 1
 
 
 def demo_params(wc):
