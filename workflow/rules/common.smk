@@ -64,16 +64,30 @@ def catalog_l0(model, site, layer):
     return table[int(layer)]
 
 
+def per_layer(model, site, layer):
+    """A site's per_layer overrides for one layer ({} without any)."""
+    site_cfg = config["catalog"][model]["sites"][site]
+    return {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(
+        int(layer), {}
+    )
+
+
+def sae_l0(model, site, layer):
+    """The L0 a run uses for one SAE: the per_layer override, else the catalog's; None where
+    the format has no L0 choice (Llama Scope)."""
+    site_cfg = config["catalog"][model]["sites"][site]
+    default = catalog_l0(model, site, layer) if "l0" in site_cfg else None
+    return per_layer(model, site, layer).get("l0", default)
+
+
 def sae_spec(model, site, layer):
     """Repo, pinned revision and files of one SAE, with templates and per-layer overrides resolved."""
     entry = config["catalog"][model]
     site_cfg = entry["sites"][site]
     layer = int(layer)
-    over = {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(layer, {})
     spec = {k: site_cfg[k] for k in ("repo_id", "revision", "files") if k in site_cfg}
-    spec.update(over)
-    default_l0 = catalog_l0(model, site, layer) if "l0" in site_cfg else None
-    l0 = over.get("l0", default_l0)
+    spec.update(per_layer(model, site, layer))
+    l0 = sae_l0(model, site, layer)
     if isinstance(spec["revision"], dict):
         spec["revision"] = spec["revision"][entry["width"]]
     fields = {"layer": layer, "l0": l0, "width": entry["width"]}
@@ -289,17 +303,8 @@ def flow_neuronpedia(wc):
     L, entry = int(wc.layer), config["catalog"][wc.model]
     where = {"target": ("res", L)}
     where.update({m: (m, L - 1 if m == "res" else L) for m in wc.modules.split("+")})
-
-    def l0(site, layer):  # as sae_spec resolves it
-        site_cfg = entry["sites"][site]
-        over = {int(k): v for k, v in site_cfg.get("per_layer", {}).items()}.get(
-            layer, {}
-        )
-        default = catalog_l0(wc.model, site, layer) if "l0" in site_cfg else None
-        return over.get("l0", default)
-
     return {
-        key: set_for(entry, site, layer, l0(site, layer))
+        key: set_for(entry, site, layer, sae_l0(wc.model, site, layer))
         for key, (site, layer) in where.items()
     }
 
@@ -437,14 +442,7 @@ def explanation_targets():
         entry = config["catalog"][model]
         for site in config["sites"]:
             for L in cfg.selected_layers(config, model):
-                site_cfg = entry["sites"][site]
-                over = {
-                    int(k): v for k, v in site_cfg.get("per_layer", {}).items()
-                }.get(L, {})
-                l0 = over.get(
-                    "l0", catalog_l0(model, site, L) if "l0" in site_cfg else None
-                )
-                where = set_for(entry, site, L, l0)
+                where = set_for(entry, site, L, sae_l0(model, site, L))
                 if "set" in where:
                     wanted.add(
                         f"resources/neuronpedia/v1/{where['model']}/{where['set']}/explanations.json"
