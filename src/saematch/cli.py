@@ -140,10 +140,11 @@ def show_feature(root: Path, layer: int, site: str, index: int, explanations: st
         row = (pl.scan_parquet(flow).filter(pl.col("feature") == index)
                .select(["res", "s_res", "mlp", "s_mlp", "att", "s_att", "case"]).collect())
         out["flow"] = row.row(0, named=True) if len(row) else None
-    G = flowgraph.nx.DiGraph()
-    G.add_node(out["feature"], layer=layer, site=site, index=index)
-    flowgraph.annotate(G, paths, explanations)
-    out["neuronpedia"] = {k: v for k, v in G.nodes[out["feature"]].items() if k not in ("layer", "site", "index")}
+    from .neuronpedia import annotate, load_explanations
+
+    where = flowgraph.neuronpedia_where(paths, layer, site)
+    found = load_explanations(explanations, where["model"], where["set"]) if explanations and "set" in where else None
+    out["neuronpedia"] = annotate({}, where, index, found)
     return out
 
 

@@ -27,7 +27,9 @@ RESULT_OPTIONS = ("fold", "weights", "partial", "cut", "null_rows", "null_draws"
 DEFAULT_OPTIONS = {"fold": True, "weights": "enc+dec+benc", "partial": False, "cut": 0.5, "null_rows": 1024,
                    "null_draws": 2}
 
-DEFAULT_FLOW = {"top_k": 5, "high": {"res": 0.5, "mlp": 0.25, "att": 0.25}}  # saematch.flow
+# saematch.flow's defaults: Feature Flow's cuts t(R) = 0.5 (App. B.2, the residual chain) and
+# t(M) = 0.25 (Table 5's graph)
+DEFAULT_FLOW = {"top_k": 5, "high": {"res": 0.5, "mlp": 0.25, "att": 0.25}}
 
 
 class ConfigError(SaeError):

@@ -26,12 +26,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .config import DEFAULT_FLOW
 from .verdict import neighbours
 
-MODULES = ("res", "mlp", "att")
-TOP_K = 5
-# Feature Flow's cuts: t(R) = 0.5 (App. B.2, the residual chain), t(M) = 0.25 (Table 5's graph)
-HIGH = {"res": 0.5, "mlp": 0.25, "att": 0.25}
+MODULES = ("res", "mlp", "att")  # res: layer L − 1's residual SAE; mlp, att: layer L's
+TOP_K = DEFAULT_FLOW["top_k"]
+HIGH = DEFAULT_FLOW["high"]
 
 
 def predecessor_scores(W_dec: torch.Tensor, modules: dict[str, torch.Tensor | None], k: int = TOP_K,

@@ -23,9 +23,10 @@ from pathlib import Path
 import networkx as nx
 import polars as pl
 
+from .config import SITES
+
 RES_CUT = 0.5
 MODULE_CUT = 0.15
-SITES = ("res", "mlp", "att")
 
 
 def node_name(layer: int, site: str, index: int) -> str:
@@ -106,35 +107,36 @@ def check_feature(paths: dict, layer: int, site: str, index: int) -> None:
         raise ValueError(f"{layer}/res/{index}: layer {layer} has features 0–{n - 1}")
 
 
-def neuronpedia_sets(paths: dict) -> dict[tuple[int, str], dict]:
-    """(layer, site) → its Neuronpedia set (or a note), from the flow files' provenance: layer
-    L's file names the sets of res L (target), res L − 1, mlp L and att L."""
+def neuronpedia_where(paths: dict, layer: int, site: str, read=None) -> dict:
+    """This SAE's Neuronpedia set (or a note why it has none), from a flow file's provenance:
+    layer L's names res L (target), res L − 1, mlp L and att L; a residual SAE without a flow
+    file of its own layer is found as layer L + 1's predecessor. ``read(L)``: layer L's
+    recorded sets (memoised by :func:`annotate`)."""
     from .write import read_provenance
 
-    sets: dict[tuple[int, str], dict] = {}
-    for L, path in paths["flow"].items():
-        for key, value in read_provenance(path).get("neuronpedia", {}).items():
-            site, layer = ("res", L) if key == "target" else (key, L - 1 if key == "res" else L)
-            sets.setdefault((layer, site), value)
-    return sets
+    read = read or (lambda L: read_provenance(paths["flow"][L]).get("neuronpedia", {}))
+    tries = [(layer, "target" if site == "res" else site)] + ([(layer + 1, "res")] if site == "res" else [])
+    for L, key in tries:
+        if L in paths["flow"] and key in read(L):
+            return read(L)[key]
+    return {"note": "no Neuronpedia set recorded for this SAE"}
 
 
 def annotate(G: nx.DiGraph, paths: dict, explanations_root: str | Path | None = None) -> nx.DiGraph:
     """Add each node's Neuronpedia id and link (or a note why it has none) and its explanations
-    (from a local copy of Neuronpedia's export under ``explanations_root``)."""
-    from .neuronpedia import annotate as np_annotate, load_explanations
+    (from a local copy of Neuronpedia's export under ``explanations_root``). Reads only the
+    flow files of the nodes' layers."""
+    from functools import lru_cache
 
-    sets = neuronpedia_sets(paths)
-    cache: dict[tuple[str, str], dict] = {}
+    from .neuronpedia import annotate as np_annotate, load_explanations
+    from .write import read_provenance
+
+    read = lru_cache(maxsize=None)(lambda L: read_provenance(paths["flow"][L]).get("neuronpedia", {}))
+    explanations = lru_cache(maxsize=None)(lambda model, set_id: load_explanations(explanations_root, model, set_id))
     for n, a in G.nodes(data=True):
-        where = sets.get((a["layer"], a["site"]), {"note": "no Neuronpedia set recorded for this SAE"})
-        explanations = None
-        if explanations_root and "set" in where:
-            key = (where["model"], where["set"])
-            if key not in cache:
-                cache[key] = load_explanations(explanations_root, *key)
-            explanations = cache[key]
-        G.nodes[n].update(np_annotate({}, where, a["index"], explanations))
+        where = neuronpedia_where(paths, a["layer"], a["site"], read)
+        found = explanations(where["model"], where["set"]) if explanations_root and "set" in where else None
+        G.nodes[n].update(np_annotate({}, where, a["index"], found))
     return G
 
 
