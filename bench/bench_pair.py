@@ -28,7 +28,7 @@ from saematch.write import write_matches
 def write_pair(tmp: Path, n_features: int, d_model: int, persist: float, seed: int) -> None:
     """Two layers' params.npz and the planted map; run in a child so its memory is not counted."""
     rng = np.random.default_rng(seed)
-    layers, planted = planted_site(2, n_features, d_model, persist, rng)
+    layers, planted, _ = planted_site(2, n_features, d_model, persist, rng)
     for L, st in enumerate(layers):
         p = tmp / f"layer_{L}.npz"
         p.write_bytes(npz_bytes({

@@ -99,9 +99,10 @@ def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, ji
     feature of layer L), a third in attention, a third from nowhere.
 
     Returns a list of dicts (dec_dir (F, d), enc_dir (F, d), enc_gain, dec_gain, threshold, b_enc),
-    a list of n_layers − 1 int arrays planted[i] = successor of feature i in L+1 or −1, and (with
-    ``sources``) per layer L ≥ 1 a dict origin (F,) str ("res": persisting from L − 1, "mlp",
-    "att", "none", "lookalike") and source (F,) int64 (the MLP / attention feature, else −1).
+    a list of n_layers − 1 int arrays planted[i] = successor of feature i in L+1 or −1, and per
+    layer L ≥ 1 a dict origin (F,) str ("res": persisting from L − 1, "mlp", "att" with
+    ``sources``, "none", "lookalike"), source (F,) int64 (the MLP / attention feature, else −1)
+    and res_source (F,) int64 (the feature of layer L − 1 it persists from, else −1).
     """
     F = n_features
 
@@ -160,7 +161,7 @@ def planted_site(n_layers: int, n_features: int, d: int, persist: float, rng, ji
         res_source = np.where(keep, np.arange(F), -1)  # slot i holds layer L − 1's feature i where it persists
         origins.append({"origin": origin[order].astype("<U12"), "source": source[order], "res_source": res_source[order]})
         layers.append(nxt)
-    return (layers, planted, origins) if sources else (layers, planted)
+    return layers, planted, origins
 
 
 def state_sae(st: dict):
@@ -179,8 +180,8 @@ def planted_pair(F: int, d: int, persist: float, seed: int, cos: tuple[float, fl
     """Two layers of :func:`planted_site` as Saes, and planted[i] (src i's successor or −1);
     ``unrelated``: nothing persists and no look-alikes (independently drawn layers)."""
     rng = np.random.default_rng(seed)
-    layers, planted = planted_site(2, F, d, 0.0 if unrelated else persist, rng, cos=cos,
-                                   distract=0.0 if unrelated else 0.5)
+    layers, planted, _ = planted_site(2, F, d, 0.0 if unrelated else persist, rng, cos=cos,
+                                      distract=0.0 if unrelated else 0.5)
     return state_sae(layers[0]), state_sae(layers[1]), planted[0].astype(np.int64)
 
 
@@ -205,15 +206,15 @@ def make_demo(
     rng = np.random.default_rng(seed)
     o_proj = rng.standard_normal((n_layers, d_model, d_att)).astype(np.float32) / np.sqrt(d_att)
     gain = (0.3 * rng.standard_normal((n_layers, d_model))).astype(np.float32)
-    manifest, truth, states = {"repos": {}}, {}, {}
+    manifest, truth, states, origins = {"repos": {}}, {}, {}, []
     for site in sorted(site_repos, key=lambda s: s == "res"):  # res last: its origins come from the others
         sources = {m: [st["dec_dir"] for st in states[m]] for m in ("mlp", "att")} \
             if site == "res" and {"mlp", "att"} <= set(states) else None
-        out = planted_site(n_layers, n_features, d_model, persist, rng, jitter, sources=sources)
-        states[site], truth[site] = out[0], out[1]
-    origins = out[2] if "res" in states and len(out) == 3 else []
-    if origins:
-        processed_by_modules(states, truth, origins, rng)
+        states[site], truth[site], site_origins = planted_site(n_layers, n_features, d_model, persist, rng, jitter,
+                                                               sources=sources)
+        if sources:
+            origins = site_origins
+            processed_by_modules(states, truth, origins, rng)
     for site, repo in site_repos.items():
         layers = states[site]
         files = {}
