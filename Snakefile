@@ -12,6 +12,7 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/match.smk"
 include: "workflow/rules/flow.smk"
 include: "workflow/rules/summarize.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -23,6 +24,8 @@ localrules:
     download_sae,
     download_model,
     neuronpedia_explanations,
+    make_tiny,
+    download_dataset,
 
 
 STARTED = time.time()

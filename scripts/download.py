@@ -12,6 +12,7 @@ with logs.job(snakemake):
         revision=spec["revision"],
         cache_dir=spec["cache_dir"],
         local_files_only=spec["local_files_only"],
+        repo_type=spec.get("repo_type", "model"),
     )
     with open(snakemake.output[0], "w") as fh:
         json.dump({"format": spec["format"], **pointer}, fh, indent=2, sort_keys=True)

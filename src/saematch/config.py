@@ -269,6 +269,8 @@ def pointer_path(spec: dict) -> str:
     repo = spec["repo_id"].replace("/", "--")
     if spec["format"] == "model":
         return f"resources/hub/model/{repo}/{spec['revision']}.json"
+    if spec["format"] == "dataset":
+        return f"resources/hub/dataset/{repo}/{spec['revision']}/{spec['files']['data']}.json"
     files = sorted(spec["files"].values())
     key = files[0] if len(files) == 1 else posixpath.commonpath(files) or "+".join(files)
     return f"resources/hub/sae/{repo}/{spec['revision']}/{key}.json"
@@ -304,3 +306,53 @@ def describe_change(provenance: dict, expected: dict) -> str | None:
         if old != new:
             changes.append(f"match.{key} {old} → {new}")
     return "; ".join(changes) or None
+
+
+# --- evaluation on the model's activations (saematch.evaluate) -------------------------------
+
+# what a run reads and how much (a change names a new data folder, so no result is overwritten)
+DATA_OPTIONS = ("n_tokens", "loss_tokens", "context")
+DEFAULT_EVALUATE = {"models": [], "data": None, "n_tokens": 1_000_000, "loss_tokens": 100_000, "context": 1024,
+                    "batch_size": 8, "device": "auto", "dtype": "auto", "top_k": 5, "min_active": 10,
+                    "corr_level": 0.5}
+
+
+def evaluate_models(config: dict) -> list[str]:
+    """The run's models that evaluate.models asks to check against their activations."""
+    wanted = config.get("evaluate", DEFAULT_EVALUATE).get("models", [])
+    return [m for m in config["models"] if m in wanted]
+
+
+def evaluate_options(config: dict, model: str) -> dict:
+    """evaluate.* with the catalog entry's own ``evaluate`` overrides, and the text sample: the
+    run's evaluate.data or, where that is null, the catalog's ``model.data``."""
+    opts = {**DEFAULT_EVALUATE, **config.get("evaluate", {})}
+    opts.update(config["catalog"][model].get("evaluate", {}))
+    opts.pop("models")
+    entry = config["catalog"][model]
+    opts["data"] = opts["data"] or entry.get("model", {}).get("data")
+    if not opts["data"]:
+        raise ConfigError(f"config: evaluate.data is not set and the catalog's {model}.model.data is empty: "
+                          "name a text sample ({path: FILE} or {repo_id, revision, file, column})")
+    if "config.json" not in entry.get("model", {}).get("files", []):
+        raise ConfigError(f"config: catalog {model}.model.files lacks config.json: the model cannot be run "
+                          "(list config.json, the tokenizer files and the weights)")
+    return opts
+
+
+def data_label(config: dict, model: str) -> str:
+    """The folder of one text sample and size: its name and a short hash of what it reads,
+    e.g. 'text-3fa2c1', 'pile-10k-a91b02'."""
+    opts = evaluate_options(config, model)
+    data = opts["data"]
+    stem = posixpath.basename(posixpath.splitext(data["path"])[0]) if "path" in data else data["repo_id"].split("/")[-1]
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "data"
+    return f"{stem}-{_short_hash({'data': data, **{k: opts[k] for k in DATA_OPTIONS}})}"
+
+
+def dataset_spec(data: dict) -> dict | None:
+    """A Hub dataset file as a download spec (None for a local file)."""
+    if "path" in data:
+        return None
+    return {"format": "dataset", "repo_type": "dataset", "repo_id": data["repo_id"], "revision": data["revision"],
+            "files": {"data": data["file"]}, "cache_dir": None, "local_files_only": False}

@@ -42,14 +42,15 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def write_hub_repo(cache_dir: str | Path, repo_id: str, files: dict[str, bytes], commit: str | None = None) -> str:
+def write_hub_repo(cache_dir: str | Path, repo_id: str, files: dict[str, bytes], commit: str | None = None,
+                   repo_type: str = "model") -> str:
     """Write ``files`` (path in repo → bytes) as one commit of a cached Hub model repo.
 
     Same layout huggingface_hub writes: blobs/<sha256>, snapshots/<commit>/<path> → blob,
     refs/main = commit. Returns the commit hash: ``commit``, or one derived from the content
     (so the demo is reproducible).
     """
-    repo_dir = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    repo_dir = Path(cache_dir) / (f"{repo_type}s--" + repo_id.replace("/", "--"))
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     commit = commit or hashlib.sha1(json.dumps(sorted(digests.items())).encode()).hexdigest()
     for name, data in files.items():

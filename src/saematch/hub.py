@@ -68,12 +68,13 @@ def is_transient(exc: BaseException) -> bool:
                          "NetworkError", "IncompleteRead"})
 
 
-def _download(repo_id, filename, revision, cache_dir, local_files_only, sleep=time.sleep) -> str:
+def _download(repo_id, filename, revision, cache_dir, local_files_only, sleep=time.sleep,
+              repo_type: str = "model") -> str:
     """hf_hub_download, retried on transient network errors only; SaeError naming the file."""
     for attempt in range(1, RETRIES + 1):
         try:
             return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                   local_files_only=local_files_only)
+                                   local_files_only=local_files_only, repo_type=repo_type)
         except Exception as exc:  # huggingface_hub raises many types; name the file
             if attempt < RETRIES and is_transient(exc):
                 log.warning("%s/%s: %s; retrying in %.0f s (attempt %d of %d)", repo_id, filename,
@@ -90,6 +91,7 @@ def fetch(
     revision: str = "main",
     cache_dir: str | None = None,
     local_files_only: bool = False,
+    repo_type: str = "model",
 ) -> dict:
     """Download ``files`` (role → path in repo) at ``revision``; return the pointer dict.
 
@@ -97,9 +99,11 @@ def fetch(
     against the Hub's LFS hash (the blob name) so a truncated download is an error.
     """
     pointer = {"repo_id": repo_id, "revision": revision, "commit": None, "files": {}}
+    if repo_type != "model":  # a dataset: recorded, so that resolve looks in datasets--…
+        pointer["repo_type"] = repo_type
     for role, filename in sorted(files.items()):
         log.info("fetching %s/%s @ %s", repo_id, filename, revision)
-        path = _download(repo_id, filename, revision, cache_dir, local_files_only)
+        path = _download(repo_id, filename, revision, cache_dir, local_files_only, repo_type=repo_type)
         m = _COMMIT.search(Path(path).as_posix())
         commit = m.group(1) if m else None
         if pointer["commit"] not in (None, commit):
@@ -124,6 +128,7 @@ def resolve(pointer: dict, role: str, verify: bool = True) -> str:
         entry["filename"],
         cache_dir=pointer.get("cache_dir"),
         revision=pointer.get("commit") or pointer["revision"],
+        repo_type=pointer.get("repo_type", "model"),
     )
     if not isinstance(path, str):
         raise SaeError(

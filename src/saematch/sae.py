@@ -102,3 +102,12 @@ def check_sae(sae: Sae, where: str) -> Sae:
             f"(min {float(sae.threshold.min()):.3g})"
         )
     return sae
+
+
+def to_device(sae: Sae, device) -> Sae:
+    """The same SAE with its tensors on ``device``."""
+    from dataclasses import replace
+
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return replace(sae, W_enc=move(sae.W_enc), b_enc=move(sae.b_enc), W_dec=move(sae.W_dec),
+                   b_dec=move(sae.b_dec), threshold=move(sae.threshold))

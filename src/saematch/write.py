@@ -127,3 +127,9 @@ def reuse_identical(path: str | Path, candidates: list[str | Path], wanted: dict
         _write_table(path, table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}))
         return str(other)
     return None
+
+
+def write_frame(path: str | Path, frame, provenance: dict) -> None:
+    """A polars DataFrame to Parquet with provenance, written whole or not at all."""
+    table = frame.to_arrow()
+    _write_table(path, table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}))

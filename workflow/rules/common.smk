@@ -34,6 +34,8 @@ LIFETIMES = "results/model={model}/variant={variant}/lifetimes/{selection}"
 # a layer's flow file is named by the predecessor modules it was scored against (res: L − 1,
 # mlp, att: L), so a run with other sites selected writes its own file beside the others
 FLOW = "results/model={model}/variant={variant}/flow/{modules}/layer={layer}.parquet"
+# one text sample and size ({data}: saematch.config.data_label) per folder, one file per site
+EVALUATION = "results/model={model}/variant={variant}/evaluation/{data}/{selection}"
 MATCH_LOG = (
     "logs/match_pair/model={model}/variant={variant}/site={site}/layer={layer}.log"
 )
@@ -49,6 +51,7 @@ wildcard_constraints:
     repo=r"[^/]+",
     revision=r"[^/]+",
     key=r"[^=]+",
+    data=r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{6}",
 
 
 def catalog_l0(model, site, layer):
@@ -99,8 +102,13 @@ def sae_spec(model, site, layer):
         "files": {role: path.format(**fields) for role, path in spec["files"].items()},
         "cache_dir": hub.get("cache_dir"),
         "local_files_only": hub.get("local_files_only", False),
-        "demo": "demo" in entry and model,
+        "demo": is_local(model) and model,
     }
+
+
+def is_local(model):
+    """A model whose Hub repos the pipeline writes itself (the demo, the tiny model)."""
+    return "demo" in config["catalog"][model] or "tiny" in config["catalog"][model]
 
 
 def model_spec(model):
@@ -113,7 +121,7 @@ def model_spec(model):
         "files": {f: f for f in entry["model"]["files"]},
         "cache_dir": hub.get("cache_dir"),
         "local_files_only": hub.get("local_files_only", False),
-        "demo": "demo" in entry and model,
+        "demo": is_local(model) and model,
     }
 
 
@@ -129,8 +137,10 @@ def _downloads():
             for site in config["sites"]
             for L in cfg.selected_layers(config, model)
         ]
-        if any(projects_att(model, s) for s in config["sites"]):
+        if any(projects_att(model, s) for s in config["sites"]) or model in EVALUATE:
             specs.append(model_spec(model))
+        if model in EVALUATE and cfg.dataset_spec(EVALUATE[model]["data"]):
+            specs.append(cfg.dataset_spec(EVALUATE[model]["data"]))
         for spec in specs:
             path = pointer_path(spec)
             same = {k: v for k, v in spec.items() if k != "demo"}
@@ -142,6 +152,10 @@ def _downloads():
     return table
 
 
+EVALUATE = {m: cfg.evaluate_options(config, m) for m in cfg.evaluate_models(config)}
+DATA = {m: cfg.data_label(config, m) for m in EVALUATE}
+
+
 def projects_att(model, site):
     return config["catalog"][model]["sites"][site].get("project_att", False)
 
@@ -149,14 +163,18 @@ def projects_att(model, site):
 DOWNLOADS = _downloads()
 
 
-def _download(wc):
-    if "key" in wc.keys():
-        path = f"resources/hub/sae/{wc.repo}/{wc.revision}/{wc.key}.json"
-    else:
+def _download(wc, kind=None):
+    """The spec behind a pointer path; kind: sae (with {key}) or model, or dataset."""
+    kind = kind or ("sae" if "key" in wc.keys() else "model")
+    if kind == "model":
         path = f"resources/hub/model/{wc.repo}/{wc.revision}.json"
+    else:
+        path = f"resources/hub/{kind}/{wc.repo}/{wc.revision}/{wc.key}.json"
     spec = DOWNLOADS.get(path)
     if spec is None:
-        raise ValueError(f"{path}: no SAE or model of this run's config downloads here")
+        raise ValueError(
+            f"{path}: no SAE, model or dataset of this run's config downloads here"
+        )
     return spec
 
 
@@ -164,10 +182,17 @@ def download_spec(wc):
     return {k: v for k, v in _download(wc).items() if k != "demo"}
 
 
+def dataset_download_spec(wc):
+    return _download(wc, "dataset")
+
+
 def download_input(wc):
-    """Demo models are first written into their local Hub cache."""
+    """Demo and tiny models are first written into their local Hub cache."""
     spec = _download(wc)
-    return f"resources/demo/{spec['demo']}/hub.json" if spec["demo"] else []
+    if not spec.get("demo"):
+        return []
+    kind = "tiny" if "tiny" in config["catalog"][spec["demo"]] else "demo"
+    return f"resources/{kind}/{spec['demo']}/hub.json"
 
 
 def check_variant(wc):
@@ -428,6 +453,7 @@ def all_targets():
             if cfg.flow_layers(config, m)
         ]
         + explanation_targets()
+        + evaluation_targets()
     )
 
 
@@ -489,3 +515,114 @@ def check_nothing_is_overwritten():
 
 if workflow.is_main_process:
     check_nothing_is_overwritten()
+
+
+# --- evaluation on the model's activations (saematch.evaluate) ---------------------------------
+
+
+def tiny_params(wc):
+    """What the tiny-model writer needs: sizes, repos and each SAE's params.npz path."""
+    entry = config["catalog"][wc.model]
+    paths = {
+        site: [
+            site_cfg["files"]["params"].format(
+                layer=L, l0=catalog_l0(wc.model, site, L), width=entry["width"]
+            )
+            for L in range(entry["n_layers"])
+        ]
+        for site, site_cfg in entry["sites"].items()
+    }
+    return {
+        "cache_dir": entry["hub"]["cache_dir"],
+        "model_repo": entry["model"]["repo_id"],
+        "site_repos": {s: c["repo_id"] for s, c in entry["sites"].items()},
+        "paths": paths,
+        "n_layers": entry["n_layers"],
+        "d_model": entry["d_model"],
+        "n_features": n_features(wc.model),
+        **entry["tiny"],
+    }
+
+
+def evaluation_prefix(model):
+    return EVALUATION.format(
+        model=model,
+        variant=VARIANT[model],
+        data=DATA[model],
+        selection=SELECTION[model],
+    )
+
+
+def _evaluated(wc):
+    """The layers of this evaluation's SAEs and pairs; a path this config does not make is an error."""
+    check_variant(wc)
+    if wc.model not in EVALUATE:
+        raise ValueError(
+            f"{EVALUATION.format(**wc)}: {wc.model} is not in this run's evaluate.models"
+        )
+    if (wc.data, wc.selection) != (DATA[wc.model], SELECTION[wc.model]):
+        raise ValueError(
+            f"{EVALUATION.format(**wc)}: this run reads {DATA[wc.model]} for {SELECTION[wc.model]}"
+        )
+    pairs = cfg.pair_layers(config, wc.model)
+    return sorted(set(pairs) | {L + 1 for L in pairs}), pairs
+
+
+def evaluate_input(wc):
+    """Per selected site its matches (one file per pair) and SAE pointers (one per layer), the
+    model's files and the text sample."""
+    layers, pairs = _evaluated(wc)
+    data = EVALUATE[wc.model]["data"]
+    dataset = cfg.dataset_spec(data)
+    inputs = {
+        "model": pointer_path(model_spec(wc.model)),
+        "data": pointer_path(dataset) if dataset else data["path"],
+    }
+    for site in config["sites"]:
+        inputs[f"matches_{site}"] = [
+            MATCHES.format(model=wc.model, variant=wc.variant, site=site, layer=L)
+            for L in pairs
+        ]
+        inputs[f"saes_{site}"] = [
+            pointer_path(sae_spec(wc.model, site, L)) for L in layers
+        ]
+    return inputs
+
+
+def evaluate_params(wc):
+    """What changes an evaluation's numbers (batch size and device do not: read at run time)."""
+    layers, pairs = _evaluated(wc)
+    opts = EVALUATE[wc.model]
+    keep = ("data", "n_tokens", "loss_tokens", "context", "top_k", "dtype")
+    return {
+        "sites": list(config["sites"]),
+        "layers": layers,
+        "pairs": pairs,
+        "format": config["catalog"][wc.model]["format"],
+        **{k: opts[k] for k in keep},
+    }
+
+
+def evaluate_gpu(wc):
+    """1: the job runs the model on a GPU (auto: locally where there is one; on a cluster,
+    always, except for the tiny model)."""
+    device = EVALUATE[wc.model]["device"]
+    if device == "cpu":
+        return 0
+    if device == "auto":
+        if workflow.local_exec:
+            return int(saematch.devices.host_has_gpu())
+        return int("tiny" not in config["catalog"][wc.model])
+    return 1
+
+
+def evaluate_mem_mb(wc):
+    """Host memory: the model's weights loaded in float32 twice over (≈ 12·L·d² + 300k·d
+    parameters), plus 2 GB."""
+    entry = config["catalog"][wc.model]
+    params = 12 * entry["n_layers"] * entry["d_model"] ** 2 + 300_000 * entry["d_model"]
+    return int(8 * params / 1e6) + 2000
+
+
+def evaluation_targets():
+    return [f"{evaluation_prefix(m)}/summary.tsv" for m in EVALUATE]

@@ -1,0 +1,19 @@
+"""Join the sites' evaluations: a table per pair (TSV, the report), the verdict's calibration
+on data, and a figure."""
+
+import logging
+
+import polars as pl
+
+from saematch import logs
+from saematch.evaluate import plot_evaluation, summarize_evaluation
+
+with logs.job(snakemake):
+    pairs = pl.read_parquet(snakemake.input.pairs)
+    features = pl.read_parquet(snakemake.input.features)
+    table, calib = summarize_evaluation(pairs, features, snakemake.params.min_active, snakemake.params.corr_level)
+    table.write_csv(snakemake.output.table, separator="\t", float_precision=4)
+    calib.write_csv(snakemake.output.calibration, separator="\t", float_precision=4)
+    logging.info("evaluation on data:\n%s\ncalibration:\n%s", table, calib)
+    wc = snakemake.wildcards
+    plot_evaluation(table, calib, snakemake.output.figure, f"{wc.model} · {wc.variant} · {wc.data}")

@@ -1,0 +1,89 @@
+# The matches checked on the model's own activations (saematch.evaluate). One job per model and
+# variant streams the text sample through the model once, reading every selected site and
+# encoding with every selected layer's SAE; a summary makes the table, the verdict's
+# calibration on data and a figure (its cuts are its own params: changing them does not rerun
+# the model).
+
+
+rule make_tiny:
+    output:
+        hub="resources/tiny/{model}/hub.json",
+        text="resources/tiny/{model}/text.txt",
+    log:
+        "logs/make_tiny/{model}.log",
+    benchmark:
+        "benchmarks/make_tiny/{model}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        tiny=tiny_params,
+    script:
+        "../../scripts/make_tiny.py"
+
+
+rule download_dataset:
+    output:
+        "resources/hub/dataset/{repo}/{revision}/{key}.json",
+    log:
+        "logs/download_dataset/{repo}/{revision}/{key}.log",
+    conda:
+        "../../envs/pipeline.yaml"
+    resources:
+        hf_download=1,
+    params:
+        spec=dataset_download_spec,
+    script:
+        "../../scripts/download.py"
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_input),
+    output:
+        pairs=f"{EVALUATION}/pairs.parquet",
+        features=f"{EVALUATION}/features.parquet",
+    log:
+        "logs/evaluate/model={model}/variant={variant}/{data}/{selection}.log",
+    benchmark:
+        "benchmarks/evaluate/model={model}/variant={variant}/{data}/{selection}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: lambda wc: 2 if "tiny" in config["catalog"][wc.model] else 8
+    resources:
+        gpu=evaluate_gpu,
+        mem_mb=evaluate_mem_mb,
+        runtime=lambda wc: 10 if "tiny" in config["catalog"][wc.model] else 240,
+    params:
+        options=evaluate_params,
+        algo_version=saematch.ALGO_VERSION,
+    script:
+        "../../scripts/evaluate.py"
+
+
+rule evaluation_summary:
+    input:
+        pairs=f"{EVALUATION}/pairs.parquet",
+        features=f"{EVALUATION}/features.parquet",
+    output:
+        table=report(
+            f"{EVALUATION}/summary.tsv",
+            caption="../report/evaluation.rst",
+            category="Evaluation on activations",
+            labels={"model": "{model}", "variant": "{variant}", "data": "{data}"},
+        ),
+        calibration=f"{EVALUATION}/calibration.tsv",
+        figure=report(
+            f"{EVALUATION}/evaluation.png",
+            caption="../report/evaluation.rst",
+            category="Evaluation on activations",
+            labels={"model": "{model}", "variant": "{variant}", "data": "{data}"},
+        ),
+    log:
+        "logs/evaluation_summary/model={model}/variant={variant}/{data}/{selection}.log",
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        min_active=lambda wc: EVALUATE[wc.model]["min_active"],
+        corr_level=lambda wc: EVALUATE[wc.model]["corr_level"],
+    script:
+        "../../scripts/evaluation_summary.py"
