@@ -48,7 +48,11 @@ def hooks(model, fmt: str, read: dict[str, list[int]], replace: dict[int, callab
         for site, Ls in read.items():
             path, side = HOOKS[fmt][site]
             for L in Ls:
-                module = layers[L].get_submodule(path) if path else layers[L]
+                try:
+                    module = layers[L].get_submodule(path) if path else layers[L]
+                except AttributeError:
+                    raise SaeError(f"{type(model).__name__} layer {L} has no module {path!r}, where {fmt} "
+                                   f"reads its {site} SAEs: the model and the SAE format do not fit") from None
                 if side == "input":
                     handles.append(module.register_forward_pre_hook(
                         lambda mod, args, s=site, L=L: caps[s].__setitem__(L, args[0])))
@@ -82,9 +86,20 @@ def check_hooks(model, fmt: str, input_ids, attention_mask, valid, rtol: float =
     Raises SaeError when a relative error exceeds ``rtol``; returns the largest per check.
     """
     n = len(decoder_layers(model))
-    with torch.no_grad(), hooks(model, fmt, {s: list(range(n)) for s in ("res", "mlp", "att")}) as caps:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    hs = out.hidden_states
+    with torch.no_grad():
+        with hooks(model, fmt, {s: list(range(n)) for s in ("res", "mlp", "att")}) as caps:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        errors = _hook_errors(model, fmt, caps, out.hidden_states, valid)
+    for name, err in errors.items():
+        if err > rtol:
+            raise SaeError(f"hook check failed: {name} differs from the model's hidden states by a relative "
+                           f"{err:.2g} (> {rtol:g}); this transformers version computes {type(model).__name__} "
+                           "differently from the hook points saematch.lm reads")
+    return errors
+
+
+def _hook_errors(model, fmt, caps, hs, valid) -> dict[str, float]:
+    n = len(decoder_layers(model))
     rel = lambda a, b: float((a - b)[valid].float().norm() / b[valid].float().norm().clamp(min=1e-12))  # noqa: E731
     errors = {"resid_post": 0.0, "update": 0.0}
     layers = decoder_layers(model)
@@ -99,11 +114,6 @@ def check_hooks(model, fmt: str, input_ids, attention_mask, valid, rtol: float =
         if fmt == "gemma-scope":
             att = layers[L].post_attention_layernorm(layers[L].self_attn.o_proj(att))
         errors["update"] = max(errors["update"], rel(res - hs[L] - caps["mlp"][L], att))
-    for name, err in errors.items():
-        if err > rtol:
-            raise SaeError(f"hook check failed: {name} differs from the model's hidden states by a relative "
-                           f"{err:.2g} (> {rtol:g}); this transformers version computes {type(model).__name__} "
-                           "differently from the hook points saematch.lm reads")
     return errors
 
 
