@@ -28,7 +28,7 @@ pytestmark = pytest.mark.workflow
 @pytest.fixture(scope="module")
 def wf(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("reruns"))
-    edit_config(workdir, lambda c: c.update(layers=[0, 1, 2, 3, 4], sites=["res", "mlp"]))
+    edit_config(workdir, lambda c: c.update(models=["demo"], layers=[0, 1, 2, 3, 4], sites=["res", "mlp"]))
     smk(workdir)
     return workdir
 

@@ -93,7 +93,7 @@ def test_dry_run_of_the_real_configs_works_offline(pristine, args, expected):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["models=[gpt-5]"], "unknown model 'gpt-5'; known models: demo, gemma-2-2b, llama-3.1-8b"),
+    (["models=[gpt-5]"], "unknown model 'gpt-5'; known models: demo, gemma-2-2b, llama-3.1-8b, tiny"),
     (["sites=[resid]"], "'resid' is not one of"),
     (["models=[gemma-2-2b]", "layers=[25,26]"], r"model 'gemma-2-2b' has layers 0–25; unknown layer\(s\) \[26\]"),
     (["match={weights: everything}"], "'everything' is not one of"),
@@ -173,13 +173,15 @@ def fill_gemma_cache(cache: Path, layers=(12, 13)) -> None:
         commit = cfg["revision"] if cfg["revision"] != "main" else None
         write_hub_repo(cache, cfg["repo_id"], files, commit)
     rng = np.random.default_rng(0)
-    shards = {f: {} for f in entry["model"]["files"][1:]}
+    shard_names = [f for f in entry["model"]["files"] if f.endswith(".safetensors")]
+    shards = {f: {} for f in shard_names}
     for i, L in enumerate(layers):
-        shard = entry["model"]["files"][1 + i]
+        shard = shard_names[i]
         shards[shard][f"model.layers.{L}.self_attn.o_proj.weight"] = torch.from_numpy(rng.standard_normal((d_model, d_z)).astype(np.float32))
         shards[shard][f"model.layers.{L}.post_attention_layernorm.weight"] = torch.zeros(d_model)
-    shards[entry["model"]["files"][-1]]["model.norm.weight"] = torch.ones(d_model)
+    shards[shard_names[-1]]["model.norm.weight"] = torch.ones(d_model)
     files = {name: save_safetensors(t) for name, t in shards.items()}
+    files.update({f: b"{}" for f in entry["model"]["files"] if f.endswith(".json")})  # config, tokenizer
     files["model.safetensors.index.json"] = json.dumps({"weight_map": {
         k: name for name, t in shards.items() for k in t}}).encode()
     write_hub_repo(cache, entry["model"]["repo_id"], files, entry["model"]["revision"])
@@ -308,7 +310,7 @@ def test_the_pipelines_matches_are_the_librarys_for_the_same_options(demo_run, o
     from saematch.load import load_att_projection, load_sae, project_att
     from saematch.match import match_pair
 
-    smk(demo_run, "--config", "layers=[1,2]", "sites=[res,att]", f"match={options}")
+    smk(demo_run, "--config", "models=[demo]", "layers=[1,2]", "sites=[res,att]", f"match={options}")
     monkeypatch.chdir(demo_run)  # the demo's pointers name a cache relative to the workdir
     opts = yaml.safe_load(options)
     for site in ("res", "att"):
@@ -342,6 +344,33 @@ def test_the_report_carries_the_summary_table_and_figure(demo_run):
     assert table.height == 15 and {"site", "layer", "cosine_mean", "top1_agreement", "certified",
                                    "persists_precision", "confidence_ece", "births", "deaths"} <= set(table.columns)
     assert "res+mlp+att.L0-5.survival.png" in html
+
+
+def test_the_tiny_models_matches_are_checked_on_its_activations_in_the_same_run(demo_run):
+    from saematch.config import data_label
+
+    config = yaml.safe_load((demo_run / "config/config.yaml").read_text())
+    folder = demo_run / f"results/model=tiny/variant=2x/evaluation/{data_label(config, 'tiny')}/res+mlp+att.L0-2"
+    pairs, prov = pl.read_parquet(folder / "pairs.parquet"), read_provenance(folder / "pairs.parquet")
+    assert pairs.height == 6 and set(pairs["site"]) == {"res", "mlp", "att"}
+    assert (pairs["tokens"] == 8192).all() and pairs["matching_score"].is_between(0, 1).all()
+    res = pairs.filter(pl.col("site") == "res")
+    assert (res["ev_encode_decode_current"] > 0.95).all()  # the SAEs were trained on these activations
+    assert (res["loss_tokens"] >= 4096).all() and res["dl_layer_drop"].is_not_null().all()
+    assert max(prov["hook_errors"].values()) < 1e-5 and prov["options"]["n_tokens"] == 8192
+    features = pl.read_parquet(folder / "features.parquet")
+    assert features.height == 3 * 2 * 128 and features["pearson_top"].dtype == pl.Array(pl.Int32, 5)
+    table = pl.read_csv(folder / "summary.tsv", separator="\t")
+    assert table.height == 6 and {"agree_match", "persists_correlated", "ev_permute_folded"} <= set(table.columns)
+    assert (folder / "calibration.tsv").stat().st_size > 0 and (folder / "evaluation.png").stat().st_size > 0
+
+
+def test_another_text_sample_size_goes_to_its_own_folder(demo_run):
+    out = smk(demo_run, "-n", "--config", "models=[tiny]", "catalog={tiny: {evaluate: {n_tokens: 4096}}}")
+    planned = re.findall(r"evaluation/(text-[0-9a-f]{6})/", out.stdout)
+    before = {p.name for p in (demo_run / "results/model=tiny/variant=2x/evaluation").iterdir()}
+    assert planned and set(planned).isdisjoint(before)  # a new folder; the 8192-token one stays
+    assert "rule match_pair" not in out.stdout  # the matches are not recomputed
 
 
 def demo_blob(workdir: Path, site: str, layer: int, l0: int) -> Path:
