@@ -24,7 +24,7 @@ with logs.job(snakemake):
     from saematch.write import write_frame
 
     wc, opts = snakemake.wildcards, snakemake.params.options
-    run = evaluate_options(snakemake.config, wc.model)  # batch size and device: not results
+    run = evaluate_options(snakemake.config, wc.model)  # batch size, device, memory: not results
     read = lambda p: json.loads(Path(p).read_text())  # noqa: E731
     torch.set_num_threads(snakemake.threads)
     pointers = {site: {L: read(p) for L, p in zip(opts["layers"], snakemake.input[f"saes_{site}"])}
@@ -49,8 +49,10 @@ with logs.job(snakemake):
             torch.cuda.reset_peak_memory_stats(dev)
         t1 = time.perf_counter()
         rows, features = evaluate_sites(
-            model, opts["format"], token_batches(docs, tokenizer, opts["n_tokens"], opts["context"], run["batch_size"]),
-            sites, loss_tokens=opts["loss_tokens"], top_k=opts["top_k"], device=dev, total_tokens=opts["n_tokens"])
+            model, opts["format"],
+            lambda: token_batches(docs, tokenizer, opts["n_tokens"], opts["context"], run["batch_size"]),
+            sites, loss_tokens=opts["loss_tokens"], top_k=opts["top_k"], device=dev, total_tokens=opts["n_tokens"],
+            dense_max_gb=run["dense_max_gb"])
         seconds = time.perf_counter() - t1
         peak = torch.cuda.max_memory_allocated(dev) if str(dev).startswith("cuda") else None
     tokens = rows[0]["tokens"] if rows else 0

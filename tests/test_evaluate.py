@@ -163,16 +163,19 @@ def _corr(a, b):
     return np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-@pytest.fixture(scope="module")
-def streamed(tiny):
+@pytest.fixture(scope="module", params=["dense", "sparse"])
+def streamed(tiny, request):
     """saematch's evaluation of pair (0, 1) at every site, streamed in batches of 8 documents,
-    with a random assignment and a random 'top-1' per site."""
+    with a random assignment and a random 'top-1' per site; Pearson sums dense, or sparse (a
+    budget of 0 bytes)."""
     rng = np.random.default_rng(0)
     pairs = {s: {0: {"match": rng.permutation(F), "top1": rng.integers(0, F, F)}} for s in SITES}
     pairs["res"][0]["match"][:5] = -1  # five unmatched features
     sites = {s: ({L: tiny["saes"][s][L] for L in (0, 1)}, pairs[s]) for s in SITES}
-    batches = lm.token_batches(tiny["docs"], tiny["tokenizer"], 3000, 96, 8)
-    rows, feats = evaluate_sites(tiny["model"], "gemma-scope", batches, sites, loss_tokens=300, top_k=3)
+    batches = lambda: lm.token_batches(tiny["docs"], tiny["tokenizer"], 3000, 96, 8)  # noqa: E731
+    rows, feats = evaluate_sites(tiny["model"], "gemma-scope", batches, sites, loss_tokens=300, top_k=3,
+                                 dense_max_gb=8 if request.param == "dense" else 0)
+    assert {r["pearson_sums"] for r in rows} == {request.param}
     return {(r["site"], r["layer"]): r for r in rows}, feats, pairs
 
 
@@ -232,6 +235,9 @@ def test_matching_score_and_partner_correlation_match_direct_counts(streamed, or
     partner = np.where(match >= 0, f1[:, np.maximum(match, 0)], 0.0)
     both = (f0 > 0) & (partner > 0)
     assert rows[("res", 0)]["matching_score"] == pytest.approx(both.sum() / (f0 > 0).sum(), abs=1e-9)
+    rate = (f1 > 0).mean(0)  # each partner's firing rate: the chance of co-firing if independent
+    chance = ((f0 > 0).sum(0) * np.where(match >= 0, rate[np.maximum(match, 0)], 0)).sum() / (f0 > 0).sum()
+    assert rows[("res", 0)]["matching_score_chance"] == pytest.approx(chance, abs=1e-9)
     cols = feats[("res", 0)]
     assert (cols["active"] == (f0 > 0).sum(0)).all()
     assert (cols["coactive_match"] == both.sum(0)).all()
@@ -291,6 +297,36 @@ def test_delta_loss_of_the_encode_decode_baselines_is_small_and_of_layer_drop_po
     assert abs(row["dl_encode_decode_current"]) < 0.05  # an SAE with EV > 0.95
     assert row["dl_layer_drop"] > 0
     assert ("mlp", 0) in rows and "dl_permute" not in rows[("mlp", 0)]  # ΔL: the residual site only
+
+
+def test_passes_keep_dense_sums_within_the_budget():
+    from saematch.evaluate import plan_passes
+
+    assert plan_passes({"res": 4, "mlp": 4, "att": 4}, 12) == [(["res", "mlp", "att"], {"res", "mlp", "att"})]
+    assert plan_passes({"res": 4, "mlp": 4, "att": 4}, 8) == [(["res", "mlp"], {"res", "mlp"}), (["att"], {"att"})]
+    assert plan_passes({"res": 9, "mlp": 4}, 8) == [(["mlp", "res"], {"mlp"})]  # res alone too big: sparse
+    assert plan_passes({"res": 9}, 0) == [(["res"], set())]
+
+
+def test_a_second_pass_gives_the_same_metrics(tiny):
+    """Budget for one site at a time: three passes over the text, the same numbers as one."""
+    rng = np.random.default_rng(3)
+    sites = {s: ({L: tiny["saes"][s][L] for L in (0, 1)}, {0: {"match": rng.permutation(F), "top1": np.arange(F)}})
+             for s in SITES}
+    batches = lambda: lm.token_batches(tiny["docs"], tiny["tokenizer"], 1000, 64, 8)  # noqa: E731
+    one, f1 = evaluate_sites(tiny["model"], "gemma-scope", batches, sites, loss_tokens=100, dense_max_gb=1)
+    three, f3 = evaluate_sites(tiny["model"], "gemma-scope", batches, sites, loss_tokens=100,
+                               dense_max_gb=4 * F * F / 2**30)
+    assert [r["site"] for r in three] == list(SITES)
+    for a, b in zip(one, three):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], str):
+                assert a[key] == b[key] == ("dense" if key == "pearson_sums" else a["site"]), key
+            else:
+                assert a[key] == pytest.approx(b[key], rel=1e-6, nan_ok=True), key
+    for key in f1:
+        np.testing.assert_array_equal(f1[key]["pearson_top"], f3[key]["pearson_top"])
 
 
 # --- agreement and calibration ------------------------------------------------------------------

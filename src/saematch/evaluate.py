@@ -4,7 +4,8 @@ Streaming: each batch of tokens is read at one site's hook points (saematch.lm),
 every selected layer's SAE, folded into accumulators and dropped. Per pair (L, L+1):
 
 * **matching score** (SAE Match §4, our estimator): over tokens and features i active at L,
-  the share whose partner π(i) is active at L+1 on the same token; also per feature;
+  the share whose partner π(i) is active at L+1 on the same token; also per feature; and what
+  it would be by chance (partners firing independently at their own rates);
 * **activation correlation** (Balcells et al.): Pearson r of the JumpReLU codes over tokens,
   from N, Σx, Σx² per feature and Σxy over co-active pairs only (a sparse accumulator: keys
   i·F_{L+1} + j; never a dense F × F); per feature its top-k next-layer partners by r among the
@@ -86,12 +87,18 @@ def add_layer(st: dict, f: torch.Tensor, x: torch.Tensor) -> None:
     st["x_sumsq"] += (x.double() ** 2).sum()
 
 
-def pair_stats(match: torch.Tensor, top1: torch.Tensor) -> dict:
+def pair_stats(match: torch.Tensor, top1: torch.Tensor, n_dst: int | None = None) -> dict:
+    """A pair's accumulators. Σxy for the Pearson search: with ``n_dst`` a dense (F_L, n_dst)
+    float32 matrix (updated by a sparse × dense product), else the sparse table of co-firing
+    pairs (:func:`coactive_products`). Both give the same partners (tests/test_evaluate.py)."""
     F, dev = len(match), match.device
     z = lambda: torch.zeros(F, dtype=torch.float64, device=dev)  # noqa: E731
-    return {"match": match, "top1": top1, "co_match": z(), "sxy_match": z(), "co_top1": z(), "sxy_top1": z(),
-            "keys": torch.zeros(0, dtype=torch.int64, device=dev), "sxy": z()[:0],
-            "pending": [], "pending_n": 0}
+    st = {"match": match, "top1": top1, "co_match": z(), "sxy_match": z(), "co_top1": z(), "sxy_top1": z()}
+    if n_dst is not None:
+        st["dense"] = torch.zeros(F, n_dst, dtype=torch.float32, device=dev)
+    else:
+        st.update(keys=torch.zeros(0, dtype=torch.int64, device=dev), sxy=z()[:0], pending=[], pending_n=0)
+    return st
 
 
 def coactive_products(fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +118,7 @@ def coactive_products(fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def _merge(st: dict) -> None:
-    if not st["pending"]:
+    if not st.get("pending"):
         return
     keys = torch.cat([st["keys"], *(k for k, _ in st["pending"])])
     vals = torch.cat([st["sxy"], *(v for _, v in st["pending"])])
@@ -128,6 +135,9 @@ def add_pair(st: dict, fa: torch.Tensor, fb: torch.Tensor) -> None:
         g = fb[:, partner.clamp(min=0)] * (partner >= 0)
         st[f"co_{name}"] += (active & (g > 0)).sum(0)
         st[f"sxy_{name}"] += (fa.double() * g.double()).sum(0)
+    if "dense" in st:
+        st["dense"] += torch.sparse.mm(fa.T.to_sparse(), fb)
+        return
     keys, vals = coactive_products(fa, fb)
     st["pending"].append((keys, vals))
     st["pending_n"] += len(keys)
@@ -168,12 +178,34 @@ def pearson_top(keys, sxy, n, a: tuple, b: tuple, F_a: int, F_b: int, k: int) ->
     return top.cpu().numpy(), val.cpu().numpy()
 
 
+def dense_pearson_top(S: torch.Tensor, n: int, a: tuple, b: tuple, k: int, rows: int = 1024):
+    """:func:`pearson_top` from a dense Σxy (F_a, F_b), in row blocks: only pairs that fired
+    together (Σxy > 0: JumpReLU codes are positive) are candidates."""
+    F_a, F_b = S.shape
+    k_ = min(k, F_b)
+    top = np.full((F_a, k), -1, np.int64)
+    val = np.full((F_a, k), np.nan)
+    for start in range(0, F_a, rows):
+        blk = S[start:start + rows].double()
+        sl = slice(start, start + len(blk))
+        r = pearson(blk, n, a[0][sl, None], a[1][sl, None], b[0][None], b[1][None])
+        r = torch.where(blk > 0, r, torch.full((), -torch.inf, dtype=r.dtype, device=r.device))
+        v, i = r.topk(k_, dim=1)
+        hit = torch.isfinite(v)
+        top[sl, :k_] = torch.where(hit, i, -1).cpu().numpy()
+        val[sl, :k_] = torch.where(hit, v, torch.nan).cpu().numpy()
+    return top, val
+
+
 def finish_pair(st: dict, a: dict, b: dict, k: int) -> dict[str, np.ndarray]:
     """Per-feature columns of one pair from its accumulators and both layers' stats."""
-    _merge(st)
     n = a["n"]
     ma, mb = moments(a), moments(b)
-    top, top_r = pearson_top(st["keys"], st["sxy"], n, ma, mb, len(a["count"]), len(b["count"]), k)
+    if "dense" in st:
+        top, top_r = dense_pearson_top(st["dense"], n, ma, mb, k)
+    else:
+        _merge(st)
+        top, top_r = pearson_top(st["keys"], st["sxy"], n, ma, mb, len(a["count"]), len(b["count"]), k)
     cols = {"active": a["count"].cpu().numpy().astype(np.int64), "pearson_top": top, "pearson_r": top_r}
     for name in ("match", "top1"):
         p = st[name]
@@ -205,14 +237,54 @@ def token_loss(model, ids, mask, valid, replace=None, fmt="gemma-scope", read=No
 # --- all sites, one pass ------------------------------------------------------------------------
 
 def evaluate_sites(model, fmt: str, batches, sites: dict[str, tuple[dict, dict]], loss_tokens: int = 0,
-                   top_k: int = 5, device="cpu", total_tokens: int | None = None) -> tuple[list[dict], dict]:
-    """Stream ``batches`` (saematch.lm.token_batches) through the model once, reading every site.
+                   top_k: int = 5, device="cpu", total_tokens: int | None = None,
+                   dense_max_gb: float = 8.0) -> tuple[list[dict], dict]:
+    """Stream the text through the model, reading every site at once where memory allows.
 
+    ``batches()``: a fresh iterator of (input_ids, attention_mask, valid) (saematch.lm.token_batches).
     sites[site] = (saes, pairs): saes[L] the site's SAE of each layer used (on ``device``);
     pairs[L] = {"match", "top1"} int arrays of pair (L, L+1) (−1: none). ``loss_tokens``: ΔL
-    on the first that many valid tokens (res site only). Returns one row of metrics per site
-    and pair, and per (site, L) the per-feature columns (:func:`finish_pair`).
+    on the first that many valid tokens (res site only). Σxy is dense where a site's pairs fit
+    in ``dense_max_gb`` together with the other sites of the same pass; sites that do not share
+    a pass read the text again (:func:`plan_passes`); a site too big alone uses the sparse table.
+    Returns one row of metrics per site and pair, and per (site, L) the per-feature columns.
     """
+    sizes = {site: sum(4 * saes[L].n_features * saes[L + 1].n_features for L in pairs)
+             for site, (saes, pairs) in sites.items()}
+    rows, features = [], {}
+    for group, dense in plan_passes(sizes, dense_max_gb * 2**30):
+        r, f = _one_pass(model, fmt, batches(), {s: sites[s] for s in group}, dense,
+                         loss_tokens if "res" in group else 0, top_k, device, total_tokens)
+        rows += r
+        features.update(f)
+    order = {s: i for i, s in enumerate(sites)}
+    return sorted(rows, key=lambda row: (order[row["site"]], row["layer"])), features
+
+
+def plan_passes(sizes: dict[str, int], budget: float) -> list[tuple[list[str], set[str]]]:
+    """Sites grouped into passes over the text: each pass's dense Σxy within ``budget`` bytes
+    (first fit, in the given order); a site over the budget alone is sparse and joins the first
+    pass. Returns [(sites, the dense ones)]."""
+    passes, sparse = [], []  # passes: [sites, dense sites, bytes]
+    for site, n in sizes.items():
+        if n > budget:
+            sparse.append(site)
+            continue
+        for p in passes:
+            if p[2] + n <= budget:
+                p[0].append(site)
+                p[1].add(site)
+                p[2] += n
+                break
+        else:
+            passes.append([[site], {site}, n])
+    if not passes:
+        passes.append([[], set(), 0])
+    passes[0][0].extend(sparse)
+    return [(p[0], p[1]) for p in passes]
+
+
+def _one_pass(model, fmt, batches, sites, dense: set[str], loss_tokens, top_k, device, total_tokens):
     state = {}
     for site, (saes, pairs) in sites.items():
         layers = sorted(set(pairs) | {L + 1 for L in pairs})
@@ -220,7 +292,8 @@ def evaluate_sites(model, fmt: str, batches, sites: dict[str, tuple[dict, dict]]
             "layers": layers,
             "lstats": {L: layer_stats(saes[L].n_features, saes[L].W_dec.shape[1], device) for L in layers},
             "pstats": {L: pair_stats(torch.as_tensor(p["match"], dtype=torch.int64, device=device),
-                                     torch.as_tensor(p["top1"], dtype=torch.int64, device=device))
+                                     torch.as_tensor(p["top1"], dtype=torch.int64, device=device),
+                                     saes[L + 1].n_features if site in dense else None)
                        for L, p in pairs.items()},
         }
     res = sites.get("res")
@@ -232,24 +305,28 @@ def evaluate_sites(model, fmt: str, batches, sites: dict[str, tuple[dict, dict]]
         caps = read_sites(model, fmt, ids, mask, {site: st["layers"] for site, st in state.items()})
         for site, st in state.items():
             saes, pairs = sites[site]
-            x = {L: caps[site][L][valid].float() for L in st["layers"]}
-            f = {L: encode(saes[L], x[L]) for L in st["layers"]}
+            prev = None  # two layers' codes at a time
             for L in st["layers"]:
-                add_layer(st["lstats"][L], f[L], x[L])
-            for L in pairs:
-                add_pair(st["pstats"][L], f[L], f[L + 1])
-                if site == "res":
-                    for m, (shift, _) in METHODS.items():
-                        xh = replacement(m, saes[L], saes[L + 1], st["pstats"][L]["match"], x[L], x[L + 1])
-                        sse[(L, m)] += float(((xh - x[L + shift]) ** 2).sum(dtype=torch.float64))
+                x = caps[site].pop(L)[valid].float()
+                f = encode(saes[L], x)
+                add_layer(st["lstats"][L], f, x)
+                if prev is not None and prev[0] == L - 1 and L - 1 in pairs:
+                    _, x_a, f_a = prev
+                    add_pair(st["pstats"][L - 1], f_a, f)
+                    if site == "res":
+                        for m, (shift, _) in METHODS.items():
+                            xh = replacement(m, saes[L - 1], saes[L], st["pstats"][L - 1]["match"], x_a, x)
+                            sse[(L - 1, m)] += float(((xh - (x if shift else x_a)) ** 2).sum(dtype=torch.float64))
+                prev = (L, x, f)
         if res and loss["tokens"] < loss_tokens:
-            add_losses(loss, model, fmt, ids, mask, valid, res[0], {L: st for L, st in state["res"]["pstats"].items()})
+            add_losses(loss, model, fmt, ids, mask, valid, res[0], state["res"]["pstats"])
         seen += int(valid.sum())
         now = time.perf_counter() - t0
         if now - last > 10 or (total_tokens and seen >= total_tokens):
             last = now
             pct = f" of {total_tokens} ({100 * seen / total_tokens:.0f}%)" if total_tokens else ""
-            print(f"evaluate: {seen} tokens{pct}, {seen / max(now, 1e-9):.0f} tokens/s", file=sys.stderr, flush=True)
+            print(f"evaluate {'+'.join(sites)}: {seen} tokens{pct}, {seen / max(now, 1e-9):.0f} tokens/s",
+                  file=sys.stderr, flush=True)
     rows, features = [], {}
     for site, st in state.items():
         for L in sites[site][1]:
@@ -257,9 +334,14 @@ def evaluate_sites(model, fmt: str, batches, sites: dict[str, tuple[dict, dict]]
             cols = finish_pair(st["pstats"][L], a, st["lstats"][L + 1], top_k)
             features[(site, L)] = cols
             active = max(int(cols["active"].sum()), 1)
+            rate_b = (st["lstats"][L + 1]["count"] / max(a["n"], 1)).cpu().numpy()
+            match = st["pstats"][L]["match"].cpu().numpy()
+            chance = np.where(match >= 0, rate_b[np.maximum(match, 0)], 0.0)
             row = {"site": site, "layer": L, "tokens": a["n"],
                    "matching_score": float(cols["coactive_match"].sum() / active),
-                   "matching_score_top1": float(cols["coactive_top1"].sum() / active)}
+                   "matching_score_chance": float((cols["active"] * chance).sum() / active),
+                   "matching_score_top1": float(cols["coactive_top1"].sum() / active),
+                   "pearson_sums": "dense" if site in dense else "sparse"}
             if site == "res":
                 n = loss["tokens"]
                 for m, (shift, _) in METHODS.items():
@@ -361,16 +443,20 @@ def summarize_evaluation(pairs, features, min_active: int, level: float):
 
 def plot_evaluation(table, calib, path: str, title: str) -> None:
     """Matching score and agreement per layer and site; EV of encode–permute–decode and the
-    baselines on the residual site; the verdict's calibration on data."""
+    baselines on the residual site; the verdict's calibration on data (marker area ∝ features)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for site, f in table.group_by("site", maintain_order=True):
-        axes[0].plot(f["layer"], f["matching_score"], "o-", label=f"{site[0]} matching score")
-        axes[0].plot(f["layer"], f["agree_match"], "s--", label=f"{site[0]} = Pearson top-1")
+    colours = {"res": "C0", "mlp": "C1", "att": "C2"}
+    for (site,), f in table.group_by("site", maintain_order=True):
+        c = colours.get(site)
+        axes[0].plot(f["layer"], f["matching_score"], "o-", color=c, label=f"{site}: matching score")
+        axes[0].plot(f["layer"], f["matching_score_chance"], ":", color=c, label=f"{site}: … by chance")
+        axes[0].plot(f["layer"], f["agree_match"], "s--", color=c, label=f"{site}: partner = Pearson top-1")
     axes[0].set(xlabel="pair (L, L+1)", ylabel="share", ylim=(0, 1.02), title="matches on data")
     axes[0].legend(fontsize=7)
     res = table.filter(table["site"] == "res")
@@ -378,15 +464,19 @@ def plot_evaluation(table, calib, path: str, title: str) -> None:
         for m in METHODS:
             axes[1].plot(res["layer"], res[f"ev_{m}"].clip(-1, 1), "o-", label=m)
         axes[1].set(xlabel="pair (L, L+1)", ylabel="explained variance (clipped at −1)", ylim=(-1.05, 1.05),
-                    title="residual: replacing x_{L+1}")
+                    title="residual: the replaced state's EV")
         axes[1].legend(fontsize=7)
     else:
         axes[1].axis("off")
-    for site, f in calib.group_by("site", maintain_order=True) if len(calib) else []:
-        axes[2].plot(f["mean_confidence"], f["share_correlated"], "o-", label=site[0])
+    for ax in axes[:2]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for (site,), f in calib.group_by("site", maintain_order=True) if len(calib) else []:
+        axes[2].plot(f["mean_confidence"], f["share_correlated"], "-", color=colours.get(site), alpha=0.5)
+        axes[2].scatter(f["mean_confidence"], f["share_correlated"], s=8 + 4 * np.sqrt(f["features"].to_numpy()),
+                        color=colours.get(site), label=site)
     axes[2].plot([0, 1], [0, 1], ":", color="grey")
     axes[2].set(xlabel="verdict confidence (bin mean)", ylabel="share with partner r ≥ corr_level",
-                xlim=(0, 1), ylim=(0, 1.02), title="verdict on data")
+                xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="the verdict on data")
     axes[2].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
