@@ -35,7 +35,10 @@ onsuccess:
     from saematch.report import results_message
 
     print(
-        results_message({m: summary_prefix(m) for m in config["models"]}),
+        results_message(
+            {m: summary_prefix(m) for m in config["models"]},
+            {m: evaluation_prefix(m) for m in EVALUATE},
+        ),
         flush=True,
     )
 

@@ -45,12 +45,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} before the run")
-    rules = ("make_demo", "download_sae", "download_model", "match_pair", "flow", "flow_summary", "lifetimes", "ablation",
-             "summarize")
+    runs = [run_once(args.cores) for _ in range(args.repeat)]
+    order = ("make_demo", "make_tiny", "download_sae", "download_model", "match_pair", "flow", "flow_summary",
+             "lifetimes", "ablation", "summarize", "evaluate", "evaluation_summary")
+    seen = {r for _, times in runs for r in times}
+    rules = [r for r in order if r in seen] + sorted(seen - set(order))
     print("| run | wall s | " + " | ".join(rules) + " |")
     print("|---|---|" + "---|" * len(rules))
-    for i in range(args.repeat):
-        wall, times = run_once(args.cores)
+    for i, (wall, times) in enumerate(runs):
         cells = [f"{times[r][0]} jobs, {times[r][1]:.1f} s" if r in times else "" for r in rules]
         print(f"| {i + 1} | {wall:.1f} | " + " | ".join(cells) + " |")
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -371,6 +373,27 @@ def test_another_text_sample_size_goes_to_its_own_folder(demo_run):
     before = {p.name for p in (demo_run / "results/model=tiny/variant=2x/evaluation").iterdir()}
     assert planned and set(planned).isdisjoint(before)  # a new folder; the 8192-token one stays
     assert "rule match_pair" not in out.stdout  # the matches are not recomputed
+
+
+def test_evaluation_settings_rerun_only_what_they_change(demo_run):
+    for args in (["catalog={tiny: {evaluate: {batch_size: 4}}}"], ["evaluate={device: cpu, dense_max_gb: 0.001}"]):
+        out = smk(demo_run, "-n", "--config", *args)
+        assert "Nothing to be done" in out.stdout + out.stderr, args  # memory and device: not results
+    assert planned_jobs(demo_run, "--config", "evaluate={min_active: 5, corr_level: 0.3}") == \
+        {"evaluation_summary": 1, "all": 1}  # the summary's cuts: the model does not run again
+    matches = demo_run / match_path("tiny", "2x", "mlp", 1)
+    original, before = matches.read_bytes(), matches.stat()
+    table = pq.read_table(matches)  # one site's matches rewritten, one confidence changed
+    conf = table["confidence"].to_numpy().copy()
+    conf[0] = 1 - conf[0]
+    pq.write_table(table.set_column(table.schema.get_field_index("confidence"), "confidence",
+                                    pa.array(conf, pa.float32())), matches)
+    try:
+        assert planned_jobs(demo_run) == {"evaluate": 1, "evaluation_summary": 1, "summarize": 1, "lifetimes": 1,
+                                          "all": 1}
+    finally:
+        matches.write_bytes(original)
+        os.utime(matches, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def demo_blob(workdir: Path, site: str, layer: int, l0: int) -> Path:

@@ -7,8 +7,9 @@ from pathlib import Path
 from .logs import failures_since
 
 
-def results_message(summaries: dict[str, str]) -> str:
-    """model → summary path prefix (…/summary/{selection}); the tables, read back from disk."""
+def results_message(summaries: dict[str, str], evaluations: dict[str, str] | None = None) -> str:
+    """model → summary path prefix (…/summary/{selection}); the tables, read back from disk;
+    evaluations: model → its evaluation folder (…/evaluation/{data}/{selection})."""
     import polars as pl
 
     from .summary import console_table
@@ -28,6 +29,10 @@ def results_message(summaries: dict[str, str]) -> str:
                        f"from), cases {prefix}.flow.tsv")
             out.append(f"  ask      saematch trace {model} L/res/INDEX | saematch show {model} L/SITE/INDEX "
                        "(saematch --help)")
+        folder = (evaluations or {}).get(model)
+        if folder and Path(folder, "summary.tsv").exists():
+            out.append(f"  on data  {folder}/summary.tsv (matching score, Pearson partners, EV and ΔL), figure "
+                       f"evaluation.png, the verdict on data calibration.tsv")
         if table_path.exists():
             table = pl.read_parquet(table_path)
             out.append(console_table(table))
