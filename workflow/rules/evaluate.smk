@@ -26,6 +26,8 @@ rule download_dataset:
         "resources/hub/dataset/{repo}/{revision}/{key}.json",
     log:
         "logs/download_dataset/{repo}/{revision}/{key}.log",
+    benchmark:
+        "benchmarks/download_dataset/{repo}/{revision}/{key}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     resources:
@@ -80,6 +82,8 @@ rule evaluation_summary:
         ),
     log:
         "logs/evaluation_summary/model={model}/variant={variant}/{data}/{selection}.log",
+    benchmark:
+        "benchmarks/evaluation_summary/model={model}/variant={variant}/{data}/{selection}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     params:
