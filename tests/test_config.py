@@ -185,3 +185,42 @@ def test_each_sae_has_one_pointer_named_by_repo_revision_and_files():
         "resources/hub/sae/google--gemma-scope-2b-pt-res/fd57/layer_12/width_16k/average_l0_82/params.npz.json"
     assert cfg.pointer_path(llama) == "resources/hub/sae/fnlp--Llama3_1-8B-Base-LXR-8x/main/Llama3_1-8B-Base-L12R-8x.json"
     assert cfg.pointer_path(model) == "resources/hub/model/google--gemma-2-2b/c5eb.json"
+
+
+# --- the evaluation's sample and folders ------------------------------------------------------------
+
+def test_only_the_run_models_listed_in_evaluate_models_are_evaluated():
+    assert cfg.evaluate_models(with_(models=["demo", "tiny"])) == ["tiny"]
+    assert cfg.evaluate_models(with_(models=["demo"])) == []
+
+
+def test_a_catalog_entry_overrides_the_global_sizes_and_supplies_the_sample():
+    opts = cfg.evaluate_options(with_(models=["tiny"]), "tiny")
+    assert opts["n_tokens"] == 8192 and opts["context"] == 128 and opts["data"] == {"path": "resources/tiny/tiny/text.txt"}
+    assert opts["top_k"] == 5 and "models" not in opts
+
+
+def test_the_data_folder_changes_with_the_sample_and_its_size_but_not_with_memory_settings():
+    base = with_(models=["tiny"])
+    label = cfg.data_label(base, "tiny")
+    assert label.startswith("text-") and len(label) == len("text-") + 6
+    other = copy.deepcopy(base)
+    other["catalog"]["tiny"]["evaluate"]["n_tokens"] = 4096
+    assert cfg.data_label(other, "tiny") != label
+    other = copy.deepcopy(base)
+    other["evaluate"]["batch_size"], other["evaluate"]["dense_max_gb"] = 2, 1
+    other["catalog"]["tiny"]["evaluate"]["batch_size"] = 2
+    assert cfg.data_label(other, "tiny") == label
+    hub = with_(models=["gemma-2-2b"], evaluate={**CONFIG["evaluate"], "data": {
+        "repo_id": "org/web-text", "revision": "abc123", "file": "data/part-0.parquet"}})
+    assert cfg.data_label(hub, "gemma-2-2b").startswith("web-text-")
+    assert cfg.pointer_path(cfg.dataset_spec(hub["evaluate"]["data"])) == \
+        "resources/hub/dataset/org--web-text/abc123/data/part-0.parquet.json"
+
+
+def test_a_model_without_a_sample_or_a_runnable_model_is_refused_with_the_key_to_set():
+    with pytest.raises(cfg.ConfigError, match="evaluate.data is not set.*gemma-2-2b.model.data"):
+        cfg.evaluate_options(with_(models=["gemma-2-2b"]), "gemma-2-2b")
+    demo = with_(models=["demo"], evaluate={**CONFIG["evaluate"], "data": {"path": "x.txt"}})
+    with pytest.raises(cfg.ConfigError, match="demo.model.files lacks config.json"):
+        cfg.evaluate_options(demo, "demo")

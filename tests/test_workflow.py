@@ -87,6 +87,12 @@ def pristine(tmp_path_factory):
     (["models=[gemma-2-2b]", "sites=[res]", "layers=[11,12]",
       "catalog={gemma-2-2b: {width: 65k, sites: {res: {l0: {65k: [" + ",".join(["9"] * 26) + "]}}}}}"],
      {"download_sae": 2, "match_pair": 1}),
+    (["models=[gemma-2-2b]", "sites=[res,mlp]", "layers=[10,11]",
+      "evaluate={models: [gemma-2-2b], data: {repo_id: org/texts, revision: abc123, file: data/part-0.parquet}}"],
+     {"download_sae": 4, "download_model": 1, "download_dataset": 1, "match_pair": 2, "evaluate": 1,
+      "evaluation_summary": 1}),
+    (["models=[llama-3.1-8b]", "sites=[res]", "layers=[3,4]", "evaluate={models: [llama-3.1-8b], data: {path: Snakefile}}"],
+     {"download_sae": 2, "download_model": 1, "evaluate": 1}),
 ])
 def test_dry_run_of_the_real_configs_works_offline(pristine, args, expected):
     jobs = planned_jobs(pristine, "--config", *args, env={"HF_HUB_OFFLINE": "1"})
