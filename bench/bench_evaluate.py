@@ -11,7 +11,7 @@ tokens/s, wall time, peak GPU memory (CUDA) or peak RSS (CPU).
 
     python bench/bench_evaluate.py [--layers 6] [--d-model 256] [--features 2048] [--l0 64]
                                    [--tokens 8192] [--context 256] [--batch 8] [--device cpu]
-                                   [--dense-max-gb 8]
+                                   [--dense-max-gb auto]
 
 A Gemma 2 2B-sized run on a GPU: --layers 26 --d-model 2304 --heads 8 --head-dim 256
 --features 16384 --l0 70 --tokens 1000000 --context 1024 --device cuda --dtype bfloat16.
@@ -87,7 +87,8 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--dense-max-gb", type=float, default=8.0, help="0: the sparse Pearson sums")
+    ap.add_argument("--dense-max-gb", type=lambda v: v if v == "auto" else float(v), default="auto",
+                    help="auto (40%% of the GPU, 8 on a CPU) or GB; 0: the sparse Pearson sums")
     args = ap.parse_args()
     model = model_of(args)
     from saematch.lm import read_sites

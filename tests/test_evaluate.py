@@ -302,14 +302,15 @@ def test_delta_loss_of_the_encode_decode_baselines_is_small_and_of_layer_drop_po
 def test_passes_keep_dense_sums_within_the_budget():
     from saematch.evaluate import plan_passes
 
-    assert plan_passes({"res": 4, "mlp": 4, "att": 4}, 12) == [(["res", "mlp", "att"], {"res", "mlp", "att"})]
-    assert plan_passes({"res": 4, "mlp": 4, "att": 4}, 8) == [(["res", "mlp"], {"res", "mlp"}), (["att"], {"att"})]
-    assert plan_passes({"res": 9, "mlp": 4}, 8) == [(["mlp", "res"], {"mlp"})]  # res alone too big: sparse
-    assert plan_passes({"res": 9}, 0) == [(["res"], set())]
+    sizes = {("res", 0): 4, ("res", 1): 4, ("mlp", 0): 4}
+    assert plan_passes(sizes, 12) == [(list(sizes), set(sizes))]
+    assert plan_passes(sizes, 8) == [([("res", 0), ("res", 1)], {("res", 0), ("res", 1)}), ([("mlp", 0)], {("mlp", 0)})]
+    assert plan_passes({("res", 0): 9, ("mlp", 0): 4}, 8) == [([("mlp", 0), ("res", 0)], {("mlp", 0)})]  # too big: sparse
+    assert plan_passes({("res", 0): 9}, 0) == [([("res", 0)], set())]
 
 
 def test_a_second_pass_gives_the_same_metrics(tiny):
-    """Budget for one site at a time: three passes over the text, the same numbers as one."""
+    """Budget for one pair at a time: three passes over the text, the same numbers as one."""
     rng = np.random.default_rng(3)
     sites = {s: ({L: tiny["saes"][s][L] for L in (0, 1)}, {0: {"match": rng.permutation(F), "top1": np.arange(F)}})
              for s in SITES}

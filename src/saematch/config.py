@@ -314,7 +314,7 @@ def describe_change(provenance: dict, expected: dict) -> str | None:
 DATA_OPTIONS = ("n_tokens", "loss_tokens", "context")
 DEFAULT_EVALUATE = {"models": [], "data": None, "n_tokens": 1_000_000, "loss_tokens": 100_000, "context": 1024,
                     "batch_size": 8, "device": "auto", "dtype": "auto", "top_k": 5, "min_active": 10,
-                    "corr_level": 0.5, "dense_max_gb": 8}
+                    "corr_level": 0.5, "dense_max_gb": "auto"}
 
 
 def evaluate_models(config: dict) -> list[str]:

@@ -238,53 +238,60 @@ def token_loss(model, ids, mask, valid, replace=None, fmt="gemma-scope", read=No
 
 def evaluate_sites(model, fmt: str, batches, sites: dict[str, tuple[dict, dict]], loss_tokens: int = 0,
                    top_k: int = 5, device="cpu", total_tokens: int | None = None,
-                   dense_max_gb: float = 8.0) -> tuple[list[dict], dict]:
+                   dense_max_gb: float | str = "auto") -> tuple[list[dict], dict]:
     """Stream the text through the model, reading every site at once where memory allows.
 
     ``batches()``: a fresh iterator of (input_ids, attention_mask, valid) (saematch.lm.token_batches).
     sites[site] = (saes, pairs): saes[L] the site's SAE of each layer used (on ``device``);
     pairs[L] = {"match", "top1"} int arrays of pair (L, L+1) (−1: none). ``loss_tokens``: ΔL
-    on the first that many valid tokens (res site only). Σxy is dense where a site's pairs fit
-    in ``dense_max_gb`` together with the other sites of the same pass; sites that do not share
-    a pass read the text again (:func:`plan_passes`); a site too big alone uses the sparse table.
-    Returns one row of metrics per site and pair, and per (site, L) the per-feature columns.
+    on the first that many valid tokens (res site only). Σxy is dense (F_L × F_{L+1} float32)
+    for the pairs of a pass that fit in ``dense_max_gb`` (auto: 40% of the GPU's memory, 8 on
+    a CPU); the other pairs take further passes over the text (:func:`plan_passes`), and a pair
+    too big alone keeps the sparse table. Returns one row of metrics per site and pair, and per
+    (site, L) the per-feature columns.
     """
-    sizes = {site: sum(4 * saes[L].n_features * saes[L + 1].n_features for L in pairs)
-             for site, (saes, pairs) in sites.items()}
+    if dense_max_gb == "auto":
+        dev = torch.device(device)
+        dense_max_gb = 0.4 * torch.cuda.get_device_properties(dev).total_memory / 2**30 if dev.type == "cuda" else 8
+    sizes = {(site, L): 4 * saes[L].n_features * saes[L + 1].n_features
+             for site, (saes, pairs) in sites.items() for L in pairs}
     rows, features = [], {}
     for group, dense in plan_passes(sizes, dense_max_gb * 2**30):
-        r, f = _one_pass(model, fmt, batches(), {s: sites[s] for s in group}, dense,
-                         loss_tokens if "res" in group else 0, top_k, device, total_tokens)
+        chosen = {site: (saes, {L: p for L, p in pairs.items() if (site, L) in group})
+                  for site, (saes, pairs) in sites.items() if any(s == site for s, _ in group)}
+        r, f = _one_pass(model, fmt, batches(), chosen, dense, loss_tokens if "res" in chosen else 0, top_k,
+                         device, total_tokens)
         rows += r
         features.update(f)
     order = {s: i for i, s in enumerate(sites)}
     return sorted(rows, key=lambda row: (order[row["site"]], row["layer"])), features
 
 
-def plan_passes(sizes: dict[str, int], budget: float) -> list[tuple[list[str], set[str]]]:
-    """Sites grouped into passes over the text: each pass's dense Σxy within ``budget`` bytes
-    (first fit, in the given order); a site over the budget alone is sparse and joins the first
-    pass. Returns [(sites, the dense ones)]."""
-    passes, sparse = [], []  # passes: [sites, dense sites, bytes]
-    for site, n in sizes.items():
+def plan_passes(sizes: dict, budget: float) -> list[tuple[list, set]]:
+    """Pairs (keys of ``sizes``, bytes of their dense Σxy) grouped into passes over the text,
+    each pass's dense sums within ``budget`` bytes (first fit, in the given order); a pair over
+    the budget alone keeps the sparse table and joins the first pass. Returns [(pairs, the
+    dense ones)]."""
+    passes, sparse = [], []  # passes: [pairs, dense pairs, bytes]
+    for key, n in sizes.items():
         if n > budget:
-            sparse.append(site)
+            sparse.append(key)
             continue
         for p in passes:
             if p[2] + n <= budget:
-                p[0].append(site)
-                p[1].add(site)
+                p[0].append(key)
+                p[1].add(key)
                 p[2] += n
                 break
         else:
-            passes.append([[site], {site}, n])
+            passes.append([[key], {key}, n])
     if not passes:
         passes.append([[], set(), 0])
     passes[0][0].extend(sparse)
     return [(p[0], p[1]) for p in passes]
 
 
-def _one_pass(model, fmt, batches, sites, dense: set[str], loss_tokens, top_k, device, total_tokens):
+def _one_pass(model, fmt, batches, sites, dense: set, loss_tokens, top_k, device, total_tokens):
     state = {}
     for site, (saes, pairs) in sites.items():
         layers = sorted(set(pairs) | {L + 1 for L in pairs})
@@ -293,7 +300,7 @@ def _one_pass(model, fmt, batches, sites, dense: set[str], loss_tokens, top_k, d
             "lstats": {L: layer_stats(saes[L].n_features, saes[L].W_dec.shape[1], device) for L in layers},
             "pstats": {L: pair_stats(torch.as_tensor(p["match"], dtype=torch.int64, device=device),
                                      torch.as_tensor(p["top1"], dtype=torch.int64, device=device),
-                                     saes[L + 1].n_features if site in dense else None)
+                                     saes[L + 1].n_features if (site, L) in dense else None)
                        for L, p in pairs.items()},
         }
     res = sites.get("res")
@@ -341,7 +348,7 @@ def _one_pass(model, fmt, batches, sites, dense: set[str], loss_tokens, top_k, d
                    "matching_score": float(cols["coactive_match"].sum() / active),
                    "matching_score_chance": float((cols["active"] * chance).sum() / active),
                    "matching_score_top1": float(cols["coactive_top1"].sum() / active),
-                   "pearson_sums": "dense" if site in dense else "sparse"}
+                   "pearson_sums": "dense" if (site, L) in dense else "sparse"}
             if site == "res":
                 n = loss["tokens"]
                 for m, (shift, _) in METHODS.items():
