@@ -230,8 +230,10 @@ def token_loss(model, ids, mask, valid, replace=None, fmt="gemma-scope", read=No
     with torch.no_grad(), hooks(model, fmt, read or {}, replace):
         logits = model(input_ids=ids, attention_mask=mask).logits
     target = valid[:, 1:]
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1][target].float(), ids[:, 1:][target], reduction="sum")
-    return float(ce), int(target.sum())
+    rows, labels = logits[:, :-1][target], ids[:, 1:][target]
+    ce = sum(float(torch.nn.functional.cross_entropy(rows[i:i + 1024].float(), labels[i:i + 1024], reduction="sum"))
+             for i in range(0, len(rows), 1024))  # float32 in chunks: Gemma's 256k vocabulary
+    return ce, int(target.sum())
 
 
 # --- all sites, one pass ------------------------------------------------------------------------
