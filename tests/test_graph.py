@@ -9,6 +9,7 @@ import sys
 
 import networkx as nx
 import numpy as np
+import polars as pl
 import pytest
 
 from saematch import graph as fg
@@ -160,6 +161,27 @@ def test_the_command_traces_shows_and_answers_errors_with_a_clear_line(run, caps
     assert "expected LAYER/SITE/INDEX" in capsys.readouterr().err
     assert main(["--results", str(results), "trace", "toy", "3/res/2", "--format", "png"]) == 2
     assert "give -o/--output" in capsys.readouterr().err
+
+
+def test_show_gives_a_features_partners_on_data_from_each_evaluation(run, capsys):
+    from saematch.evaluate import features_frame
+    from saematch.write import write_frame
+
+    results, root = run
+    cols = {"active": np.arange(N) * 10, "pearson_top": np.tile([[3, -1]], (N, 1)),
+            "pearson_r": np.tile([[0.8, np.nan]], (N, 1)), "r_match": np.full(N, 0.25),
+            "coactive_match": np.arange(N), "r_top1": np.full(N, 0.5), "coactive_top1": np.arange(N)}
+    matches = pl.read_parquet(root / "matches/site=res/layer=2/part-0.parquet")
+    write_frame(root / "evaluation/text-abc123/res.L0-3/features.parquet",
+                features_frame("res", 2, cols, matches), {})
+    assert main(["--results", str(results), "show", "toy", "2/res/1", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["on_data"]
+    assert row == {"data": "text-abc123/res.L0-3", "active": 10, "match": int(matches["match"][1]),
+                   "r_match": 0.25, "top1": 2, "r_top1": 0.5, "pearson_top": [3], "pearson_r": [0.8]}
+    assert main(["--results", str(results), "show", "toy", "2/res/1"]) == 0
+    assert "Pearson top-k in layer L+1: 3 (0.800)" in capsys.readouterr().out
+    assert main(["--results", str(results), "show", "toy", "1/res/1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["on_data"] == []  # no evaluation of layer 1
 
 
 def test_every_subcommand_has_help_and_python_m_runs_the_same_command():

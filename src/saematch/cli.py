@@ -140,12 +140,29 @@ def show_feature(root: Path, layer: int, site: str, index: int, explanations: st
         row = (pl.scan_parquet(flow).filter(pl.col("feature") == index)
                .select(["res", "s_res", "mlp", "s_mlp", "att", "s_att", "case"]).collect())
         out["flow"] = row.row(0, named=True) if len(row) else None
+    out["on_data"] = on_data(root, layer, site, index)
     from .neuronpedia import annotate, load_explanations
 
     where = flowgraph.neuronpedia_where(paths, layer, site)
     found = load_explanations(explanations, where["model"], where["set"]) if explanations and "set" in where else None
     out["neuronpedia"] = annotate({}, where, index, found)
     return out
+
+
+def on_data(root: Path, layer: int, site: str, index: int) -> list[dict]:
+    """The feature's row in each evaluation on activations of this run (saematch.evaluate):
+    how often it fired, its partners' Pearson r and its Pearson top-k in layer L+1."""
+    rows = []
+    for path in sorted(root.glob("evaluation/*/*/features.parquet")):
+        row = (pl.scan_parquet(path).filter((pl.col("site") == site) & (pl.col("layer") == layer)
+                                            & (pl.col("feature") == index))
+               .select(["active", "match", "r_match", "top1", "r_top1", "pearson_top", "pearson_r"]).collect())
+        if len(row):
+            d = row.row(0, named=True)
+            rows.append({"data": f"{path.parent.parent.name}/{path.parent.name}", **d,
+                         "pearson_top": [j for j in d["pearson_top"] if j >= 0],
+                         "pearson_r": [round(r, 4) for j, r in zip(d["pearson_top"], d["pearson_r"]) if j >= 0]})
+    return rows
 
 
 def cmd_show(args) -> None:
@@ -164,6 +181,16 @@ def cmd_show(args) -> None:
     if info.get("flow"):
         print("\nFeature Flow (where it comes from):")
         _print_table([info["flow"]])
+    for row in info["on_data"]:
+        print(f"\non data ({row['data']}): fired on {row['active']} tokens", end="")
+        if not row["active"]:
+            print(" (dead on this sample: no correlations)")
+            continue
+        r = lambda v: "–" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+        print(f"; Pearson r with its partner {row['match']} {r(row['r_match'])}, with its top-1 {row['top1']} "
+              f"{r(row['r_top1'])}")
+        print("Pearson top-k in layer L+1: " + (", ".join(f"{j} ({v:.3f})" for j, v in
+                                                          zip(row["pearson_top"], row["pearson_r"])) or "none"))
     np_info = info["neuronpedia"]
     print("\n" + (np_info["url"] if "url" in np_info else np_info.get("neuronpedia_note", "no Neuronpedia page")))
     if "explanation" in np_info:
