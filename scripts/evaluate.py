@@ -42,8 +42,7 @@ with logs.job(snakemake):
                          for L, m in matches[site].items()})
                  for site in opts["sites"]}
         ids, mask, valid = next(token_batches(docs, tokenizer, opts["n_tokens"], opts["context"], run["batch_size"]))
-        rtol = 2e-3 if next(model.parameters()).dtype == torch.float32 else 0.1
-        hook_errors = check_hooks(model, opts["format"], ids.to(dev), mask.to(dev), valid.to(dev), rtol)
+        hook_errors = check_hooks(model, opts["format"], ids.to(dev), mask.to(dev), valid.to(dev))
         logging.info("hooks match the model's hidden states: largest relative errors %s", hook_errors)
         if str(dev).startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(dev)

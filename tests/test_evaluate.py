@@ -57,6 +57,17 @@ def test_hooks_read_what_the_model_computes(tiny):
     assert errors["resid_post"] < 1e-6 and errors["update"] < 1e-5
 
 
+def test_in_bfloat16_the_hooks_pass_and_a_wrong_one_still_fails(tiny, monkeypatch):
+    import copy
+
+    model = copy.deepcopy(tiny["model"]).to(torch.bfloat16)
+    errors = lm.check_hooks(model, "gemma-scope", *_batch(tiny))
+    assert errors["update"] < 5e-3  # the model's own bfloat16 rounding
+    monkeypatch.setitem(lm.HOOKS["gemma-scope"], "mlp", ("mlp", "output"))
+    with pytest.raises(SaeError, match="hook check failed: update"):
+        lm.check_hooks(model, "gemma-scope", *_batch(tiny))
+
+
 @pytest.mark.parametrize("site, wrong", [("mlp", ("mlp", "output")),  # before the post-MLP norm
                                           ("att", ("self_attn.o_proj", "output")),  # after W_O, not z
                                           ("res", ("input_layernorm", "output"))])
