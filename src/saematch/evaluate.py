@@ -459,7 +459,7 @@ def plot_evaluation(table, calib, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
     colours = {"res": "C0", "mlp": "C1", "att": "C2"}
     for (site,), f in table.group_by("site", maintain_order=True):
         c = colours.get(site)
@@ -467,14 +467,14 @@ def plot_evaluation(table, calib, path: str, title: str) -> None:
         axes[0].plot(f["layer"], f["matching_score_chance"], ":", color=c, label=f"{site}: … by chance")
         axes[0].plot(f["layer"], f["agree_match"], "s--", color=c, label=f"{site}: partner = Pearson top-1")
     axes[0].set(xlabel="pair (L, L+1)", ylabel="share", ylim=(0, 1.02), title="matches on data")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     res = table.filter(table["site"] == "res")
     if len(res) and "ev_permute" in res.columns:
-        for m in METHODS:
-            axes[1].plot(res["layer"], res[f"ev_{m}"].clip(-1, 1), "o-", label=m)
+        for m, style in zip(METHODS, ("o-", "s--", "^-", "v:", "D-", "x--")):  # near-equal lines stay visible
+            axes[1].plot(res["layer"], res[f"ev_{m}"].clip(-1, 1), style, label=m, markersize=6)
         axes[1].set(xlabel="pair (L, L+1)", ylabel="explained variance (clipped at −1)", ylim=(-1.05, 1.05),
                     title="residual: the replaced state's EV")
-        axes[1].legend(fontsize=7)
+        axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     else:
         axes[1].axis("off")
     for ax in axes[:2]:
