@@ -224,3 +224,50 @@ def test_a_model_without_a_sample_or_a_runnable_model_is_refused_with_the_key_to
     demo = with_(models=["demo"], evaluate={**CONFIG["evaluate"], "data": {"path": "x.txt"}})
     with pytest.raises(cfg.ConfigError, match="demo.model.files lacks config.json"):
         cfg.evaluate_options(demo, "demo")
+
+
+# --- the catalog's revisions --------------------------------------------------------------------
+
+COMMIT = r"^[0-9a-f]{40}$"
+
+
+def catalog_revision_lines(text: str) -> dict[str, list[tuple[object, str]]]:
+    """Model → (revision value, its line's comment) for every `revision:` line of the catalog."""
+    import re
+
+    out, model, in_catalog = {}, None, False
+    for line in text.splitlines():
+        if re.match(r"^\S", line):
+            in_catalog = line.startswith("catalog:")
+            continue
+        m = re.match(r"^  ([A-Za-z0-9][A-Za-z0-9._-]*):", line)
+        if in_catalog and m:
+            model = m[1]
+        m = re.match(r"^\s+revision:\s*([^#]+?)\s*(?:#\s*(.*))?$", line)
+        if in_catalog and model and m:
+            out.setdefault(model, []).append((yaml.safe_load(m[1]), m[2] or ""))
+    return out
+
+
+def test_every_hub_repo_of_the_real_models_is_pinned_to_a_commit_or_says_why_not():
+    import re
+
+    lines = catalog_revision_lines((ROOT / "config/config.yaml").read_text())
+    real = [m for m, e in CONFIG["catalog"].items() if "demo" not in e and "tiny" not in e]
+    assert real == ["gemma-2-2b", "llama-3.1-8b"]
+    for model in real:
+        entry = CONFIG["catalog"][model]
+        n_revisions = len(entry["sites"]) + ("model" in entry) + sum(
+            "revision" in o for s in entry["sites"].values() for o in s.get("per_layer", {}).values())
+        assert len(lines[model]) == n_revisions, f"{model}: a revision not on one line"
+        for value, comment in lines[model]:
+            revisions = list(value.values()) if isinstance(value, dict) else [value]
+            if not all(re.match(COMMIT, str(r)) for r in revisions):
+                assert re.match(r"unpinned: \S.{20,}", comment), f"{model}: revision {value} is no commit and says not why"
+    pinned = {m: [v for v, c in lines[m] if not c.startswith("unpinned")] for m in real}
+    assert CONFIG["catalog"]["llama-3.1-8b"]["model"]["revision"] in pinned["llama-3.1-8b"]
+
+
+def test_the_gated_models_are_marked_in_the_catalog():
+    gated = {e["model"]["repo_id"] for e in CONFIG["catalog"].values() if e.get("model", {}).get("gated")}
+    assert gated == {"google/gemma-2-2b", "meta-llama/Llama-3.1-8B"}
