@@ -57,7 +57,8 @@ def test_fetch_rejects_a_truncated_download(cache):
 
 def test_fetch_names_a_file_that_is_not_there(cache):
     cache, _ = cache
-    with pytest.raises(SaeError, match="layer_9/params.npz @ main: download failed"):
+    with pytest.raises(SaeError, match="layer_9/params.npz @ main: not in the Hugging Face cache and downloads "
+                                       r"are off \(the catalog's hub.local_files_only\)"):
         fetch("google/gemma-scope-2b-pt-res", {"params": "layer_9/params.npz"}, "main", str(cache),
               local_files_only=True)
 
@@ -121,3 +122,102 @@ def test_network_errors_that_persist_fail_after_three_attempts_naming_the_file(m
     with pytest.raises(SaeError, match="r/x/f.npz @ main: download failed: down"):
         hub._download("r/x", "f.npz", "main", None, False, sleep=lambda s: None)
     assert flaky.calls == hub.RETRIES == 3
+
+
+# --- branches, an unreachable Hub, gated repos, and the notice before a run ---------------------
+
+def _fetch_in_a_subprocess(cache, revision, env=None):
+    """fetch in a fresh interpreter (huggingface_hub reads HF_* at import), logging to stderr."""
+    code = ("import json, logging; logging.basicConfig(level=logging.WARNING); from saematch.hub import fetch; "
+            f"print(json.dumps(fetch('google/gemma-scope-2b-pt-res', {{'params': '{FILE}'}}, '{revision}')))")
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", **(env or {}))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_fetching_a_branch_warns_and_records_the_commit_it_resolved_to(cache):
+    cache, commit = cache
+    out = _fetch_in_a_subprocess(cache, "main")
+    assert json.loads(out.stdout.splitlines()[-1])["commit"] == commit
+    assert f"google/gemma-scope-2b-pt-res @ main is a branch, not a commit: resolved to {commit}" in out.stderr
+    pinned = _fetch_in_a_subprocess(cache, commit)
+    assert pinned.returncode == 0 and "branch" not in pinned.stderr
+
+
+def test_an_offline_run_missing_a_file_says_so_in_one_line_with_what_to_do(tmp_path):
+    out = _fetch_in_a_subprocess(tmp_path / "empty-cache", "main")
+    line = [m for m in out.stderr.splitlines() if "SaeError" in m][-1]
+    assert (f"google/gemma-scope-2b-pt-res/{FILE} @ main: not in the Hugging Face cache and downloads are off "
+            "(HF_HUB_OFFLINE=1)") in line
+    assert "unset HF_HUB_OFFLINE" in line
+
+
+def _unreachable():
+    import httpx2 as httpx
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub ... "
+                                      "Please check your connection") from httpx.ConnectError(
+            "[Errno -2] Name or service not known")
+    except LocalEntryNotFoundError as exc:
+        return exc
+
+
+def test_an_unreachable_hub_is_named_with_the_repo_the_file_and_what_to_do(monkeypatch):
+    import saematch.hub as hub
+
+    monkeypatch.setattr(hub, "hf_hub_download", _Flaky(_unreachable()))
+    with pytest.raises(SaeError) as err:
+        hub._download("google/gemma-2-2b", "config.json", "c5eb", None, False, sleep=lambda s: None)
+    message = str(err.value)
+    assert message.startswith("google/gemma-2-2b/config.json @ c5eb: the Hugging Face Hub cannot be reached")
+    assert "Name or service not known" in message and "HF_ENDPOINT" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("token", [None, "hf_not_a_real_token_0123456789"])
+def test_a_gated_repo_says_to_accept_the_licence_and_log_in(monkeypatch, tmp_path, token):
+    import httpx2 as httpx
+    import saematch.hub as hub
+    from huggingface_hub.errors import GatedRepoError
+
+    response = httpx.Response(401, request=httpx.Request("HEAD", "https://huggingface.co/google/gemma-2-2b"))
+    gated = GatedRepoError("401 Client Error. Access to model google/gemma-2-2b is restricted.", response=response)
+    monkeypatch.setattr(hub, "hf_hub_download", _Flaky(gated))
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+    if token is None:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("HF_TOKEN", token)
+    with pytest.raises(SaeError) as err:
+        hub._download("google/gemma-2-2b", "config.json", "c5eb", None, False, sleep=lambda s: None)
+    message = str(err.value)
+    assert message.startswith("google/gemma-2-2b/config.json @ c5eb: google/gemma-2-2b is gated: accept its licence "
+                              "at https://huggingface.co/google/gemma-2-2b")
+    assert ("no token is set: run `hf auth login` or set HF_TOKEN" if token is None else
+            "the token that is set has no access yet") in message
+    assert "\n" not in message and "hf_not_a_real" not in message
+
+
+def test_the_notice_before_a_run_lists_downloads_gated_repos_the_token_and_unpinned_branches():
+    from saematch.hub import download_notice
+
+    downloads = [
+        {"repo_id": "google/gemma-scope-2b-pt-res", "revision": "fd57" * 10, "files": {"params": "a"}},
+        {"repo_id": "google/gemma-scope-2b-pt-res", "revision": "fd57" * 10, "files": {"params": "b"}},
+        {"repo_id": "google/gemma-scope-2b-pt-mlp", "revision": "main", "files": {"params": "a"}},
+        {"repo_id": "google/gemma-2-2b", "revision": "c5eb" * 10, "files": {"a": "a", "b": "b", "c": "c"}},
+    ]
+    lines = download_notice(downloads, gated={"google/gemma-2-2b"}, token_set=False, offline=False)
+    text = "\n".join(lines)
+    assert lines[0] == ("saematch: 6 files from 3 Hugging Face repos are needed (taken from the Hugging Face "
+                        "cache where they are, else downloaded: the network is needed)")
+    assert "google/gemma-scope-2b-pt-res @ fd57fd5 (2 files)" in text
+    assert "gated: google/gemma-2-2b: accept its licence on the Hub; no token is set (HF_TOKEN or `hf auth login`)" in text
+    assert "unpinned: google/gemma-scope-2b-pt-mlp @ main is a branch" in text
+    assert "offline" not in text
+    quiet = download_notice(downloads[:1], gated={"google/gemma-2-2b"}, token_set=True, offline=True)
+    assert "gated" not in "\n".join(quiet) and "HF_HUB_OFFLINE=1" in "\n".join(quiet)
+    assert download_notice([], gated=set(), token_set=False, offline=False) == []

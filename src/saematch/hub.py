@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"snapshots/([0-9a-f]{40})/")
+_FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
@@ -68,6 +69,58 @@ def is_transient(exc: BaseException) -> bool:
                          "NetworkError", "IncompleteRead"})
 
 
+def is_commit(revision: str) -> bool:
+    """Whether a revision is a full commit hash (anything else is a branch or tag that can move)."""
+    return bool(_FULL_COMMIT.match(revision))
+
+
+def token_is_set() -> bool:
+    """Whether downloads carry a Hugging Face token: HF_TOKEN, or the token file `hf auth login`
+    writes into the HF home. Never reads the token out, and never contacts the Hub."""
+    from huggingface_hub import constants
+
+    return bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+                or os.path.isfile(constants.HF_TOKEN_PATH))
+
+
+def offline() -> bool:
+    """Whether HF_HUB_OFFLINE forbids every download."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def failure_reason(exc: BaseException, repo_id: str, local_files_only: bool) -> str:
+    """Why a download failed and what to do, in one line (no token is ever shown)."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    hub = f"https://huggingface.co/{repo_id}"
+    login = "run `hf auth login` or set HF_TOKEN"
+    if isinstance(exc, GatedRepoError):
+        token = ("the token that is set has no access yet (accepted with the account of that token?)"
+                 if token_is_set() else f"no token is set: {login}")
+        return f"{repo_id} is gated: accept its licence at {hub}; {token}"
+    if isinstance(exc, RepositoryNotFoundError):
+        token = "" if token_is_set() else f"; if it is private or gated, {login}"
+        return f"repository {repo_id} not found on the Hub (check repo_id in config/config.yaml){token}"
+    if isinstance(exc, LocalEntryNotFoundError):
+        if local_files_only or offline():
+            why, fix = (("HF_HUB_OFFLINE=1", "unset HF_HUB_OFFLINE") if offline() else
+                        ("the catalog's hub.local_files_only", "set hub.local_files_only: false"))
+            return (f"not in the Hugging Face cache and downloads are off ({why}): {fix} to download it, "
+                    "or point HF_HOME / HF_HUB_CACHE at a cache that holds it")
+        cause = _root_cause(exc)
+        if cause is not exc:
+            return (f"the Hugging Face Hub cannot be reached ({type(cause).__name__}: "
+                    f"{' '.join(str(cause).split())}) and the file is not in the cache: check the network, "
+                    "a proxy or HF_ENDPOINT, or fill the cache where the Hub is reachable and point HF_HOME at it")
+    return "download failed: " + " ".join(str(exc).split())
+
+
 def _download(repo_id, filename, revision, cache_dir, local_files_only, sleep=time.sleep,
               repo_type: str = "model") -> str:
     """hf_hub_download, retried on transient network errors only; SaeError naming the file."""
@@ -81,7 +134,8 @@ def _download(repo_id, filename, revision, cache_dir, local_files_only, sleep=ti
                             exc, RETRY_SECONDS * attempt, attempt + 1, RETRIES)
                 sleep(RETRY_SECONDS * attempt)
                 continue
-            raise SaeError(f"{repo_id}/{filename} @ {revision}: download failed: {exc}") from exc
+            raise SaeError(f"{repo_id}/{filename} @ {revision}: "
+                           f"{failure_reason(exc, repo_id, local_files_only)}") from exc
     raise AssertionError("unreachable")
 
 
@@ -96,7 +150,9 @@ def fetch(
     """Download ``files`` (role → path in repo) at ``revision``; return the pointer dict.
 
     Files already in the cache are not downloaded again. Every file's sha256 is checked
-    against the Hub's LFS hash (the blob name) so a truncated download is an error.
+    against the Hub's LFS hash (the blob name) so a truncated download is an error. A branch
+    (not a 40-hex commit) is warned about, with the commit it resolved to, unless
+    ``local_files_only`` (the repos the pipeline writes itself).
     """
     pointer = {"repo_id": repo_id, "revision": revision, "commit": None, "files": {}}
     if repo_type != "model":  # a dataset: recorded, so that resolve looks in datasets--…
@@ -112,6 +168,10 @@ def fetch(
         pointer["files"][role] = {"filename": filename, **_check_blob(path, repo_id, filename)}
         log.info("  → %s (%d bytes, sha256 %s)", path, pointer["files"][role]["size"],
                  pointer["files"][role]["sha256"][:12])
+    if not is_commit(revision) and not local_files_only:
+        log.warning("%s @ %s is a branch, not a commit: resolved to %s (recorded in the pointer and every "
+                    "result made from it); pin that commit in config/config.yaml to keep the run reproducible",
+                    repo_id, revision, pointer["commit"])
     if cache_dir is not None:
         pointer["cache_dir"] = str(cache_dir)
     return pointer
@@ -146,3 +206,32 @@ def resolve(pointer: dict, role: str, verify: bool = True) -> str:
 def resolve_files(pointer: dict, verify: bool = True) -> dict[str, str]:
     """Role → local path for every file of a pointer (see :func:`resolve`)."""
     return {role: resolve(pointer, role, verify) for role in pointer["files"]}
+
+
+def download_notice(downloads: list[dict], gated: set[str], token_set: bool, offline: bool) -> list[str]:
+    """What a run will fetch from the Hub, said before any job: the lines to print.
+
+    ``downloads``: the specs (repo_id, revision, files) whose pointers are missing; ``gated``:
+    repos whose licence must be accepted on the Hub. Empty when nothing is to be fetched.
+    """
+    if not downloads:
+        return []
+    per_repo: dict[tuple[str, str], int] = {}
+    for spec in downloads:
+        key = (spec["repo_id"], spec["revision"])
+        per_repo[key] = per_repo.get(key, 0) + len(spec["files"])
+    n_files, repos = sum(per_repo.values()), sorted({repo for repo, _ in per_repo})
+    lines = [f"saematch: {n_files} files from {len(repos)} Hugging Face repos are needed (taken from the "
+             "Hugging Face cache where they are, else downloaded: the network is needed)"]
+    for (repo, revision), n in sorted(per_repo.items()):
+        shown = revision[:7] if is_commit(revision) else revision
+        lines.append(f"  {repo} @ {shown} ({n} file{'s' if n != 1 else ''})")
+    for repo in sorted(gated & set(repos)):
+        token = "a token is set" if token_set else "no token is set (HF_TOKEN or `hf auth login`)"
+        lines.append(f"  gated: {repo}: accept its licence on the Hub; {token}")
+    for repo, revision in sorted(k for k in per_repo if not is_commit(k[1])):
+        lines.append(f"  unpinned: {repo} @ {revision} is a branch; the commit it resolves to is recorded "
+                     "in its pointer and results")
+    if offline:
+        lines.append("  HF_HUB_OFFLINE=1: nothing is downloaded; a file missing from the cache stops its job")
+    return lines
