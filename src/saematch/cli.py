@@ -6,26 +6,40 @@
     saematch summary demo
 
 Reads the Parquet files under ``results/model=M/variant=V`` lazily (polars). Tables for
-people, ``--json`` (or ``--format json``) for scripts.
+people, ``--format json`` (or its short form ``--json``, on every subcommand) for scripts.
+A feature is LAYER/SITE/INDEX (SITE res, mlp, att or Llama Scope's R, M, A). Every error is
+one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
 import polars as pl
 
 from . import graph as flowgraph
+from .config import SITE_ALIASES, SITES
 
 FORMATS = ("table", "json", "graphml", "html", "png", "svg")
 DEFAULT_EXPLANATIONS = "resources/neuronpedia"
+# argparse takes '-1/res/1' for an option; a word with a space in it is always an argument to it
+NEGATIVE_FEATURE = re.compile(r"-\d+/[A-Za-z]+/-?\d+")
 
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def run_dir(results: str, model: str, variant: str | None) -> Path:
@@ -61,9 +75,34 @@ def _explanations(args) -> str | None:
     return root
 
 
-def _matches(root: Path, site: str, layer: int) -> Path | None:
-    path = root / "matches" / f"site={site}" / f"layer={layer}" / "part-0.parquet"
-    return path if path.exists() else None
+def _matches(paths: dict, site: str, layer: int) -> Path | None:
+    """The matches file of pair layer → layer + 1; None where the run has none, CliError where
+    it lost it (a summary of the run was made from it)."""
+    path = flowgraph.matches_path(paths["root"], site, layer)
+    if not path.exists():
+        flowgraph.check_not_lost(paths, path)
+        return None
+    return path
+
+
+def write_output(path: str, write) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then renamed to it: a failure is
+    one line naming the file, and leaves nothing behind."""
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise CliError(f"-o {path}: no such folder {out.parent}")
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")  # the same suffix (graphml.gz stays gzip)
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise CliError(f"-o {path}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _text_writer(text: str):
+    return lambda tmp: Path(tmp).write_text(text)
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -83,10 +122,10 @@ def cmd_trace(args) -> None:
     paths = flowgraph.results_paths(root)
     if not paths["flow"] and args.direction != "forward":
         raise CliError(f"{root}: no flow files (…/flow/MODULES/layer=L.parquet): run the pipeline with the res site selected")
+    G = flowgraph.trace(paths, args.feature, args.direction, args.res_cut, args.module_cut)
     try:
-        G = flowgraph.trace(paths, args.feature, args.direction, args.res_cut, args.module_cut)
         flowgraph.annotate(G, paths, _explanations(args))
-    except ValueError as exc:
+    except ValueError as exc:  # an explanations file
         raise CliError(str(exc)) from None
     fmt = args.format
     if fmt in ("png", "svg", "graphml") and not args.output:
@@ -100,15 +139,15 @@ def cmd_trace(args) -> None:
     elif fmt == "html":
         text = flowgraph.to_html(G)
     elif fmt == "graphml":
-        flowgraph.write_graphml(G, args.output)
+        write_output(args.output, lambda tmp: flowgraph.write_graphml(G, tmp))
         print(args.output)
         return
     else:
-        flowgraph.draw(G, args.output)
+        write_output(args.output, lambda tmp: flowgraph.draw(G, tmp, fmt))
         print(args.output)
         return
     if args.output:
-        Path(args.output).write_text(text)
+        write_output(args.output, _text_writer(text))
         print(args.output)
     else:
         print(text)
@@ -119,34 +158,62 @@ def show_feature(root: Path, layer: int, site: str, index: int, explanations: st
     from layer L−1, (residual features) its Feature Flow scores and case, and its Neuronpedia
     link and explanations."""
     out: dict = {"feature": flowgraph.node_name(layer, site, index)}
-    fwd, back = _matches(root, site, layer), _matches(root, site, layer - 1)
-    if fwd is None and back is None:
-        raise CliError(f"{root}: no matches for site {site} at layer {layer} (neither {layer}→{layer + 1} "
-                       f"nor {layer - 1}→{layer})")
-    n = pl.scan_parquet(fwd or back).select(pl.len() if fwd else pl.col("match").max()).collect().item()
-    if fwd and not 0 <= index < n:
+    paths = flowgraph.results_paths(root)
+    pairs = {int(p.parent.name.split("=")[1]) for p in (root / "matches" / f"site={site}").glob("layer=*/part-0.parquet")}
+    pairs |= {int(p.parent.name.split("=")[1]) for p in paths["expected"] if p.parent.parent.name == f"site={site}"}
+    known = pairs | {L + 1 for L in pairs}
+    if layer not in known:
+        raise CliError(f"{out['feature']}: layer {layer} is not in this run's results for site {site} ({root}): "
+                       f"layers {flowgraph.layers_text(known)}")
+    fwd, back = _matches(paths, site, layer), _matches(paths, site, layer - 1)
+    flow = flowgraph.flow_path(paths, layer) if site == "res" else None
+    n = n_features(fwd, back, flow)
+    if not 0 <= index < n:
         raise CliError(f"{out['feature']}: layer {layer} has features 0–{n - 1}")
     cols = ["match", "cosine", "persists", "confidence", "top1", "top1_cosine", "top1_persists", "top1_confidence"]
     if fwd:
-        row = pl.scan_parquet(fwd).filter(pl.col("feature") == index).select(cols).collect()
+        with flowgraph.reading(fwd):
+            row = pl.scan_parquet(fwd).filter(pl.col("feature") == index).select(cols).collect()
         out["next"] = row.row(0, named=True) if len(row) else None
     if back:
-        rows = (pl.scan_parquet(back).filter((pl.col("match") == index) | (pl.col("top1") == index))
-                .select(["feature", *cols]).collect())
+        with flowgraph.reading(back):
+            rows = (pl.scan_parquet(back).filter((pl.col("match") == index) | (pl.col("top1") == index))
+                    .select(["feature", *cols]).collect())
         out["previous"] = rows.to_dicts()
-    paths = flowgraph.results_paths(root)
-    flow = paths["flow"].get(layer)
-    if site == "res" and flow is not None:
-        row = (pl.scan_parquet(flow).filter(pl.col("feature") == index)
-               .select(["res", "s_res", "mlp", "s_mlp", "att", "s_att", "case"]).collect())
+    if flow is not None:
+        with flowgraph.reading(flow):
+            row = (pl.scan_parquet(flow).filter(pl.col("feature") == index)
+                   .select(["res", "s_res", "mlp", "s_mlp", "att", "s_att", "case"]).collect())
         out["flow"] = row.row(0, named=True) if len(row) else None
     out["on_data"] = on_data(root, layer, site, index)
     from .neuronpedia import annotate, load_explanations
 
     where = flowgraph.neuronpedia_where(paths, layer, site)
-    found = load_explanations(explanations, where["model"], where["set"]) if explanations and "set" in where else None
+    try:
+        found = load_explanations(explanations, where["model"], where["set"]) if explanations and "set" in where else None
+    except ValueError as exc:  # an explanations file
+        raise CliError(str(exc)) from None
     out["neuronpedia"] = annotate({}, where, index, found)
     return out
+
+
+def n_features(fwd: Path | None, back: Path | None, flow: Path | None) -> int:
+    """How many features the layer has: the rows of its pair into the next layer, else (the
+    last layer) the width its pair from the previous one recorded (``n_dst``), else its flow
+    file's rows, else one past the highest partner pointing into it."""
+    if fwd is not None:
+        with flowgraph.reading(fwd):
+            return pl.scan_parquet(fwd).select(pl.len()).collect().item()
+    with flowgraph.reading(back):
+        from .write import read_provenance
+
+        width = read_provenance(back).get("n_dst")
+        if width is None and flow is None:
+            return pl.scan_parquet(back).select(pl.max_horizontal(pl.col("match").max(), pl.col("top1").max())).collect().item() + 1
+    if width is not None:
+        return int(width)
+    with flowgraph.reading(flow):
+        return pl.scan_parquet(flow).select(pl.len()).collect().item()
 
 
 def on_data(root: Path, layer: int, site: str, index: int) -> list[dict]:
@@ -154,9 +221,10 @@ def on_data(root: Path, layer: int, site: str, index: int) -> list[dict]:
     how often it fired, its partners' Pearson r and its Pearson top-k in layer L+1."""
     rows = []
     for path in sorted(root.glob("evaluation/*/*/features.parquet")):
-        row = (pl.scan_parquet(path).filter((pl.col("site") == site) & (pl.col("layer") == layer)
-                                            & (pl.col("feature") == index))
-               .select(["active", "match", "r_match", "top1", "r_top1", "pearson_top", "pearson_r"]).collect())
+        with flowgraph.reading(path):
+            row = (pl.scan_parquet(path).filter((pl.col("site") == site) & (pl.col("layer") == layer)
+                                                & (pl.col("feature") == index))
+                   .select(["active", "match", "r_match", "top1", "r_top1", "pearson_top", "pearson_r"]).collect())
         if len(row):
             d = row.row(0, named=True)
             rows.append({"data": f"{path.parent.parent.name}/{path.parent.name}", **d,
@@ -168,7 +236,7 @@ def on_data(root: Path, layer: int, site: str, index: int) -> list[dict]:
 def cmd_show(args) -> None:
     layer, site, index = _feature(args.feature)
     info = show_feature(run_dir(args.results, args.model, args.variant), layer, site, index, _explanations(args))
-    if args.json:
+    if args.format == "json":
         print(json.dumps(info, indent=1))
         return
     print(info["feature"])
@@ -198,29 +266,39 @@ def cmd_show(args) -> None:
 
 
 def cmd_lifetimes(args) -> None:
+    from .lifetimes import births_deaths
+
     root = run_dir(args.results, args.model, args.variant)
     files = sorted((root / "lifetimes").glob("*.parquet"))
     if not files:
         raise CliError(f"{root}: no lifetimes (…/lifetimes/*.parquet): run the pipeline first")
-    chains = pl.scan_parquet(files[-1])
+    rows = {}
+    for f in files:
+        with flowgraph.reading(f):
+            rows[f] = pl.scan_parquet(f).select(pl.len()).collect().item()
+    widest = max(files, key=lambda f: rows[f])  # the widest selection summarised
+    with flowgraph.reading(widest):
+        chains = pl.read_parquet(widest, columns=["site", "chain", "layer", "feature"])
     if args.site:
+        sites = chains["site"].unique(maintain_order=True).to_list()
         chains = chains.filter(pl.col("site") == args.site)
+        if not chains.height:
+            raise CliError(f"{widest}: no chains of site {args.site} (sites: {', '.join(sites) or 'none'})")
     longest = (chains.group_by("site", "chain")
                .agg(pl.len().alias("layers"), pl.col("layer").min().alias("from"), pl.col("layer").max().alias("to"),
                     pl.col("feature").sort_by("layer").alias("features"))
-               .sort(["layers", "site", "chain"], descending=[True, False, False]).head(args.top).collect())
-    summary = sorted((root / "summary").glob("*.L*.parquet"))
-    turnover = (pl.scan_parquet(summary[-1]).select("site", "layer", "births", "deaths").sort("site", "layer").collect()
-                if summary and "births" in pl.read_parquet_schema(summary[-1]) else None)
-    if args.json:
-        print(json.dumps({"longest": longest.to_dicts(),
-                          "births_deaths": None if turnover is None else turnover.to_dicts()}, indent=1))
+               .sort(["layers", "site", "chain"], descending=[True, False, False]).head(args.top))
+    turnover = births_deaths(chains)
+    if args.format == "json":
+        print(json.dumps({"file": str(widest), "longest": longest.to_dicts(), "births_deaths": turnover.to_dicts()},
+                         indent=1))
         return
-    print(f"longest chains ({files[-1].name}):")
+    print(f"longest chains ({widest.name}):")
     _print_table([{**r, "features": " → ".join(map(str, r["features"]))} for r in longest.to_dicts()])
-    if turnover is not None:
-        print("\nbirths and deaths per layer (pair L → L+1):")
-        _print_table(turnover.to_dicts())
+    print("\nbirths and deaths per layer: births, features with no persisting predecessor in layer L − 1; "
+          "deaths, features that do not persist into layer L + 1 (links are one-to-one: a layer as wide as the "
+          "one before has as many births as that one has deaths)")
+    _print_table(turnover.to_dicts())
 
 
 def cmd_summary(args) -> None:
@@ -228,11 +306,14 @@ def cmd_summary(args) -> None:
     tables = sorted((root / "summary").glob("*.tsv"))
     if not tables:
         raise CliError(f"{root}: no summary (…/summary/*.tsv): run the pipeline first")
-    if args.json:
-        print(json.dumps({t.name: pl.read_csv(t, separator="\t").to_dicts() for t in tables}, indent=1))
-        return
+    read = {}
     for t in tables:
-        table = pl.read_csv(t, separator="\t")
+        with flowgraph.reading(t):
+            read[t] = pl.read_csv(t, separator="\t")
+    if args.format == "json":
+        print(json.dumps({t.name: table.to_dicts() for t, table in read.items()}, indent=1))
+        return
+    for t, table in read.items():
         print(f"{t.name}:")
         if t.name.endswith(".flow.tsv"):  # wide: the cases per layer, then the planted origins pooled
             _print_table(table.select("layer", "features", *(f"case_{c}" for c in "ABCD")).to_dicts())
@@ -260,7 +341,7 @@ def _pooled(table: pl.DataFrame, origin: str) -> dict:
 # --- the command line ---------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="saematch", description=__doc__.splitlines()[0].replace("``", ""),
+    ap = Parser(prog="saematch", description=__doc__.splitlines()[0].replace("``", ""),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="results", help="the pipeline's results folder (default: results)")
     ap.add_argument("--explanations", default=DEFAULT_EXPLANATIONS,
@@ -268,47 +349,59 @@ def parser() -> argparse.ArgumentParser:
                          f"(default: {DEFAULT_EXPLANATIONS}, where it exists)")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name, help_text, fn):
+    def add(name, help_text, fn, formats=("table", "json"), format_help="table (default) or json"):
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("model", help="model name as in the config (e.g. gemma-2-2b, demo)")
         p.add_argument("--variant", help="results variant (default: the only one)")
+        p.add_argument("--format", choices=formats, default="table", help=format_help)
+        p.add_argument("--json", dest="format", action="store_const", const="json", help="the same as --format json")
         p.set_defaults(fn=fn)
         return p
 
-    p = add("trace", "a feature's Feature Flow graph: where it comes from (--back) or goes (--forward)", cmd_trace)
+    p = add("trace", "a feature's Feature Flow graph: where it comes from (--back) or goes (--forward)", cmd_trace,
+            FORMATS, "table (default), json (node-link), graphml, html (a self-contained viewer), png or svg")
     p.add_argument("feature", help="LAYER/res/INDEX, e.g. 12/res/4230")
     way = p.add_mutually_exclusive_group()
     way.add_argument("--back", dest="direction", action="store_const", const="back", help="where it comes from (default)")
     way.add_argument("--forward", dest="direction", action="store_const", const="forward", help="where it goes")
     way.add_argument("--both", dest="direction", action="store_const", const="both", help="both walks")
     p.set_defaults(direction="back")
-    p.add_argument("--format", choices=FORMATS, default="table", help="table (default), json (node-link), graphml, "
-                   "html (a self-contained viewer), png or svg")
     p.add_argument("-o", "--output", help="write to this file (needed for graphml, png, svg)")
-    p.add_argument("--res-cut", type=float, default=flowgraph.RES_CUT, help="stop the residual chain below this cosine (0.5)")
-    p.add_argument("--module-cut", type=float, default=flowgraph.MODULE_CUT, help="drop MLP/attention nodes below this (0.15)")
+    p.add_argument("--res-cut", type=float, default=flowgraph.RES_CUT,
+                   help="stop the residual chain below this cosine, in [-1, 1] (0.5)")
+    p.add_argument("--module-cut", type=float, default=flowgraph.MODULE_CUT,
+                   help="drop MLP/attention nodes below this cosine, in [-1, 1] (0.15)")
 
     p = add("show", "one feature: its matches both ways, verdicts, Feature Flow scores and case", cmd_show)
     p.add_argument("feature", help="LAYER/SITE/INDEX, e.g. 12/res/4230")
-    p.add_argument("--json", action="store_true", help="JSON out")
 
     p = add("lifetimes", "the longest chains of persisting features and births/deaths per layer", cmd_lifetimes)
-    p.add_argument("--site", choices=flowgraph.SITES, help="one site only")
-    p.add_argument("--top", type=int, default=10, help="how many chains (10)")
-    p.add_argument("--json", action="store_true", help="JSON out")
+    p.add_argument("--site", type=lambda s: SITE_ALIASES.get(s, s), choices=SITES,
+                   help="one site only (res, mlp, att; or R, M, A)")
+    p.add_argument("--top", type=int, default=10, help="how many chains, at least 1 (10)")
 
-    p = add("summary", "the run's summary tables (matches, verdict, Feature Flow cases)", cmd_summary)
-    p.add_argument("--json", action="store_true", help="JSON out")
+    add("summary", "the run's summary tables (matches, verdict, Feature Flow cases)", cmd_summary)
     return ap
 
 
+def check_args(args) -> None:
+    """Values argparse cannot check: cosine cuts in [-1, 1], a positive --top."""
+    for option in ("res_cut", "module_cut"):
+        value = getattr(args, option, None)
+        if value is not None and not -1 <= value <= 1:  # NaN fails too
+            raise CliError(f"--{option.replace('_', '-')} {value}: a cosine cut must lie in [-1, 1]")
+    top = getattr(args, "top", None)
+    if top is not None and top < 1:
+        raise CliError(f"--top {top}: give how many chains to show, at least 1")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if getattr(args, "format", None) == "json":
-        args.json = True
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args([f" {a}" if NEGATIVE_FEATURE.fullmatch(a) else a for a in argv])
     try:
+        check_args(args)
         args.fn(args)
-    except CliError as exc:
+    except (CliError, flowgraph.ResultsError) as exc:
         print(f"saematch {args.command}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

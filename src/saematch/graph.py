@@ -18,15 +18,24 @@ from __future__ import annotations
 
 import html
 import json
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import networkx as nx
 import polars as pl
 
-from .config import SITES
+from .config import SITE_ALIASES, SITES, layer_runs
 
 RES_CUT = 0.5
 MODULE_CUT = 0.15
+# a summary or lifetimes file's name: the sites and layers of the selection it covers (config.selection_label)
+SELECTION = re.compile(r"^(?P<sites>[A-Za-z]+(?:\+[A-Za-z]+)*)\.L(?P<layers>\d+(?:-\d+)?(?:_\d+(?:-\d+)?)*)\.parquet$")
+
+
+class ResultsError(ValueError):
+    """A feature the run has no results for, or a results file that is missing or unreadable:
+    the message names the feature or the file."""
 
 
 def node_name(layer: int, site: str, index: int) -> str:
@@ -34,35 +43,117 @@ def node_name(layer: int, site: str, index: int) -> str:
 
 
 def parse_node(name: str) -> tuple[int, str, int]:
-    """'12/res/4230' → (12, 'res', 4230); ValueError with the expected form otherwise."""
-    parts = name.split("/")
-    if len(parts) != 3 or parts[1] not in SITES or not parts[0].isdigit() or not parts[2].isdigit():
-        raise ValueError(f"{name!r} is not a feature: expected LAYER/SITE/INDEX with SITE one of "
-                         f"{', '.join(SITES)}, e.g. 12/res/4230")
-    return int(parts[0]), parts[1], int(parts[2])
+    """'12/res/4230' → (12, 'res', 4230) (Llama Scope's R, M, A for res, mlp, att; negative
+    numbers parse, for the range check to name the range); ResultsError otherwise."""
+    m = re.fullmatch(r"\s*(-?\d+)/([A-Za-z]+)/(-?\d+)\s*", name)
+    site = SITE_ALIASES.get(m[2], m[2]) if m else None
+    if site not in SITES:
+        raise ResultsError(f"{name.strip()!r} is not a feature: expected LAYER/SITE/INDEX with SITE one of "
+                           f"{', '.join(SITES)} (or {', '.join(SITE_ALIASES)}), e.g. 12/res/4230")
+    return int(m[1]), site, int(m[3])
+
+
+def layers_text(layers) -> str:
+    """[0, 1, 2, 3, 5] → '0–3, 5'."""
+    return ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in layer_runs(layers)) or "none"
+
+
+@contextmanager
+def reading(path):
+    """Turn a failure to read a results file into one line naming it and how to rebuild it."""
+    try:
+        yield
+    except (pl.exceptions.PolarsError, OSError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, ResultsError):
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ResultsError(f"{path}: cannot be read ({reason}): delete it and rerun snakemake to rebuild it") from None
+
+
+def matches_path(root: Path, site: str, layer: int) -> Path:
+    return Path(root) / "matches" / f"site={site}" / f"layer={layer}" / "part-0.parquet"
+
+
+def selections(root: str | Path) -> list[tuple[str, list[str], list[int]]]:
+    """(name, sites, layers) of each selection the run summarised: its summary and lifetimes
+    files are named by their sites and layers ('res+mlp+att.L0-5', 'res.L3_5-7')."""
+    out = []
+    for p in [*sorted(Path(root).glob("summary/*.parquet")), *sorted(Path(root).glob("lifetimes/*.parquet"))]:
+        m = SELECTION.match(p.name)
+        if m:
+            layers = []
+            for part in m["layers"].split("_"):
+                a, _, b = part.partition("-")
+                layers += range(int(a), int(b or a) + 1)
+            out.append((p.name[: -len(".parquet")], m["sites"].split("+"), layers))
+    return out
+
+
+def expected_files(root: str | Path) -> dict[Path, str]:
+    """Every matches and flow file of a selection the run summarised → that selection's name:
+    pair L → L+1 of each site with both layers selected, and Feature Flow's
+    file of each residual layer with a predecessor module (config.flow_modules)."""
+    root, out = Path(root), {}
+    for name, sites, layers in selections(root):
+        for L in layers:
+            for site in sites:
+                if L + 1 in layers:
+                    out.setdefault(matches_path(root, site, L), name)
+            modules = (["res"] if L - 1 in layers else []) + [m for m in ("mlp", "att") if m in sites]
+            if "res" in sites and modules:
+                out.setdefault(root / "flow" / "+".join(modules) / f"layer={L}.parquet", name)
+    return out
+
+
+def check_not_lost(paths: dict, path: Path) -> None:
+    """ResultsError where ``path`` (absent) is a file the run's summaries say it made."""
+    name = paths.get("expected", {}).get(Path(path))
+    if name is not None:
+        raise ResultsError(f"{path}: missing (part of the run's selection {name}): rerun snakemake to rebuild it")
 
 
 def results_paths(root: str | Path) -> dict:
     """The files of one run (``results/model=M/variant=V``): flow per layer (the one scored
-    against the most modules) and res matches per layer, as {layer: path}."""
+    against the most modules) and res matches per layer, as {layer: path}, and the files its
+    summaries were made from (:func:`expected_files`)."""
     root = Path(root)
     flow = {}  # per layer, the file scored against the most modules (flow/res+mlp+att/layer=L.parquet)
     for p in sorted((root / "flow").glob("*/layer=*.parquet"), key=lambda p: (len(p.parent.name.split("+")), p.parent.name)):
         flow[int(p.stem.split("=")[1])] = p
     matches = {int(p.parent.name.split("=")[1]): p
                for p in (root / "matches" / "site=res").glob("layer=*/part-0.parquet")}
-    return {"root": root, "flow": flow, "matches": matches}
+    return {"root": root, "flow": flow, "matches": matches, "expected": expected_files(root)}
 
 
 def _row(path, index: int, columns: list[str]) -> dict | None:
-    rows = pl.scan_parquet(path).filter(pl.col("feature") == index).select(columns).collect()
+    with reading(path):
+        rows = pl.scan_parquet(path).filter(pl.col("feature") == index).select(columns).collect()
     return rows.row(0, named=True) if len(rows) else None
+
+
+def flow_path(paths: dict, layer: int) -> Path | None:
+    """Layer's flow file; None where the run has none (ResultsError where it lost it)."""
+    path = paths["flow"].get(layer)
+    if path is None:
+        for lost in paths.get("expected", {}):
+            if lost.parent.parent.name == "flow" and lost.name == f"layer={layer}.parquet":
+                check_not_lost(paths, lost)
+    return path
+
+
+def _res_matches(paths: dict, layer: int) -> Path | None:
+    """The res matches of pair layer → layer + 1; None where the run has none (ResultsError
+    where it lost them)."""
+    path = paths["matches"].get(layer)
+    if path is None:
+        check_not_lost(paths, matches_path(paths["root"], "res", layer))
+    return path
 
 
 def _link_confidence(paths: dict, layer: int, src: int, dst: int) -> float | None:
     """The verdict on the residual link src (layer) → dst (layer + 1): top1_confidence where dst
     is src's top-1 partner, confidence where it is its assignment partner, else None."""
-    path = paths["matches"].get(layer)
+    path = _res_matches(paths, layer)
     if path is None:
         return None
     row = _row(path, src, ["match", "top1", "confidence", "top1_confidence"])
@@ -79,7 +170,7 @@ def _add_residual(G: nx.DiGraph, paths: dict, layer: int, index: int, module_cut
     """Add residual node layer/res/index with its flow scores and its module predecessors;
     return its flow row (None where layer has no flow file)."""
     name = node_name(layer, "res", index)
-    path = paths["flow"].get(layer)
+    path = flow_path(paths, layer)
     row = _row(path, index, ["res", "s_res", "mlp", "s_mlp", "att", "s_att", "case"]) if path else None
     attrs = {"layer": layer, "site": "res", "index": index}
     if row:
@@ -96,15 +187,15 @@ def _add_residual(G: nx.DiGraph, paths: dict, layer: int, index: int, module_cut
 def check_feature(paths: dict, layer: int, site: str, index: int) -> None:
     """A clear error for a feature the run has no results for."""
     if site != "res":
-        raise ValueError(f"{layer}/{site}/{index}: flow graphs start from residual features (site res)")
+        raise ResultsError(f"{layer}/{site}/{index}: flow graphs start from residual features (site res)")
     known = sorted(set(paths["flow"]) | set(paths["matches"]))
     if layer not in known:
-        raise ValueError(f"layer {layer} is not in this run's results ({paths['root']}): layers "
-                         f"{', '.join(map(str, known)) or 'none'}")
+        raise ResultsError(f"layer {layer} is not in this run's results ({paths['root']}): layers {layers_text(known)}")
     path = paths["flow"].get(layer) or paths["matches"][layer]
-    n = pl.scan_parquet(path).select(pl.len()).collect().item()
+    with reading(path):
+        n = pl.scan_parquet(path).select(pl.len()).collect().item()
     if not 0 <= index < n:
-        raise ValueError(f"{layer}/res/{index}: layer {layer} has features 0–{n - 1}")
+        raise ResultsError(f"{layer}/res/{index}: layer {layer} has features 0–{n - 1}")
 
 
 def neuronpedia_where(paths: dict, layer: int, site: str, read=None) -> dict:
@@ -112,9 +203,7 @@ def neuronpedia_where(paths: dict, layer: int, site: str, read=None) -> dict:
     layer L's names res L (target), res L − 1, mlp L and att L; a residual SAE without a flow
     file of its own layer is found as layer L + 1's predecessor. ``read(L)``: layer L's
     recorded sets (memoised by :func:`annotate`)."""
-    from .write import read_provenance
-
-    read = read or (lambda L: read_provenance(paths["flow"][L]).get("neuronpedia", {}))
+    read = read or (lambda L: _provenance(paths["flow"][L]).get("neuronpedia", {}))
     tries = [(layer, "target" if site == "res" else site)] + ([(layer + 1, "res")] if site == "res" else [])
     for L, key in tries:
         if L in paths["flow"] and key in read(L):
@@ -129,9 +218,8 @@ def annotate(G: nx.DiGraph, paths: dict, explanations_root: str | Path | None = 
     from functools import lru_cache
 
     from .neuronpedia import annotate as np_annotate, load_explanations
-    from .write import read_provenance
 
-    read = lru_cache(maxsize=None)(lambda L: read_provenance(paths["flow"][L]).get("neuronpedia", {}))
+    read = lru_cache(maxsize=None)(lambda L: _provenance(paths["flow"][L]).get("neuronpedia", {}))
     explanations = lru_cache(maxsize=None)(lambda model, set_id: load_explanations(explanations_root, model, set_id))
     for n, a in G.nodes(data=True):
         where = neuronpedia_where(paths, a["layer"], a["site"], read)
@@ -140,12 +228,19 @@ def annotate(G: nx.DiGraph, paths: dict, explanations_root: str | Path | None = 
     return G
 
 
+def _provenance(path) -> dict:
+    from .write import read_provenance
+
+    with reading(path):
+        return read_provenance(path)
+
+
 def trace(paths: dict, feature: str, direction: str = "back", res_cut: float = RES_CUT,
           module_cut: float = MODULE_CUT) -> nx.DiGraph:
     """The flow graph of ``feature`` ('L/res/i'): direction 'back', 'forward' or 'both'."""
     layer, site, index = parse_node(feature)
     check_feature(paths, layer, site, index)
-    G = nx.DiGraph(root=feature, direction=direction, res_cut=res_cut, module_cut=module_cut)
+    G = nx.DiGraph(root=node_name(layer, site, index), direction=direction, res_cut=res_cut, module_cut=module_cut)
     row = _add_residual(G, paths, layer, index, module_cut)
     if direction in ("back", "both"):
         L, i = layer, index
@@ -157,8 +252,8 @@ def trace(paths: dict, feature: str, direction: str = "back", res_cut: float = R
             L, i, row = L - 1, pred, row_next
     if direction in ("forward", "both"):
         L, i = layer, index
-        while L in paths["matches"]:
-            m = _row(paths["matches"][L], i, ["top1", "top1_cosine", "top1_confidence"])
+        while (path := _res_matches(paths, L)) is not None:
+            m = _row(path, i, ["top1", "top1_cosine", "top1_confidence"])
             if m is None or m["top1_cosine"] < res_cut:
                 break
             nxt = int(m["top1"])
@@ -189,9 +284,9 @@ def layout(G: nx.DiGraph) -> dict[str, tuple[float, float]]:
     return {n: (SITES.index(a["site"]), a["layer"]) for n, a in G.nodes(data=True)}
 
 
-def draw(G: nx.DiGraph, path: str | Path) -> None:
-    """The graph as a figure (PNG or SVG by the suffix): layers as rows, sites as columns,
-    edge width by score."""
+def draw(G: nx.DiGraph, path: str | Path, format: str | None = None) -> None:
+    """The graph as a figure (``format`` png or svg; by default the suffix's): layers as rows,
+    sites as columns, edge width by score."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,15 +312,18 @@ def draw(G: nx.DiGraph, path: str | Path) -> None:
     ax.invert_yaxis()
     ax.set_title(f"{G.graph.get('root', '')} ({G.graph.get('direction', '')})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=150, format=format)
+    finally:
+        plt.close(fig)
 
 
 def to_html(G: nx.DiGraph, title: str | None = None) -> str:
     """A self-contained viewer (one file: inline SVG drawing code and the graph as JSON; no
     network): layers as rows, sites as columns, edge width by score; hovering a node shows its
     scores, explanation and Neuronpedia link."""
-    data = json.dumps(to_json(G)).replace("</", "<\\/")
+    # <, > and & as \u escapes: nothing in an explanation can end or reopen the script block
+    data = json.dumps(to_json(G)).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     title = html.escape(title or f"saematch flow graph: {G.graph.get('root', '')}")
     return _VIEWER.replace("__TITLE__", title).replace("__DATA__", data)
 

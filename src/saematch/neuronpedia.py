@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 SITE_URL = "https://www.neuronpedia.org"
@@ -62,27 +63,44 @@ def annotate(node: dict, where: dict, index: int, explanations: dict | None = No
     return {**node, **out}
 
 
+# ESC sequences (CSI such as colours, OSC such as window titles, two-byte ones), then any other
+# C0 or C1 control character or DEL; tab and newline stay
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` without terminal escape sequences and control characters (tab and newline
+    kept): an explanation is printed, and written into GraphML and the viewer."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
+
+
 def explanation_files(root: str | Path, model: str, set_id: str) -> list[Path]:
     return sorted((Path(root) / "v1" / model / set_id / "explanations").glob("batch-*.jsonl.gz"))
 
 
 def load_explanations(root: str | Path, model: str, set_id: str) -> dict[int, list[str]]:
-    """index → its explanations' descriptions, from a local copy of the export (empty where
-    there is none). A malformed line raises ValueError naming the file and line."""
+    """index → its explanations' descriptions (control characters removed: :func:`clean_text`),
+    from a local copy of the export (empty where there is none). A malformed line raises
+    ValueError naming the file and line."""
     out: dict[int, list[str]] = {}
     for path in explanation_files(root, model, set_id):
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    index = int(row["index"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    raise ValueError(f"{path}:{n}: not an explanation row ({exc})") from None
-                description = row.get("description")
-                if description:
-                    out.setdefault(index, []).append(str(description))
+        n = 0
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                        index = int(row["index"])
+                    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                        raise ValueError(f"{path}:{n}: not an explanation row ({exc})") from None
+                    description = clean_text(str(row.get("description") or ""))
+                    if description:
+                        out.setdefault(index, []).append(description)
+        except (OSError, EOFError, UnicodeDecodeError) as exc:  # not gzip, cut short, not UTF-8
+            raise ValueError(f"{path}:{n + 1}: not a readable explanations file ({exc})") from None
     return out
 
 
