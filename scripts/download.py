@@ -1,6 +1,7 @@
 """Download one SAE's (or one model's) files into the Hugging Face cache; write the pointer."""
 
 import json
+import sys
 
 from saematch import hub, logs
 
@@ -16,3 +17,6 @@ with logs.job(snakemake):
     )
     with open(snakemake.output[0], "w") as fh:
         json.dump({"format": spec["format"], **pointer}, fh, indent=2, sort_keys=True)
+    if not hub.is_commit(spec["revision"]) and not spec["local_files_only"]:  # on the console too
+        print("saematch: warning: " + hub.unpinned_warning(spec["repo_id"], spec["revision"], pointer["commit"]),
+              file=sys.__stderr__, flush=True)

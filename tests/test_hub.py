@@ -221,3 +221,20 @@ def test_the_notice_before_a_run_lists_downloads_gated_repos_the_token_and_unpin
     quiet = download_notice(downloads[:1], gated={"google/gemma-2-2b"}, token_set=True, offline=True)
     assert "gated" not in "\n".join(quiet) and "HF_HUB_OFFLINE=1" in "\n".join(quiet)
     assert download_notice([], gated=set(), token_set=False, offline=False) == []
+
+
+@pytest.mark.parametrize("where", ["token file", "HF_TOKEN", "none"])
+def test_a_token_in_the_environment_or_the_hf_home_counts_and_is_never_shown(tmp_path, where):
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    secret = "hf_SecretTokenNeverShown0123456789"
+    if where == "token file":
+        (home / "token").write_text(secret)
+    env = dict(os.environ, HF_HOME=str(home), HF_TOKEN=secret if where == "HF_TOKEN" else "")
+    env.pop("HUGGING_FACE_HUB_TOKEN", None)
+    code = ("from saematch.hub import token_is_set, download_notice; "
+            "print(token_is_set()); print(*download_notice([{'repo_id': 'google/gemma-2-2b', 'revision': 'main', "
+            "'files': {'c': 'config.json'}}], {'google/gemma-2-2b'}, token_is_set(), False), sep='\\n')")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[0] == str(where != "none")
+    assert ("a token is set" in out.stdout) == (where != "none") and "SecretToken" not in out.stdout + out.stderr

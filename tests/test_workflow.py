@@ -155,6 +155,25 @@ def test_llama_scopes_site_names_r_m_a_are_accepted(pristine):
     assert jobs["match_pair"] == 2 and jobs["download_sae"] == 4
 
 
+def test_a_dry_run_says_what_it_will_download_which_repos_are_gated_and_whether_a_token_is_set(pristine, tmp_path):
+    """Before any job, also in a dry run: the Hub files to fetch, gated repos, the token."""
+    env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": "", "HF_HUB_OFFLINE": "1"}
+    out = smk(pristine, "-n", "--config", "models=[demo,gemma-2-2b]", "sites=[res,att]", "layers=[1,2]", env=env)
+    console = out.stdout + out.stderr
+    lines = console.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Hugging Face repos are needed" in line)
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("  "))
+    notice = lines[start:end]
+    assert notice[0] == "saematch: 12 files from 3 Hugging Face repos are needed (taken from the Hugging Face " \
+                        "cache where they are, else downloaded: the network is needed)"
+    assert "  google/gemma-2-2b @ c5ebcd4 (8 files)" in notice and "  google/gemma-scope-2b-pt-att @ main (2 files)" in notice
+    assert "  gated: google/gemma-2-2b: accept its licence on the Hub; no token is set (HF_TOKEN or `hf auth login`)" in notice
+    assert any(line.startswith("  unpinned: google/gemma-scope-2b-pt-att @ main is a branch") for line in notice)
+    assert any(line.startswith("  HF_HUB_OFFLINE=1") for line in notice)
+    assert "saematch-demo" not in "\n".join(notice)  # the demo's repos are written locally, not downloaded
+    assert console.index("Hugging Face repos are needed") < console.index("Job stats")  # before the plan
+
+
 def test_cpu_only_hosts_do_not_serialise_match_jobs_on_a_gpu_resource(pristine):
     out = smk(pristine, "-n", "--config", "layers=[0,1]", "sites=[res]")
     assert re.search(r"rule match_pair:(.|\n)*?resources: .*gpu=0", out.stdout)  # this host has no GPU
@@ -213,7 +232,9 @@ def test_real_config_runs_on_a_prefilled_hub_cache_offline(tmp_path, model):
     workdir, cache = copy_workflow(tmp_path / "wf"), tmp_path / "hf-cache"
     fill_gemma_cache(cache) if model == "gemma-2-2b" else fill_llama_cache(cache, tmp_path)
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    smk(workdir, "--config", f"models=[{model}]", "layers=[12,13]", env=env)
+    out = smk(workdir, "--config", f"models=[{model}]", "layers=[12,13]", env=env)
+    unpinned = {"gemma-2-2b": "google/gemma-scope-2b-pt-mlp", "llama-3.1-8b": "fnlp/Llama3_1-8B-Base-LXM-8x"}[model]
+    assert f"saematch: warning: {unpinned} @ main is a branch, not a commit: resolved to " in out.stdout + out.stderr
     for site in ("res", "mlp", "att"):
         variant = {"gemma-2-2b": "16k", "llama-3.1-8b": "8x"}[model]
         path = workdir / match_path(model, variant, site, 12)

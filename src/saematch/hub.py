@@ -74,6 +74,12 @@ def is_commit(revision: str) -> bool:
     return bool(_FULL_COMMIT.match(revision))
 
 
+def unpinned_warning(repo_id: str, revision: str, commit: str | None) -> str:
+    """What a download of a branch (not a commit) says: the commit it resolved to."""
+    return (f"{repo_id} @ {revision} is a branch, not a commit: resolved to {commit} (recorded in the pointer "
+            "and every result made from it); pin that commit in config/config.yaml to keep the run reproducible")
+
+
 def token_is_set() -> bool:
     """Whether downloads carry a Hugging Face token: HF_TOKEN, or the token file `hf auth login`
     writes into the HF home. Never reads the token out, and never contacts the Hub."""
@@ -169,9 +175,7 @@ def fetch(
         log.info("  → %s (%d bytes, sha256 %s)", path, pointer["files"][role]["size"],
                  pointer["files"][role]["sha256"][:12])
     if not is_commit(revision) and not local_files_only:
-        log.warning("%s @ %s is a branch, not a commit: resolved to %s (recorded in the pointer and every "
-                    "result made from it); pin that commit in config/config.yaml to keep the run reproducible",
-                    repo_id, revision, pointer["commit"])
+        log.warning("%s", unpinned_warning(repo_id, revision, pointer["commit"]))
     if cache_dir is not None:
         pointer["cache_dir"] = str(cache_dir)
     return pointer

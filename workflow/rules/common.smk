@@ -515,6 +515,25 @@ def check_nothing_is_overwritten():
 
 if workflow.is_main_process:
     check_nothing_is_overwritten()
+    # Before any job (dry runs too): what is fetched from the Hub, gated repos, the token.
+    import saematch.hub
+
+    notice = saematch.hub.download_notice(
+        [
+            s
+            for p, s in DOWNLOADS.items()
+            if not s.get("demo") and not os.path.exists(p)
+        ],
+        {
+            e["model"]["repo_id"]
+            for e in config["catalog"].values()
+            if e.get("model", {}).get("gated")
+        },
+        saematch.hub.token_is_set(),
+        saematch.hub.offline(),
+    )
+    if notice:
+        print("\n".join(notice), flush=True)
 
 
 # --- evaluation on the model's activations (saematch.evaluate) ---------------------------------
