@@ -388,3 +388,38 @@ def test_the_tiny_models_files_are_in_the_real_gemma_2_layout(tiny):
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= \
         {p.name for p in snap.iterdir()}
     assert all(v["ev"] > 0.9 for v in tiny["manifest"]["saes"].values())
+
+
+# --- ΔL on exactly the first loss_tokens tokens, whatever the batch size --------------------------
+
+def _res_rows(tiny, batch_size, n_tokens=400, loss_tokens=250):
+    rng = np.random.default_rng(5)
+    sites = {"res": ({L: tiny["saes"]["res"][L] for L in (0, 1)}, {0: {"match": rng.permutation(F), "top1": np.arange(F)}})}
+    batches = lambda: lm.token_batches(tiny["docs"], tiny["tokenizer"], n_tokens, 96, batch_size)  # noqa: E731
+    rows, _ = evaluate_sites(tiny["model"], "gemma-scope", batches, sites, loss_tokens=loss_tokens)
+    return rows[0]
+
+
+def test_delta_loss_is_on_exactly_the_first_loss_tokens_whatever_the_batch_size(tiny):
+    """The oracle: each document alone (no padding, no batch), its next-token cross-entropy at
+    the valid positions, the first 250 of them in reading order."""
+    model, tok = tiny["model"], tiny["tokenizer"]
+    losses = []
+    for doc in tiny["docs"]:
+        enc = tok([doc], truncation=True, max_length=96, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**enc).logits[0].double()
+        ids = enc["input_ids"][0]
+        ok = ids != tok.bos_token_id
+        ok[0] = False
+        ce = torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="none")
+        losses += ce[ok[1:]].tolist()
+        if len(losses) >= 250:
+            break
+    clean = float(np.mean(losses[:250]))
+    rows = {b: _res_rows(tiny, b) for b in (1, 3, 8)}
+    for b, row in rows.items():
+        assert row["loss_tokens"] == 250, b
+        assert row["loss_clean"] == pytest.approx(clean, rel=1e-5), b
+        for m in METHODS:
+            assert row[f"dl_{m}"] == pytest.approx(rows[1][f"dl_{m}"], rel=1e-4, abs=1e-5), (b, m)

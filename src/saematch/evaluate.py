@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from .lm import hooks, read_sites
+from .lm import first_valid, hooks, read_sites
 from .sae import Sae, decode, encode, reconstruct
 
 log = logging.getLogger(__name__)
@@ -327,8 +327,11 @@ def _one_pass(model, fmt, batches, sites, dense: set, loss_tokens, top_k, device
                             xh = replacement(m, saes[L - 1], saes[L], st["pstats"][L - 1]["match"], x_a, x)
                             sse[(L - 1, m)] += float(((xh - (x if shift else x_a)) ** 2).sum(dtype=torch.float64))
                 prev = (L, x, f)
-        if res and loss["tokens"] < loss_tokens:
-            add_losses(loss, model, fmt, ids, mask, valid, res[0], state["res"]["pstats"])
+        if res and loss["tokens"] < loss_tokens:  # exactly the first loss_tokens valid tokens
+            lvalid = first_valid(valid, loss_tokens - loss["tokens"])
+            rows_used = lvalid.any(1)
+            add_losses(loss, model, fmt, ids[rows_used], mask[rows_used], lvalid[rows_used], res[0],
+                       state["res"]["pstats"])
         seen += int(valid.sum())
         now = time.perf_counter() - t0
         if now - last > 10 or (total_tokens and seen >= total_tokens):

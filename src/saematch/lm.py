@@ -167,6 +167,13 @@ def read_documents(path: str, column: str = "text") -> list[str]:
     return docs
 
 
+def first_valid(valid: torch.Tensor, n: int) -> torch.Tensor:
+    """``valid`` (B, T) cut to its first ``n`` True entries in reading order (row by row)."""
+    if int(valid.sum()) <= n:
+        return valid
+    return valid & (valid.flatten().cumsum(0) <= n).view_as(valid)
+
+
 def token_batches(docs: list[str], tokenizer, n_tokens: int, context: int, batch_size: int):
     """Batches (input_ids, attention_mask, valid) of up to ``batch_size`` documents, each
     truncated to ``context`` tokens, until ``n_tokens`` valid tokens are reached (the last
@@ -179,10 +186,7 @@ def token_batches(docs: list[str], tokenizer, n_tokens: int, context: int, batch
         ids, mask = enc["input_ids"], enc["attention_mask"]
         valid = mask.bool() & (ids != bos) if bos is not None else mask.bool()
         valid[:, 0] = False
-        over = seen + int(valid.sum()) - n_tokens
-        if over > 0:  # keep the first n_tokens − seen valid tokens, in reading order
-            keep = valid.flatten().cumsum(0) <= n_tokens - seen
-            valid = valid & keep.view_as(valid)
+        valid = first_valid(valid, n_tokens - seen)
         seen += int(valid.sum())
         yield ids, mask, valid
         if seen >= n_tokens:
