@@ -294,3 +294,22 @@ def test_a_projection_that_produces_nan_is_refused_under_the_name_it_was_given()
     with pytest.raises(SaeError, match=r"^layer 7 att: o_proj or the post-attention norm weight has 1 NaN or Inf "
                                        r"values in T = diag\(1 \+ g\) W_O$"):
         project_att(random_sae(d=12, F=20), o_proj, torch.zeros(8), where="layer 7 att")
+
+
+def test_nan_in_o_proj_is_refused_naming_the_model_file_that_holds_it(tmp_path):
+    """Not the SAE pointer the pair was loaded under: the model shard with the bad tensor."""
+    cache = tmp_path / "hub"
+    write_hub_repo(cache, RES, {f"layer_{L}/params.npz": npz_bytes(gemma_arrays(d=D_Z, F=F, seed=L)) for L in (3, 4)})
+    o = np.ones((D_MODEL, D_Z), np.float32)
+    o[2, 5] = np.nan
+    weights = {"model.layers.3.self_attn.o_proj.weight": np.ones((D_MODEL, D_Z), np.float32),
+               "model.layers.3.post_attention_layernorm.weight": np.zeros(D_MODEL, np.float32),
+               "model.layers.4.self_attn.o_proj.weight": o,
+               "model.layers.4.post_attention_layernorm.weight": np.zeros(D_MODEL, np.float32)}
+    write_hub_repo(cache, MODEL, {"model.safetensors": save_safetensors(weights)})
+    model = fetch(MODEL, {"model.safetensors": "model.safetensors"}, "main", str(cache), local_files_only=True)
+    shard = str(cache / f"models--{MODEL.replace('/', '--')}/snapshots/{model['commit']}/model.safetensors")
+    with pytest.raises(SaeError) as err:
+        load_pair(gemma_pointer(cache, 3), gemma_pointer(cache, 4), 3, model,
+                  where=("resources/hub/sae/x/3.json", "resources/hub/sae/x/4.json"))
+    assert str(err.value) == f"{shard}: model.layers.4.self_attn.o_proj.weight has 1 NaN or Inf value(s)"

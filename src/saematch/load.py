@@ -357,17 +357,26 @@ def load_att_projection(model_files: dict[str, str], layer: int) -> tuple[torch.
             shard = weight_map[key]
             if shard not in model_files:
                 raise SaeError(f"{index}: {key} lives in {shard}, which was not downloaded")
-            found.update(_read_safetensors(model_files[shard], [key]))
+            found.update(_check_finite(model_files[shard], _read_safetensors(model_files[shard], [key])))
         where = index
     else:
         where = model_files.get("model.safetensors")
         if where is None:
             raise SaeError(f"model files {sorted(model_files)}: need model.safetensors or its index")
-        found = _read_safetensors(where, keys)
+        found = _check_finite(where, _read_safetensors(where, keys))
     o_proj, gain = found[keys[0]], found[keys[1]]
     if o_proj.ndim != 2 or gain.shape != (o_proj.shape[0],):
         raise SaeError(f"{where}: o_proj {tuple(o_proj.shape)} and norm {tuple(gain.shape)} do not fit")
     return o_proj, gain
+
+
+def _check_finite(path: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` read from ``path``, refused by that file's name where one holds NaN or Inf."""
+    for key, t in tensors.items():
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise SaeError(f"{path}: {key} has {bad} NaN or Inf value(s)")
+    return tensors
 
 
 def _pinv_transpose(T: torch.Tensor) -> torch.Tensor:
