@@ -1,6 +1,7 @@
 """saematch.config: command-line values, selections, variant names, the overwrite check."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,97 @@ def test_every_hub_repo_of_the_real_models_is_pinned_to_a_commit_or_says_why_not
 def test_the_gated_models_are_marked_in_the_catalog():
     gated = {e["model"]["repo_id"] for e in CONFIG["catalog"].values() if e.get("model", {}).get("gated")}
     assert gated == {"google/gemma-2-2b", "meta-llama/Llama-3.1-8B"}
+
+
+# --- paths made from templates: always inside their folder ----------------------------------------
+
+PARAMS = "layer_{layer}/width_{width}/average_l0_{l0}/params.npz"
+FIELDS = {"layer": 4, "l0": 41, "width": "1k"}
+PARAMS_KEY = "catalog.demo.sites.res.files.params"
+
+
+def test_a_filled_template_is_a_path_inside_its_folder():
+    assert cfg.fill(PARAMS, FIELDS, PARAMS_KEY) == "layer_4/width_1k/average_l0_41/params.npz"
+    assert cfg.fill("fnlp/Llama3_1-8B-Base-LX{layer}R-{width}", {"layer": 3, "width": "8x"}, "k") == \
+        "fnlp/Llama3_1-8B-Base-LX3R-8x"
+
+
+@pytest.mark.parametrize("l0,problem", [
+    ("x/../../../../C_escape/pwn", r"a path may not leave its folder \('\.\.'\)"),
+    ("x/..", r"a path may not leave its folder \('\.\.'\)"),
+    ("x//y", "a path may not have an empty segment"),
+    ("x/./y", r"a path may not have a '\.' segment"),
+    ("x\\..\\..\\pwn", "a path may not hold a backslash"),
+    ("x\0y", "a path may not hold a control character"),
+])
+def test_a_value_that_takes_a_path_out_of_its_folder_is_refused_naming_its_key(l0, problem):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.fill(PARAMS, {**FIELDS, "l0": l0}, PARAMS_KEY, {"l0": "catalog.demo.sites.res.per_layer.4.l0"})
+    message, shown = str(err.value), l0.replace("\0", "\\x00")  # a control character is shown escaped
+    assert message.startswith(f'config: catalog.demo.sites.res.per_layer.4.l0 → "layer_4/width_1k/average_l0_{shown}/')
+    assert re.search(problem, message)
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("template,problem", [
+    ("/etc/{layer}.npz", r'config: k → "/etc/4\.npz": a path must be relative \(no leading \'/\'\)'),
+    ("{l0}", 'config: k → "": a path may not be empty'),
+    ("layer_{layer}/", r'config: k → "layer_4/": a path may not have an empty segment'),
+])
+def test_a_template_that_is_no_relative_path_is_refused_naming_its_own_key(template, problem):
+    with pytest.raises(cfg.ConfigError, match=problem):
+        cfg.fill(template, {**FIELDS, "l0": ""}, "k", {"l0": "l0-key"} if template != "{l0}" else None)
+
+
+def test_an_unknown_template_field_is_named_with_the_key_and_the_known_fields():
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.fill("layer_{layer}/{oops}/params.npz", FIELDS, PARAMS_KEY)
+    assert str(err.value) == ('config: catalog.demo.sites.res.files.params: unknown field {oops} in '
+                              '"layer_{layer}/{oops}/params.npz"; fields: layer, l0, width')
+    with pytest.raises(cfg.ConfigError, match=r'config: k: "layer_\{\}" is not a template \('):
+        cfg.fill("layer_{}", FIELDS, "k")
+
+
+def test_a_neuronpedia_set_is_a_path_inside_resources_neuronpedia():
+    from saematch.neuronpedia import set_for
+
+    entry = copy.deepcopy(CONFIG["catalog"]["gemma-2-2b"])
+    assert set_for(entry, "res", 3, model="gemma-2-2b") == {"model": "gemma-2-2b", "set": "3-gemmascope-res-16k"}
+    entry["neuronpedia"]["sets"]["res"] = "../../../NP_escape/{layer}"
+    with pytest.raises(cfg.ConfigError, match=r'config: catalog\.gemma-2-2b\.neuronpedia\.sets\.res → '
+                                              r'"\.\./\.\./\.\./NP_escape/3": a path may not leave its folder'):
+        set_for(entry, "res", 3, model="gemma-2-2b")
+    entry["neuronpedia"]["sets"]["res"] = "{layer}-{oops}"
+    with pytest.raises(cfg.ConfigError, match=r"neuronpedia\.sets\.res: unknown field \{oops\}.*; fields: layer, width"):
+        set_for(entry, "res", 3, model="gemma-2-2b")
+    entry = copy.deepcopy(CONFIG["catalog"]["gemma-2-2b"])
+    entry["neuronpedia"]["model"] = "../../up"
+    with pytest.raises(cfg.ConfigError, match=r'catalog\.gemma-2-2b\.neuronpedia\.model → "\.\./\.\./up"'):
+        set_for(entry, "res", 3, model="gemma-2-2b")
+
+
+def test_an_explanations_file_listed_outside_its_sets_folder_is_not_written(tmp_path, monkeypatch):
+    """The public export's listing decides the file names: one that climbs out is refused."""
+    import sys
+    import types
+
+    from saematch.neuronpedia import download_explanations
+
+    prefix = "v1/gemma-2-2b/3-gemmascope-res-16k/explanations/"
+    listing = [prefix + "batch-0.jsonl.gz", prefix + "../../../../../../escaped.jsonl.gz"]
+
+    class Bucket:  # boto3's S3 client, as far as download_explanations uses it
+        def get_paginator(self, _):
+            return types.SimpleNamespace(paginate=lambda **kw: [{"Contents": [{"Key": k} for k in listing]}])
+
+        def download_file(self, bucket, key, dest):
+            Path(dest).write_bytes(b"")
+
+    monkeypatch.setitem(sys.modules, "boto3", types.SimpleNamespace(client=lambda *a, **kw: Bucket()))
+    monkeypatch.setitem(sys.modules, "botocore", types.SimpleNamespace(UNSIGNED=object()))
+    monkeypatch.setitem(sys.modules, "botocore.config", types.SimpleNamespace(Config=lambda **kw: None))
+    root = tmp_path / "a/b/c/resources/neuronpedia"
+    with pytest.raises(ValueError, match=r"escaped\.jsonl\.gz: not a file of v1/gemma-2-2b/3-gemmascope-res-16k/explanations/"):
+        download_explanations("gemma-2-2b", "3-gemmascope-res-16k", root)
+    assert (root / prefix / "batch-0.jsonl.gz").exists()
+    assert sorted(p.name for p in tmp_path.rglob("*.gz")) == ["batch-0.jsonl.gz"]

@@ -261,6 +261,49 @@ def variant_name(config: dict, model: str) -> str:
     return name
 
 
+# --- paths made from config values --------------------------------------------------------------
+
+def fill(template: str, fields: dict, key: str, sources: dict | None = None) -> str:
+    """``template`` with ``fields`` filled in, checked as a path that stays inside its folder.
+
+    The one check of every path made from a config value (SAE files, repo ids, revisions,
+    Neuronpedia sets, the demo's folders): relative, POSIX, no '..' or '.' segment, no empty
+    segment, no backslash or control character. ``key`` names the template in messages;
+    ``sources`` (field → config key) names the value instead where the field's value is what
+    breaks the path. Fields that are None are left out. Raises ConfigError, one line.
+    """
+    fields = {name: value for name, value in fields.items() if value is not None}
+    try:
+        path = template.format(**fields)
+    except KeyError as exc:
+        raise ConfigError(f'config: {key}: unknown field {{{exc.args[0]}}} in "{template}"; '
+                          f"fields: {', '.join(fields) or 'none'}") from None
+    except (ValueError, IndexError, AttributeError, TypeError) as exc:
+        raise ConfigError(f'config: {key}: "{template}" is not a template ({exc}); '
+                          f"fields: {', '.join(fields) or 'none'}") from None
+    segments = path.split("/")
+    if not path:
+        problem = "a path may not be empty"
+    elif "\\" in path:
+        problem = "a path may not hold a backslash"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in path):
+        problem = "a path may not hold a control character"
+    elif path.startswith("/"):
+        problem = "a path must be relative (no leading '/')"
+    elif ".." in segments:
+        problem = "a path may not leave its folder ('..')"
+    elif "" in segments:
+        problem = "a path may not have an empty segment ('//' or a trailing '/')"
+    elif "." in segments:
+        problem = "a path may not have a '.' segment"
+    else:
+        return path
+    culprit = next((sources[name] for name in (sources or {})
+                    if name in fields and f"{{{name}}}" in template and not NAME.match(str(fields[name]))), key)
+    shown = path.encode("unicode_escape").decode("ascii") if problem.endswith("control character") else path
+    raise ConfigError(f'config: {culprit} → "{shown}": {problem}')
+
+
 # --- downloads ---------------------------------------------------------------------------------
 
 def pointer_path(spec: dict) -> str:

@@ -18,6 +18,8 @@ import json
 import re
 from pathlib import Path
 
+from .config import fill
+
 SITE_URL = "https://www.neuronpedia.org"
 BUCKET = "neuronpedia-datasets"
 
@@ -26,20 +28,24 @@ def page(model: str, set_id: str, index: int) -> str:
     return f"{SITE_URL}/{model}/{set_id}/{index}"
 
 
-def set_for(catalog_entry: dict, site: str, layer: int, l0=None) -> dict:
+def set_for(catalog_entry: dict, site: str, layer: int, l0=None, model: str = "<model>") -> dict:
     """{"model", "set"} of this SAE's Neuronpedia set, or {"note"} saying why there is none.
 
     ``catalog_entry``: the config's catalog entry of the model (its ``neuronpedia`` key:
     ``model`` and ``sets`` per site, a template in {layer} and {width}, or a mapping width →
     template). ``l0``: the L0 this run uses, None where the format has no L0 choice; a value
-    other than the catalog's (canonical) one has no page.
+    other than the catalog's (canonical) one has no page. Both ids name the folder of the set's
+    explanations (resources/neuronpedia/v1/{model}/{set}/): a value that would take it out of
+    its folder raises ConfigError naming ``catalog.{model}.neuronpedia...``.
     """
     np_cfg = catalog_entry.get("neuronpedia")
     if not np_cfg:
         return {"note": "no Neuronpedia pages for this model"}
-    template = np_cfg.get("sets", {}).get(site)
+    key = f"catalog.{model}.neuronpedia"
+    np_model = fill(np_cfg["model"], {}, f"{key}.model")
+    template, key = np_cfg.get("sets", {}).get(site), f"{key}.sets.{site}"
     if isinstance(template, dict):
-        template = template.get(catalog_entry["width"])
+        template, key = template.get(catalog_entry["width"]), f"{key}.{catalog_entry['width']}"
     if not template:
         return {"note": f"no Neuronpedia set known for {site} at width {catalog_entry['width']}"}
     canonical = catalog_entry["sites"][site].get("l0")
@@ -47,7 +53,7 @@ def set_for(catalog_entry: dict, site: str, layer: int, l0=None) -> dict:
         canonical = canonical.get(catalog_entry["width"])
     if l0 is not None and canonical is not None and str(canonical[layer]) != str(l0):
         return {"note": f"L0 {l0} is not the canonical L0 ({canonical[layer]}): Neuronpedia has no page for this SAE"}
-    return {"model": np_cfg["model"], "set": template.format(layer=layer, width=catalog_entry["width"])}
+    return {"model": np_model, "set": fill(template, {"layer": layer, "width": catalog_entry["width"]}, key)}
 
 
 def annotate(node: dict, where: dict, index: int, explanations: dict | None = None) -> dict:
@@ -116,6 +122,9 @@ def download_explanations(model: str, set_id: str, root: str | Path) -> list[Pat
     files = []
     for page_ in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         for obj in page_.get("Contents", []):
+            name = obj["Key"][len(prefix):]  # a file of the set's folder, never a path out of it
+            if not obj["Key"].startswith(prefix) or not name or "/" in name or "\\" in name or name in (".", ".."):
+                raise ValueError(f"s3://{BUCKET}/{obj['Key']}: not a file of {prefix}: nothing written there")
             dest = Path(root) / obj["Key"]
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(dest.name + ".part")

@@ -60,11 +60,27 @@ def catalog_l0(model, site, layer):
     table = entry["sites"][site]["l0"]
     if isinstance(table, dict):  # width → per-layer list
         if entry["width"] not in table:
-            raise ValueError(
+            raise cfg.ConfigError(
                 f"config: {model} {site} has no l0 list for width {entry['width']}"
             )
         table = table[entry["width"]]
+    if int(layer) >= len(table):
+        raise cfg.ConfigError(
+            f"config: {l0_key(model, site, layer)} is missing: the list has {len(table)} "
+            f"L0s for the model's {entry['n_layers']} layers"
+        )
     return table[int(layer)]
+
+
+def l0_key(model, site, layer):
+    """The config key a layer's L0 comes from, named where its value breaks a path."""
+    base = f"catalog.{model}.sites.{site}"
+    if "l0" in per_layer(model, site, layer):
+        return f"{base}.per_layer.{int(layer)}.l0"
+    entry = config["catalog"][model]
+    if isinstance(entry["sites"][site].get("l0"), dict):
+        return f"{base}.l0.{entry['width']}[{int(layer)}]"
+    return f"{base}.l0[{int(layer)}]"
 
 
 def per_layer(model, site, layer):
@@ -84,22 +100,37 @@ def sae_l0(model, site, layer):
 
 
 def sae_spec(model, site, layer):
-    """Repo, pinned revision and files of one SAE, with templates and per-layer overrides resolved."""
+    """Repo, pinned revision and files of one SAE, templates and per-layer overrides resolved:
+    each a path checked by saematch.config.fill, which names the key at fault."""
     entry = config["catalog"][model]
     site_cfg = entry["sites"][site]
     layer = int(layer)
+    over = per_layer(model, site, layer)
     spec = {k: site_cfg[k] for k in ("repo_id", "revision", "files") if k in site_cfg}
-    spec.update(per_layer(model, site, layer))
-    l0 = sae_l0(model, site, layer)
+    spec.update(over)
+    site_key = f"catalog.{model}.sites.{site}"
+    key = {
+        k: f"{site_key}.per_layer.{layer}.{k}" if k in over else f"{site_key}.{k}"
+        for k in spec
+    }
     if isinstance(spec["revision"], dict):
+        if entry["width"] not in spec["revision"]:
+            raise cfg.ConfigError(
+                f"config: {key['revision']} has no revision for width {entry['width']}"
+            )
         spec["revision"] = spec["revision"][entry["width"]]
-    fields = {"layer": layer, "l0": l0, "width": entry["width"]}
+        key["revision"] = f"{key['revision']}.{entry['width']}"
+    fields = {"layer": layer, "l0": sae_l0(model, site, layer), "width": entry["width"]}
+    sources = {"l0": l0_key(model, site, layer), "width": f"catalog.{model}.width"}
     hub = entry.get("hub", {})
     return {
         "format": entry["format"],
-        "repo_id": spec["repo_id"].format(**fields),
-        "revision": spec["revision"],
-        "files": {role: path.format(**fields) for role, path in spec["files"].items()},
+        "repo_id": cfg.fill(spec["repo_id"], fields, key["repo_id"], sources),
+        "revision": cfg.fill(spec["revision"], {}, key["revision"]),
+        "files": {
+            role: cfg.fill(path, fields, f"{key['files']}.{role}", sources)
+            for role, path in spec["files"].items()
+        },
         "cache_dir": hub.get("cache_dir"),
         "local_files_only": hub.get("local_files_only", False),
         "demo": is_local(model) and model,
@@ -112,13 +143,16 @@ def is_local(model):
 
 
 def model_spec(model):
+    """The model's repo, revision and files, each a path checked by saematch.config.fill."""
     entry = config["catalog"][model]
     hub = entry.get("hub", {})
+    key = f"catalog.{model}.model"
+    files = [cfg.fill(f, {}, f"{key}.files") for f in entry["model"]["files"]]
     return {
         "format": "model",
-        "repo_id": entry["model"]["repo_id"],
-        "revision": entry["model"]["revision"],
-        "files": {f: f for f in entry["model"]["files"]},
+        "repo_id": cfg.fill(entry["model"]["repo_id"], {}, f"{key}.repo_id"),
+        "revision": cfg.fill(entry["model"]["revision"], {}, f"{key}.revision"),
+        "files": {f: f for f in files},
         "cache_dir": hub.get("cache_dir"),
         "local_files_only": hub.get("local_files_only", False),
         "demo": is_local(model) and model,
@@ -329,7 +363,7 @@ def flow_neuronpedia(wc):
     where = {"target": ("res", L)}
     where.update({m: (m, L - 1 if m == "res" else L) for m in wc.modules.split("+")})
     return {
-        key: set_for(entry, site, layer, sae_l0(wc.model, site, layer))
+        key: set_for(entry, site, layer, sae_l0(wc.model, site, layer), model=wc.model)
         for key, (site, layer) in where.items()
     }
 
@@ -344,24 +378,56 @@ def flow_gpu(wc):
     return int(saematch.devices.host_has_gpu()) if device == "auto" else 1
 
 
+def local_repos(model):
+    """The Hub cache and repos that the demo and tiny writers write: paths in the working
+    directory, checked by saematch.config.fill."""
+    entry = config["catalog"][model]
+    key, fields = f"catalog.{model}", {"width": entry["width"]}
+    return {
+        "cache_dir": cfg.fill(
+            entry.get("hub", {}).get("cache_dir") or "", {}, f"{key}.hub.cache_dir"
+        ),
+        "model_repo": cfg.fill(entry["model"]["repo_id"], {}, f"{key}.model.repo_id"),
+        "site_repos": {
+            s: cfg.fill(c["repo_id"], fields, f"{key}.sites.{s}.repo_id")
+            for s, c in entry["sites"].items()
+        },
+    }
+
+
+def local_params_path(model, site, layer, l0=None, l0_source=None):
+    """One params.npz path that the demo or tiny writer writes (default: at the catalog's L0),
+    checked by saematch.config.fill."""
+    entry = config["catalog"][model]
+    if l0 is None:
+        l0, l0_source = catalog_l0(model, site, layer), l0_key(model, site, layer)
+    return cfg.fill(
+        entry["sites"][site]["files"]["params"],
+        {"layer": layer, "l0": l0, "width": entry["width"]},
+        f"catalog.{model}.sites.{site}.files.params",
+        {"l0": l0_source, "width": f"catalog.{model}.width"},
+    )
+
+
 def demo_params(wc):
     """What the demo writer needs: sizes, repos and every params.npz path per site and layer."""
     entry = config["catalog"][wc.model]
-    demo = entry["demo"]
-    paths = {}
-    for site, site_cfg in entry["sites"].items():
-        template = site_cfg["files"]["params"]
-        paths[site] = [
+    demo, extra = entry["demo"], f"catalog.{wc.model}.demo.extra_l0"
+    paths = {
+        site: [
             [
-                template.format(layer=L, l0=l0, width=entry["width"])
-                for l0 in [catalog_l0(wc.model, site, L), *demo.get("extra_l0", [])]
+                local_params_path(wc.model, site, L),
+                *(
+                    local_params_path(wc.model, site, L, l0, f"{extra}[{i}]")
+                    for i, l0 in enumerate(demo.get("extra_l0", []))
+                ),
             ]
             for L in range(entry["n_layers"])
         ]
+        for site in entry["sites"]
+    }
     return {
-        "cache_dir": entry["hub"]["cache_dir"],
-        "model_repo": entry["model"]["repo_id"],
-        "site_repos": {s: c["repo_id"] for s, c in entry["sites"].items()},
+        **local_repos(wc.model),
         "paths": paths,
         "n_layers": entry["n_layers"],
         "d_model": entry["d_model"],
@@ -468,7 +534,7 @@ def explanation_targets():
         entry = config["catalog"][model]
         for site in config["sites"]:
             for L in cfg.selected_layers(config, model):
-                where = set_for(entry, site, L, sae_l0(model, site, L))
+                where = set_for(entry, site, L, sae_l0(model, site, L), model=model)
                 if "set" in where:
                     wanted.add(
                         f"resources/neuronpedia/v1/{where['model']}/{where['set']}/explanations.json"
@@ -543,18 +609,11 @@ def tiny_params(wc):
     """What the tiny-model writer needs: sizes, repos and each SAE's params.npz path."""
     entry = config["catalog"][wc.model]
     paths = {
-        site: [
-            site_cfg["files"]["params"].format(
-                layer=L, l0=catalog_l0(wc.model, site, L), width=entry["width"]
-            )
-            for L in range(entry["n_layers"])
-        ]
-        for site, site_cfg in entry["sites"].items()
+        site: [local_params_path(wc.model, site, L) for L in range(entry["n_layers"])]
+        for site in entry["sites"]
     }
     return {
-        "cache_dir": entry["hub"]["cache_dir"],
-        "model_repo": entry["model"]["repo_id"],
-        "site_repos": {s: c["repo_id"] for s, c in entry["sites"].items()},
+        **local_repos(wc.model),
         "paths": paths,
         "n_layers": entry["n_layers"],
         "d_model": entry["d_model"],
@@ -645,3 +704,30 @@ def evaluate_mem_mb(wc):
 
 def evaluation_targets():
     return [f"{evaluation_prefix(m)}/summary.tsv" for m in EVALUATE]
+
+
+# --- nothing is read or written outside the working directory -----------------------------------
+
+
+def check_paths():
+    """Every path the selected models' catalog entries make, filled and checked before any job
+    or log (saematch.config.fill): the selected SAEs, the model, the Neuronpedia sets, and all
+    that the demo and tiny writers write (every site and layer)."""
+    from types import SimpleNamespace
+
+    from saematch.neuronpedia import set_for
+
+    for model in config["models"]:
+        entry = config["catalog"][model]
+        for site in config["sites"]:
+            for L in cfg.selected_layers(config, model):
+                sae_spec(model, site, L)
+                set_for(entry, site, L, model=model)
+        if "model" in entry:
+            model_spec(model)
+        if is_local(model):
+            writer = tiny_params if "tiny" in entry else demo_params
+            writer(SimpleNamespace(model=model))
+
+
+check_paths()
