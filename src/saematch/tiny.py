@@ -156,10 +156,11 @@ def train_sae(x: torch.Tensor, n_features: int, l1: float, steps: int, seed: int
 def make_tiny(cache_dir: str | Path, model_repo: str, site_repos: dict[str, str], paths: dict[str, list[str]],
               n_layers: int, d_model: int, n_heads: int, n_features: int, text_path: str | Path,
               seed: int = 0, train_docs: int = 3000, eval_docs: int = 400, model_steps: int = 120,
-              sae_steps: int = 150, l1: float = 0.1) -> dict:
+              sae_steps: int = 150, l1: float = 0.1, hub_path: str | Path | None = None) -> dict:
     """Write the tiny model, its SAEs (``paths[site][L]``: the params.npz path in the repo) and
     the evaluation text (one document per line); return a manifest with each SAE's L0 and EV on
-    its training activations and the model's final training loss."""
+    its training activations and the model's final training loss (also written as JSON to
+    ``hub_path`` if given)."""
     from transformers import AutoTokenizer
 
     from .lm import read_sites
@@ -196,4 +197,6 @@ def make_tiny(cache_dir: str | Path, model_repo: str, site_repos: dict[str, str]
         manifest["repos"][repo] = {"commit": write_hub_repo(cache_dir, repo, sae_files), "files": sorted(sae_files)}
     Path(text_path).parent.mkdir(parents=True, exist_ok=True)
     Path(text_path).write_text("\n".join(corpus(eval_docs, seed + 1)) + "\n")
+    if hub_path is not None:
+        Path(hub_path).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
