@@ -14,10 +14,10 @@ with logs.job(snakemake):
     import polars as pl
     import torch
 
-    from saematch.config import evaluate_options
+    from saematch.config import ConfigError, data_label, evaluate_options
     from saematch.devices import job_device
     from saematch.evaluate import evaluate_sites, features_frame
-    from saematch.hub import resolve, resolve_files
+    from saematch.hub import resolve, resolve_files, sha256_file
     from saematch.lm import check_hooks, load_lm, read_documents, token_batches
     from saematch.load import load_sae
     from saematch.sae import to_device
@@ -32,7 +32,14 @@ with logs.job(snakemake):
     matches = {site: {L: pl.read_parquet(p) for L, p in zip(opts["pairs"], snakemake.input[f"matches_{site}"])}
                for site in opts["sites"]}
     data = opts["data"]
-    text = snakemake.input.data if "path" in data else resolve(read(snakemake.input.data), "data")
+    if data_label(snakemake.config, wc.model) != wc.data:  # the folder is named by the text's content
+        raise ConfigError(f"{snakemake.input.data}: the text sample changed after this run started "
+                          f"(its folder is {wc.data}); run again")
+    if "path" in data:
+        text, data_sha256 = snakemake.input.data, sha256_file(snakemake.input.data)
+    else:
+        pointer = read(snakemake.input.data)
+        text, data_sha256 = resolve(pointer, "data"), pointer["files"]["data"]["sha256"]
     docs = read_documents(text, data.get("column", "text"))
     model_files = read(snakemake.input.model)
     with job_device(snakemake.resources.gpu > 0, run["device"]) as dev:
@@ -57,7 +64,7 @@ with logs.job(snakemake):
     tokens = rows[0]["tokens"] if rows else 0
     logging.info("%d tokens in %.1f s: %.0f tokens/s%s", tokens, seconds, tokens / max(seconds, 1e-9),
                  f", peak GPU memory {peak / 2**30:.2f} GiB" if peak else "")
-    provenance = {"model": wc.model, "variant": wc.variant, "data": wc.data,
+    provenance = {"model": wc.model, "variant": wc.variant, "data": wc.data, "data_sha256": data_sha256,
                   "options": opts, "algo_version": ALGO_VERSION, "model_files": model_files,
                   "saes": {site: {str(L): p for L, p in ps.items()} for site, ps in pointers.items()},
                   "hook_errors": hook_errors,

@@ -366,3 +366,22 @@ def test_an_explanations_file_listed_outside_its_sets_folder_is_not_written(tmp_
         download_explanations("gemma-2-2b", "3-gemmascope-res-16k", root)
     assert (root / prefix / "batch-0.jsonl.gz").exists()
     assert sorted(p.name for p in tmp_path.rglob("*.gz")) == ["batch-0.jsonl.gz"]
+
+
+def test_new_text_at_the_same_path_gets_a_new_data_folder(tmp_path):
+    sample = tmp_path / "sample.txt"
+    sample.write_text("the first text\n")
+    config = with_(models=["tiny"], evaluate={**CONFIG["evaluate"], "data": {"path": str(sample)}})
+    first = cfg.data_label(config, "tiny")
+    assert first.startswith("sample-")
+    sample.write_text("another text entirely\n")
+    second = cfg.data_label(config, "tiny")
+    assert second != first  # a rerun writes beside the first folder, never into it
+    sample.write_text("the first text\n")
+    assert cfg.data_label(config, "tiny") == first  # named by the bytes, not by when they were written
+
+
+def test_a_missing_local_text_sample_is_refused_before_any_job(tmp_path):
+    config = with_(models=["tiny"], evaluate={**CONFIG["evaluate"], "data": {"path": str(tmp_path / "gone.txt")}})
+    with pytest.raises(cfg.ConfigError, match=r"^config: evaluate.data.path .*gone.txt: text sample not found$"):
+        cfg.data_label(config, "tiny")

@@ -12,10 +12,12 @@ given in ``config["variant"]``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
 import re
+from pathlib import Path
 
 from .errors import SaeError
 
@@ -384,13 +386,48 @@ def evaluate_options(config: dict, model: str) -> dict:
 
 
 def data_label(config: dict, model: str) -> str:
-    """The folder of one text sample and size: its name and a short hash of what it reads,
-    e.g. 'text-3fa2c1', 'pile-10k-a91b02'."""
+    """The folder of one text sample and size: its name and a short hash of its content
+    (:func:`data_identity`) and sizes, e.g. 'text-3fa2c1', 'pile-10k-a91b02'."""
     opts = evaluate_options(config, model)
     data = opts["data"]
     stem = posixpath.basename(posixpath.splitext(data["path"])[0]) if "path" in data else data["repo_id"].split("/")[-1]
     stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "data"
-    return f"{stem}-{_short_hash({'data': data, **{k: opts[k] for k in DATA_OPTIONS}})}"
+    return f"{stem}-{_short_hash({**data_identity(config, model), **{k: opts[k] for k in DATA_OPTIONS}})}"
+
+
+TINY_TEXT = "resources/tiny/{model}/text.txt"  # the tiny model's held-out text: rule make_tiny writes it
+
+
+def data_identity(config: dict, model: str) -> dict:
+    """What names a text sample's content, so new text at the same path gets a new folder:
+
+    * a local file: the sha256 of its bytes (and the Parquet column read);
+    * the tiny model's own text (:data:`TINY_TEXT`, not there before make_tiny runs): the
+      catalog's ``tiny`` settings, from which make_tiny writes it byte for byte;
+    * a Hub dataset file: repo, revision, file and column. Pin the revision to a commit: that
+      fixes the bytes (its download pointer records their sha256, and the evaluation's
+      provenance copies it).
+    """
+    data = evaluate_options(config, model)["data"]
+    if "path" not in data:
+        return {"data": data}
+    entry = config["catalog"][model]
+    if "tiny" in entry and data["path"] == TINY_TEXT.format(model=model):
+        return {"path": data["path"], "tiny": entry["tiny"]}
+    path = Path(data["path"])
+    if not path.is_file():
+        key = "evaluate.data" if config.get("evaluate", {}).get("data") else f"catalog {model}.model.data"
+        raise ConfigError(f"config: {key}.path {data['path']}: text sample not found")
+    stat = path.stat()
+    return {"sha256": _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns), "column": data.get("column", "text")}
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, read in blocks; cached per size and modification time within a process."""
+    from .hub import sha256_file
+
+    return sha256_file(path)
 
 
 def dataset_spec(data: dict) -> dict | None:
