@@ -7,11 +7,12 @@ as Gemma's), trained for a few hundred steps on text from a small random grammar
 refs/main). Then one JumpReLU SAE per site and layer, trained on that model's activations at
 Gemma Scope's hook points (saematch.lm), written as ``params.npz`` in Gemma Scope's layout. A
 separately seeded text from the same grammar is the evaluation sample. All of it takes seconds
-on a CPU and is byte-for-byte reproducible for a seed.
+on a CPU and is byte-for-byte reproducible for a seed, whatever the thread count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -120,39 +121,65 @@ def train_model(docs: list[str], tokenizer, n_layers: int, d_model: int, n_heads
     return model, float(loss.detach())
 
 
-def train_sae(x: torch.Tensor, n_features: int, l1: float, steps: int, seed: int) -> dict[str, np.ndarray]:
-    """A JumpReLU SAE for activations ``x`` (N, d): a ReLU SAE trained with an L1 penalty on
-    f·‖w‖, then thresholds θ at a tenth of each feature's mean positive pre-activation, then the
-    decoder refitted by least squares to the JumpReLU codes. Gemma Scope's tensor names/shapes."""
+def train_sae(x: torch.Tensor, n_features: int, l1: float, steps: int, seed: int,
+              ridge: float = 1e-3) -> dict[str, np.ndarray]:
+    """A JumpReLU SAE for activations ``x`` (N, d) with unit-norm decoder rows (as Gemma Scope's).
+
+    A ReLU SAE trained on ``x`` / its mean norm with an L1 penalty, its decoder rows renormalised
+    after each step; then thresholds θ at a tenth of each feature's mean positive pre-activation;
+    then the decoder refitted to the JumpReLU codes by ridge regression towards the trained
+    decoder (``ridge`` × the Gram matrix's mean diagonal: a feature that never fires keeps its
+    trained row instead of a zero one, and the solve stays well conditioned); last, each refitted
+    row's norm moved into the encoder and θ. Gemma Scope's tensor names/shapes."""
     gen = torch.Generator().manual_seed(seed)
     N, d = x.shape
     scale = x.norm(dim=1).mean()
+    xs = x / scale
     W_dec = torch.randn(n_features, d, generator=gen)
     W_dec = (W_dec / W_dec.norm(dim=1, keepdim=True)).requires_grad_()
-    W_enc = (W_dec.detach().T.clone() / scale).requires_grad_()
+    W_enc = W_dec.detach().T.clone().requires_grad_()
     b_enc = torch.zeros(n_features, requires_grad=True)
-    b_dec = x.mean(0).clone().requires_grad_()
+    b_dec = xs.mean(0).clone().requires_grad_()
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=3e-3)
     for _ in range(steps):
-        batch = x[torch.randint(N, (512,), generator=gen)]
+        batch = xs[torch.randint(N, (512,), generator=gen)]
         f = torch.relu(batch @ W_enc + b_enc)
-        err = ((f @ W_dec + b_dec - batch) ** 2).sum(1).mean() / scale**2
-        loss = err + l1 * (f * W_dec.norm(dim=1)).sum(1).mean() / scale
+        loss = ((f @ W_dec + b_dec - batch) ** 2).sum(1).mean() + l1 * f.sum(1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=1, keepdim=True)
     with torch.no_grad():
-        pre = x @ W_enc + b_enc
+        pre = xs @ W_enc + b_enc
         pos = torch.where(pre > 0, pre, torch.zeros(()))
         threshold = (0.1 * pos.sum(0) / (pre > 0).sum(0).clamp(min=1)).clamp(min=1e-3)
         f = pre * (pre > threshold)
         A = torch.cat([f, torch.ones(N, 1)], 1).double()
-        sol = torch.linalg.lstsq(A.T @ A + 1e-6 * torch.eye(n_features + 1, dtype=torch.float64),
-                                 A.T @ x.double()).solution.float()
-    return {"W_enc": W_enc.detach().numpy(), "b_enc": b_enc.detach().numpy(),
-            "W_dec": sol[:-1].numpy(), "b_dec": sol[-1].numpy(), "threshold": threshold.numpy()}
+        gram = A.T @ A
+        lam = ridge * gram.diagonal().mean()
+        prior = torch.cat([W_dec, b_dec[None]]).double()
+        sol = torch.linalg.solve(gram + lam * torch.eye(n_features + 1, dtype=torch.float64),
+                                 A.T @ xs.double() + lam * prior).float()
+        norms = sol[:-1].norm(dim=1)
+        return {"W_enc": (W_enc * norms).numpy(), "b_enc": (b_enc * norms * scale).numpy(),
+                "W_dec": (sol[:-1] / norms[:, None]).numpy(), "b_dec": (sol[-1] * scale).numpy(),
+                "threshold": (threshold * norms * scale).numpy()}
 
 
+@contextlib.contextmanager
+def one_thread():
+    """torch (and its BLAS) on one thread for the block: a threaded BLAS splits long sums by
+    the thread count, so the same build on 1 or 16 cores would differ in the last bits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@one_thread()
 def make_tiny(cache_dir: str | Path, model_repo: str, site_repos: dict[str, str], paths: dict[str, list[str]],
               n_layers: int, d_model: int, n_heads: int, n_features: int, text_path: str | Path,
               seed: int = 0, train_docs: int = 3000, eval_docs: int = 400, model_steps: int = 120,
@@ -160,7 +187,7 @@ def make_tiny(cache_dir: str | Path, model_repo: str, site_repos: dict[str, str]
     """Write the tiny model, its SAEs (``paths[site][L]``: the params.npz path in the repo) and
     the evaluation text (one document per line); return a manifest with each SAE's L0 and EV on
     its training activations and the model's final training loss (also written as JSON to
-    ``hub_path`` if given)."""
+    ``hub_path`` if given). Runs torch on one thread, so its bytes do not depend on the caller's."""
     from transformers import AutoTokenizer
 
     from .lm import read_sites
