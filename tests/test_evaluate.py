@@ -423,3 +423,32 @@ def test_delta_loss_is_on_exactly_the_first_loss_tokens_whatever_the_batch_size(
         assert row["loss_clean"] == pytest.approx(clean, rel=1e-5), b
         for m in METHODS:
             assert row[f"dl_{m}"] == pytest.approx(rows[1][f"dl_{m}"], rel=1e-4, abs=1e-5), (b, m)
+
+
+def test_a_sample_shorter_than_asked_is_marked_in_every_row(tiny):
+    sites = {"mlp": ({L: tiny["saes"]["mlp"][L] for L in (0, 1)}, {0: {"match": np.arange(F), "top1": np.arange(F)}})}
+    docs = tiny["docs"][:2]
+    short, _ = evaluate_sites(tiny["model"], "gemma-scope", lambda: lm.token_batches(docs, tiny["tokenizer"], 10**6, 96, 8),
+                              sites, total_tokens=10**6)
+    assert 0 < short[0]["tokens"] < 10**6
+    assert short[0]["tokens_asked"] == 10**6 and short[0]["short_sample"] is True
+    enough, _ = evaluate_sites(tiny["model"], "gemma-scope", lambda: lm.token_batches(docs, tiny["tokenizer"], 10, 96, 8),
+                               sites, total_tokens=10)
+    assert enough[0]["tokens"] == enough[0]["tokens_asked"] == 10 and enough[0]["short_sample"] is False
+
+
+def test_the_end_of_the_run_says_when_the_sample_was_short(tmp_path):
+    from saematch.report import results_message
+    from saematch.write import write_frame
+
+    folder = tmp_path / "results/model=tiny/variant=2x/evaluation/text-abcdef/res.L0-1"
+    folder.mkdir(parents=True)
+    rows = pl.DataFrame({"site": ["res"], "layer": [0], "tokens": [127], "tokens_asked": [8192], "short_sample": [True]})
+    write_frame(str(folder / "pairs.parquet"), rows, {"model": "tiny"})
+    rows.write_csv(folder / "summary.tsv", separator="\t")
+    prefix = str(tmp_path / "results/model=tiny/variant=2x/summary/res.L0-1")
+    message = results_message({"tiny": prefix}, {"tiny": str(folder)})
+    assert (f"  SHORT SAMPLE: the text gave 127 valid tokens of the 8192 asked (evaluate.n_tokens); "
+            f"{folder}/summary.tsv rests on those (column short_sample)") in message.splitlines()
+    write_frame(str(folder / "pairs.parquet"), rows.with_columns(tokens=8192, short_sample=False), {"model": "tiny"})
+    assert "SHORT SAMPLE" not in results_message({"tiny": prefix}, {"tiny": str(folder)})

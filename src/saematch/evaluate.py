@@ -250,7 +250,8 @@ def evaluate_sites(model, fmt: str, batches, sites: dict[str, tuple[dict, dict]]
     for the pairs of a pass that fit in ``dense_max_gb`` (auto: 40% of the GPU's memory, 8 on
     a CPU); the other pairs take further passes over the text (:func:`plan_passes`), and a pair
     too big alone keeps the sparse table. Returns one row of metrics per site and pair, and per
-    (site, L) the per-feature columns.
+    (site, L) the per-feature columns. With ``total_tokens`` (the tokens asked for) each row also
+    has ``tokens_asked`` and ``short_sample`` (the text gave fewer).
     """
     if dense_max_gb == "auto":
         dev = torch.device(device)
@@ -265,6 +266,9 @@ def evaluate_sites(model, fmt: str, batches, sites: dict[str, tuple[dict, dict]]
                          device, total_tokens)
         rows += r
         features.update(f)
+    if total_tokens is not None:  # a text shorter than asked: every row says so
+        for row in rows:
+            row["tokens_asked"], row["short_sample"] = total_tokens, row["tokens"] < total_tokens
     order = {s: i for i, s in enumerate(sites)}
     return sorted(rows, key=lambda row: (order[row["site"]], row["layer"])), features
 

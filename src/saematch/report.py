@@ -33,6 +33,7 @@ def results_message(summaries: dict[str, str], evaluations: dict[str, str] | Non
         if folder and Path(folder, "summary.tsv").exists():
             out.append(f"  on data  {folder}/summary.tsv (matching score, Pearson partners, EV and ΔL), figure "
                        f"evaluation.png, the verdict on data calibration.tsv")
+            out += short_sample_lines(folder)
         if table_path.exists():
             table = pl.read_parquet(table_path)
             out.append(console_table(table))
@@ -41,6 +42,20 @@ def results_message(summaries: dict[str, str], evaluations: dict[str, str] | Non
                 out.append(f"  {uncertified.height} pair(s) NOT certified optimal: see the 'certificate' "
                            "in their files' provenance (saematch.write.read_provenance)")
     return "\n".join(out)
+
+
+def short_sample_lines(folder: str) -> list[str]:
+    """One line when the evaluation in ``folder`` read fewer tokens than it asked for."""
+    import polars as pl
+
+    path = Path(folder, "pairs.parquet")
+    if not path.exists():
+        return []
+    pairs = pl.read_parquet(path)
+    if "short_sample" not in pairs.columns or not pairs["short_sample"].any():
+        return []
+    return [f"  SHORT SAMPLE: the text gave {pairs['tokens'].min()} valid tokens of the {pairs['tokens_asked'].max()} "
+            f"asked (evaluate.n_tokens); {folder}/summary.tsv rests on those (column short_sample)"]
 
 
 def failures_message(log_dir: str, since: float) -> str:
