@@ -184,6 +184,26 @@ def test_changing_a_variants_saes_in_place_is_refused_before_any_job(wf):
     assert nothing_to_do(wf)
 
 
+def test_an_unreadable_result_stops_the_run_naming_the_file_and_how_to_remove_it(wf):
+    rel = matches("res", 1)[0]
+    path, before = wf / rel, mtimes(wf)
+    original, stat = path.read_bytes(), path.stat()
+    path.write_bytes(original[: len(original) // 2])  # a copy cut short
+    try:
+        out = smk(wf, check=False)
+        console = out.stdout + out.stderr
+        assert out.returncode != 0 and "other SAEs or options" not in console, console
+        assert re.search(rf"^{re.escape(rel)}: cannot be read \(.*Parquet", console, re.M), console
+        assert f"Nothing was run. Remove it and run again to rebuild: rm {rel}" in console
+        assert {k: v for k, v in mtimes(wf).items() if k != rel} == {k: v for k, v in before.items() if k != rel}
+        path.unlink()  # what the message says: the pair is then rebuilt
+        assert planned_jobs(wf)["match_pair"] == 1
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert nothing_to_do(wf)
+
+
 def test_another_cost_option_for_one_site_is_its_own_variant(wf):
     assert "variant=1k_res-w-dec/" in smk(wf, "-n", "--config", "match={per_site: {res: {weights: dec}}}").stdout
 
@@ -247,4 +267,30 @@ def test_an_interrupted_run_resumes_without_cleanup_and_equals_an_uninterrupted_
     for t in targets:
         assert pl.read_parquet(t).equals(reference[t]), t
     assert not list(wf.glob("results/**/.*tmp-*"))
+    assert nothing_to_do(wf)
+
+
+def test_an_interrupted_forced_rerun_rebuilds_missing_matches_in_a_plain_run(wf):
+    """kill -9 of `--forcerun match_pair` right after Snakemake deleted a pair's old matches
+    (it does so before the job runs): the next plain run rebuilds them."""
+    every = sorted(wf.glob("results/model=demo/variant=1k/matches/site=*/layer=*/part-0.parquet"))
+    cmd = [sys.executable, "-m", "snakemake", "--directory", str(wf), "--snakefile", str(wf / "Snakefile"),
+           "--cores", "2", "--forcerun", "match_pair"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while all(p.exists() for p in every):
+            assert proc.poll() is None and time.time() < deadline, "no match job started"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lost = [p for p in every if not p.exists()]
+    assert lost
+    smk(wf, "--unlock")
+    smk(wf)
+    assert [p for p in every if not p.exists()] == []
     assert nothing_to_do(wf)

@@ -4,6 +4,7 @@
 # (variants, summaries) and of reading command-line values live in saematch.config.
 import os
 import re
+import shlex
 from pathlib import Path
 
 import yaml
@@ -186,8 +187,18 @@ def _downloads():
     return table
 
 
+# evaluate.* typed on the command line wins over the catalog's per-model evaluate values
+config.update(cfg.command_line_wins(config, workflow.overwrite_config))
 EVALUATE = {m: cfg.evaluate_options(config, m) for m in cfg.evaluate_models(config)}
 DATA = {m: cfg.data_label(config, m) for m in EVALUATE}
+if (
+    workflow.is_main_process
+):  # cuda asked of a host without it: an error; auto on the CPU: one line
+    _cpu_line = saematch.devices.check_devices(
+        saematch.devices.device_settings(config, EVALUATE), workflow.local_exec
+    )
+    if _cpu_line:
+        print(_cpu_line, flush=True)
 
 
 def projects_att(model, site):
@@ -502,25 +513,63 @@ def summary_prefix(model):
 
 
 def all_targets():
-    return (
-        [
-            f"{summary_prefix(model)}.{ext}"
-            for model in config["models"]
-            for ext in ("parquet", "png", "tsv")
+    """Every file the default run makes, each its own target: Snakemake rebuilds a missing
+    intermediate file only when something downstream of it is out of date, so a result lost
+    after its summary was written (an interrupted forced rerun deletes a job's old outputs
+    before the job runs) would otherwise stay missing."""
+    files = {*DOWNLOADS, *explanation_targets(), *evaluation_targets()}
+    for model in config["models"]:
+        files.update(result_files(model))
+        if is_local(model):
+            files.update(local_resources(model))
+    return sorted(files)
+
+
+def local_resources(model):
+    """The local Hub repo the demo or tiny writer makes (with its truth, origins or text)."""
+    if is_demo(model):
+        return [
+            f"resources/demo/{model}/{f}"
+            for f in ("hub.json", "truth.parquet", "origins.parquet")
         ]
-        + [
-            LIFETIMES.format(model=m, variant=VARIANT[m], selection=SELECTION[m])
-            + ".survival.png"
-            for m in config["models"]
-        ]
-        + [
-            f"{summary_prefix(m)}.flow.tsv"
-            for m in config["models"]
-            if cfg.flow_layers(config, m)
-        ]
-        + explanation_targets()
-        + evaluation_targets()
+    return [f"resources/tiny/{model}/{f}" for f in ("hub.json", "text.txt")]
+
+
+def result_files(model):
+    """One model's results: each pair's matches, each layer's flow file, the summaries,
+    lifetimes, the demo's ablation and the evaluation's tables."""
+    prefix = summary_prefix(model)
+    lifetimes = LIFETIMES.format(
+        model=model, variant=VARIANT[model], selection=SELECTION[model]
     )
+    files = [
+        *matches_of(model, VARIANT[model]),
+        *(f"{prefix}.{ext}" for ext in ("parquet", "png", "tsv")),
+        *(
+            f"{lifetimes}{ext}"
+            for ext in (".parquet", ".survival.tsv", ".lengths.tsv", ".survival.png")
+        ),
+    ]
+    if cfg.flow_layers(config, model):
+        files += [flow_path(model, L) for L in cfg.flow_layers(config, model)]
+        files += [f"{prefix}.flow.parquet", f"{prefix}.flow.tsv"]
+    if is_demo(model):
+        files.append(
+            f"results/model={model}/variant={VARIANT[model]}/demo/ablation.{SELECTION[model]}.parquet"
+        )
+    if model in EVALUATE:
+        folder = evaluation_prefix(model)
+        files += [
+            f"{folder}/{name}"
+            for name in (
+                "pairs.parquet",
+                "features.parquet",
+                "summary.tsv",
+                "calibration.tsv",
+                "evaluation.png",
+            )
+        ]
+    return files
 
 
 def explanation_targets():
@@ -544,10 +593,12 @@ def explanation_targets():
 
 def check_nothing_is_overwritten():
     """Stop before any job when a planned matches file exists but was made from other SAEs or
-    options: a variant's results are never silently replaced (saematch.config)."""
+    options: a variant's results are never silently replaced (saematch.config). One that
+    cannot be read (cut short, not ours) is named as such, with the command that removes it.
+    """
     from saematch.write import read_provenance
 
-    clashes = []
+    clashes, unreadable = [], {}
     for model in config["models"]:
         for site in config["sites"]:
             opts = options_of(model, site)
@@ -564,10 +615,19 @@ def check_nothing_is_overwritten():
                 }
                 try:
                     change = cfg.describe_change(read_provenance(path), expected)
-                except Exception as exc:  # not ours, or unreadable: leave it alone too
-                    change = f"unreadable provenance ({exc})"
+                except Exception as exc:  # damaged, or not a saematch matches file
+                    unreadable[path] = unreadable_reason(exc)
+                    continue
                 if change:
                     clashes.append(f"  {path}: {change}")
+    if unreadable:
+        raise cfg.ConfigError(
+            "\n".join(f"{p}: cannot be read ({why})" for p, why in unreadable.items())
+            + "\nNothing was run. Remove "
+            + ("it" if len(unreadable) == 1 else "them")
+            + " and run again to rebuild: rm "
+            + " ".join(shlex.quote(p) for p in unreadable)
+        )
     if clashes:
         raise cfg.ConfigError(
             f"{len(clashes)} existing result(s) of variant {', '.join(sorted(set(VARIANT.values())))} "
@@ -577,6 +637,13 @@ def check_nothing_is_overwritten():
             + "\nNothing was run. Give this configuration its own variant "
             "(--config variant=NAME, config/README.md 'Variants'), or move the old results away."
         )
+
+
+def unreadable_reason(exc):
+    """A short why for a results file that cannot be read back."""
+    if isinstance(exc, (KeyError, TypeError)):
+        return "no saematch provenance in it: not a matches file of this pipeline"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 if workflow.is_main_process:

@@ -1,0 +1,44 @@
+"""Results are never lost: every file a run makes is a target of the default run, so a plain
+`snakemake` rebuilds any that went missing (an interrupted forced rerun deletes a job's outputs
+before the job runs). Dry-runs of a pristine copy only; the end-to-end cases are in
+test_reruns.py, on its finished demo workdir."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from test_workflow import copy_workflow, smk
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("kept"))
+
+
+def planned_files(workdir, *args: str) -> tuple[set[str], set[str]]:
+    """(every output of every job, the inputs of rule all) of a forced dry-run."""
+    out = smk(workdir, "-n", "--forceall", *args).stdout
+    outputs, targets = set(), set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if not rule:
+            continue
+        for key, files in re.findall(r"^    (output|input): (.*)$", block, re.M):
+            paths = set(files.split(", "))
+            if rule[1] == "all" and key == "input":
+                targets |= paths
+            elif key == "output":
+                outputs |= paths
+    return outputs, targets
+
+
+@pytest.mark.parametrize("args", [[], ["--config", "sites=[mlp,att]", "layers=[0,1,2]"]],
+                         ids=["default", "no-flow"])
+def test_every_file_a_run_makes_is_a_target_of_the_default_run(pristine, args):
+    outputs, targets = planned_files(pristine, *args)
+    assert any("/evaluation/" in p and p.endswith("/pairs.parquet") for p in outputs)  # the run evaluates
+    assert sorted(outputs - targets) == []
