@@ -42,7 +42,7 @@ with logs.job(snakemake):
         text, data_sha256 = resolve(pointer, "data"), pointer["files"]["data"]["sha256"]
     docs = read_documents(text, data.get("column", "text"))
     model_files = read(snakemake.input.model)
-    with job_device(snakemake.resources.gpu > 0, run["device"]) as dev:
+    with job_device(snakemake.resources.gpu > 0, run["device"], "evaluate.device") as dev:
         model, tokenizer = load_lm(resolve_files(model_files), dev, opts["dtype"])
         sites = {site: ({L: to_device(load_sae(p), dev) for L, p in pointers[site].items()},
                         {L: {"match": m["match"].fill_null(-1).to_numpy(), "top1": m["top1"].to_numpy()}

@@ -39,7 +39,7 @@ with logs.job(snakemake):
         import torch
 
         from saematch.config import site_options
-        from saematch.devices import job_device
+        from saematch.devices import job_device, match_device_key
         from saematch.load import load_pair
         from saematch.match import match_pair
         from saematch.write import write_matches
@@ -50,7 +50,7 @@ with logs.job(snakemake):
         load_seconds = time.perf_counter() - t0
 
         device = site_options(snakemake.config, wc.model, wc.site)["device"]  # a resource, not a param
-        with job_device(snakemake.resources.gpu > 0, device) as dev:
+        with job_device(snakemake.resources.gpu > 0, device, match_device_key(snakemake.config, wc.site)) as dev:
             columns, stats = match_pair(src, dst, device=dev, **snakemake.params.options)
         stats["seconds"] = {"load": round(load_seconds, 4), **stats["seconds"]}
         stats["seconds"]["total"] = round(time.perf_counter() - t0, 4)

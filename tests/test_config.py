@@ -385,3 +385,14 @@ def test_a_missing_local_text_sample_is_refused_before_any_job(tmp_path):
     config = with_(models=["tiny"], evaluate={**CONFIG["evaluate"], "data": {"path": str(tmp_path / "gone.txt")}})
     with pytest.raises(cfg.ConfigError, match=r"^config: evaluate.data.path .*gone.txt: text sample not found$"):
         cfg.data_label(config, "tiny")
+
+
+def test_evaluate_values_given_on_the_command_line_win_over_the_catalogs():
+    given = {"evaluate": {"n_tokens": "5", "batch_size": "2"}}  # workflow.overwrite_config: as typed
+    config = with_(models=["tiny"])
+    config["evaluate"].update(n_tokens=5, batch_size=2)  # what the Snakefile's config holds then
+    config = cfg.command_line_wins(config, given)
+    opts = cfg.evaluate_options(config, "tiny")
+    assert opts["n_tokens"] == 5 and opts["batch_size"] == 2
+    assert opts["context"] == 128 and opts["loss_tokens"] == 4096  # the catalog's, where not given
+    assert cfg.evaluate_options(cfg.command_line_wins(with_(models=["tiny"]), {}), "tiny")["n_tokens"] == 8192

@@ -56,3 +56,46 @@ def test_without_cuda_a_job_runs_on_the_cpu(use_gpu):
         pytest.skip("this machine has CUDA")
     with job_device(use_gpu) as device:
         assert device == "cpu"
+
+
+NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+
+
+@NO_CUDA
+@pytest.mark.parametrize("key, device", [("match.device", "cuda:0"), ("match.device", "cuda"),
+                                         ("evaluate.device", "cuda:1")])
+def test_an_explicit_cuda_device_on_a_host_without_cuda_is_refused_naming_the_key(key, device):
+    from saematch.config import ConfigError
+    from saematch.devices import check_devices
+
+    with pytest.raises(ConfigError) as err:
+        check_devices({key: device, "evaluate.device": "auto"} if key != "evaluate.device" else {key: device},
+                      local=True)
+    assert str(err.value) == (f"config: {key}={device} but this host has no CUDA device "
+                              "(torch.cuda.is_available() is False); use auto or cpu")
+
+
+@NO_CUDA
+def test_on_a_cluster_the_job_itself_refuses_a_cuda_device_it_does_not_have():
+    """The submit host may have no GPU while jobs run on GPU nodes: only the job can tell."""
+    from saematch.devices import check_devices
+    from saematch.errors import SaeError
+
+    assert check_devices({"match.device": "cuda:0"}, local=False) is None
+    with pytest.raises(SaeError) as err:
+        with job_device(True, "cuda:0", key="match.device"):
+            pytest.fail("ran on the CPU")
+    assert str(err.value) == ("config: match.device=cuda:0 but this job's host has no CUDA device "
+                              "(torch.cuda.is_available() is False); use auto or cpu")
+
+
+@NO_CUDA
+def test_auto_falling_back_to_the_cpu_says_so_in_one_line():
+    from saematch.devices import check_devices
+
+    line = check_devices({"match.device": "auto", "match.per_site.mlp.device": "auto", "evaluate.device": "auto"},
+                         local=True)
+    assert line == ("saematch: no CUDA device on this host: match.device, match.per_site.mlp.device, "
+                    "evaluate.device auto run on the CPU")
+    assert check_devices({"match.device": "cpu"}, local=True) is None
+    assert check_devices({"match.device": "auto"}, local=False) is None  # a cluster's jobs run on its GPU nodes

@@ -131,8 +131,7 @@ def test_bad_config_values_fail_before_any_job_with_the_reason(pristine, args, m
     (["match={fold: false}"], "1k_nofold"),
     (["match={fold: false, weights: dec}"], "1k_nofold_w-dec"),
     (["match={chunk_size: 512, k: 8, dense_max_gb: 1.5, per_site: {mlp: {k: 4, fold: no}}}"], "1k_mlp-nofold"),
-    (["match={device: cuda:1}"], "1k"),
-    (["match={device: cuda}"], "1k"),
+    (["match={device: cpu}"], "1k"),
     (["variant=my-sweep"], "my-sweep"),
     (["flow={top_k: 10}"], "1k_flow-k10"),
     (["flow={high: {res: q0.9, mlp: 0.3, att: 0.25}}"], "1k_flow-high-"),
@@ -147,6 +146,28 @@ def test_every_documented_key_can_be_set_on_the_command_line(pristine, args, var
     else:
         assert re.search(f"results/model=demo/variant={re.escape(variant)}[0-9a-f]*/flow/res\\+mlp\\+att/layer=3.parquet",
                          out.stdout)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this host has CUDA")
+@pytest.mark.parametrize("args, key", [(["match={device: cuda:1}"], "match.device=cuda:1"),
+                                       (["match={per_site: {mlp: {device: cuda}}}"], "match.per_site.mlp.device=cuda"),
+                                       (["evaluate={device: cuda}"], "evaluate.device=cuda")])
+def test_a_cuda_device_this_host_lacks_is_refused_before_any_job_naming_the_key(pristine, args, key):
+    out = smk(pristine, "-n", "--config", *args, check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stdout + out.stderr
+    assert f"config: {key} but this host has no CUDA device (torch.cuda.is_available() is False); use auto or cpu" \
+        in out.stdout + out.stderr
+    auto = smk(pristine, "-n", "--config", "sites=[res]", "layers=[0,1]")
+    assert auto.stdout.count("saematch: no CUDA device on this host: match.device, evaluate.device auto run on the CPU") == 1
+
+
+def test_evaluate_values_typed_on_the_command_line_win_over_the_catalogs(pristine):
+    from saematch.config import data_label
+
+    out = smk(pristine, "-n", "--config", "models=[tiny]", "evaluate={n_tokens: 5}")
+    config = yaml.safe_load((pristine / "config/config.yaml").read_text())
+    config["models"], config["catalog"]["tiny"]["evaluate"]["n_tokens"] = ["tiny"], 5
+    assert f"evaluation/{data_label(config, 'tiny')}/" in out.stdout  # 5 tokens, not the catalog's 8192
 
 
 def test_llama_scopes_site_names_r_m_a_are_accepted(pristine):

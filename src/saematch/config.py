@@ -385,6 +385,20 @@ def evaluate_options(config: dict, model: str) -> dict:
     return opts
 
 
+def command_line_wins(config: dict, given: dict) -> dict:
+    """``config`` with each ``evaluate`` key given on the command line (``given``: Snakemake's
+    ``workflow.overwrite_config``) taken out of every catalog entry's own ``evaluate``, so the
+    value typed wins over the catalog's for every model (a catalog override that was itself
+    typed, ``catalog={tiny: {evaluate: {...}}}``, counts as the catalog's)."""
+    typed = set(given.get("evaluate") or {})
+    if not typed:
+        return config
+    catalog = {name: ({**entry, "evaluate": {k: v for k, v in entry["evaluate"].items() if k not in typed}}
+                      if "evaluate" in entry else entry)
+               for name, entry in config["catalog"].items()}
+    return {**config, "catalog": catalog}
+
+
 def data_label(config: dict, model: str) -> str:
     """The folder of one text sample and size: its name and a short hash of its content
     (:func:`data_identity`) and sizes, e.g. 'text-3fa2c1', 'pile-10k-a91b02'."""

@@ -62,29 +62,83 @@ def host_has_gpu() -> bool:
     return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
 
 
+def match_device_key(config: dict, site: str) -> str:
+    """The config key that sets a site's match device: its per_site override, or match.device."""
+    return f"match.per_site.{site}.device" if "device" in config["match"].get("per_site", {}).get(site, {}) \
+        else "match.device"
+
+
+def device_settings(config: dict, evaluate: dict[str, dict]) -> dict[str, str]:
+    """Config key → device, for this run's match sites and evaluated models (``evaluate``: model →
+    saematch.config.evaluate_options)."""
+    out = {}
+    for site in config["sites"]:
+        key = match_device_key(config, site)
+        out[key] = config["match"]["per_site"][site]["device"] if key != "match.device" else config["match"]["device"]
+    for opts in evaluate.values():
+        out["evaluate.device"] = opts["device"]
+    return out
+
+
+def no_cuda_message(key: str, device: str, where: str = "this host") -> str:
+    return (f"config: {key}={device} but {where} has no CUDA device (torch.cuda.is_available() is False); "
+            "use auto or cpu")
+
+
+def check_devices(devices: dict[str, str], local: bool) -> str | None:
+    """Before any job: ``devices`` maps each config key (``match.device``, ``evaluate.device``,
+    ``match.per_site.mlp.device``) to its value. Where jobs run on this host (``local``), an
+    explicit ``cuda``/``cuda:N`` that this host cannot give is a ConfigError naming the key, and
+    ``auto`` without CUDA returns the one console line saying those jobs run on the CPU. On a
+    cluster the jobs run elsewhere: nothing to check here (:func:`job_device` checks there).
+    torch is imported only where a device is explicit or the host shows an NVIDIA GPU."""
+    from .config import ConfigError
+
+    if not local:
+        return None
+    explicit = {k: d for k, d in devices.items() if d.startswith("cuda")}
+    auto = [k for k, d in devices.items() if d == "auto"]
+    if not explicit and not (auto and host_has_gpu()):
+        return f"saematch: no CUDA device on this host: {', '.join(auto)} auto run on the CPU" if auto else None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for key, device in explicit.items():
+        if not count:
+            raise ConfigError(no_cuda_message(key, device))
+        if device.startswith("cuda:") and int(device.split(":")[1]) >= count:
+            raise ConfigError(f"config: {key}={device} but this host has {count} visible GPU(s)")
+    if auto and not count:
+        return f"saematch: no CUDA device on this host: {', '.join(auto)} auto run on the CPU"
+    return None
+
+
 @contextmanager
-def job_device(use_gpu: bool, device: str = "auto"):
+def job_device(use_gpu: bool, device: str = "auto", key: str = "match.device"):
     """Yield the torch device string for a job: 'cpu', or a free 'cuda:N'.
 
-    ``use_gpu`` False → cpu. True → a GPU when CUDA is available (else cpu, logged):
-    ``device`` 'cuda:N' → that one (held by its lock while in use); inside a SLURM job the
-    one it was allocated; otherwise a free one taken by lock.
+    ``use_gpu`` False → cpu. True → a GPU when CUDA is available: ``device`` 'cuda:N' → that
+    one (held by its lock while in use); inside a SLURM job the one it was allocated; otherwise
+    a free one taken by lock. Without CUDA, ``auto`` runs on the CPU (logged) and an explicit
+    'cuda'/'cuda:N' is a SaeError naming ``key`` (never a silent fallback).
     """
     import torch
+
+    from .errors import SaeError
 
     if not use_gpu or device == "cpu":
         yield "cpu"
         return
     if not torch.cuda.is_available():
+        if device.startswith("cuda"):
+            raise SaeError(no_cuda_message(key, device, "this job's host"))
         log.warning("a GPU was requested but CUDA is not available: running on the CPU")
         yield "cpu"
         return
     if device.startswith("cuda:"):
         index = int(device.split(":")[1])
         if index >= torch.cuda.device_count():
-            from .errors import SaeError
-
-            raise SaeError(f"config: match.device {device!r}, but this host has "
+            raise SaeError(f"config: {key}={device} but this job's host has "
                            f"{torch.cuda.device_count()} visible GPU(s)")
         with gpu_lock(1, only=index) as index:
             yield f"cuda:{index}"

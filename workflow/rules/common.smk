@@ -187,13 +187,12 @@ def _downloads():
     return table
 
 
-# evaluate.* typed on the command line wins over the catalog's per-model evaluate values
-config.update(cfg.command_line_wins(config, workflow.overwrite_config))
+# evaluate.* given by --config (or --configfile) wins over the catalog's per-model values
+config.update(cfg.command_line_wins(config, workflow.config_settings.overwrite_config))
 EVALUATE = {m: cfg.evaluate_options(config, m) for m in cfg.evaluate_models(config)}
 DATA = {m: cfg.data_label(config, m) for m in EVALUATE}
-if (
-    workflow.is_main_process
-):  # cuda asked of a host without it: an error; auto on the CPU: one line
+# cuda asked of a host without it: an error; auto on the CPU: one line, once per run
+if workflow.is_main_process:
     _cpu_line = saematch.devices.check_devices(
         saematch.devices.device_settings(config, EVALUATE), workflow.local_exec
     )
