@@ -396,3 +396,31 @@ def test_evaluate_values_given_on_the_command_line_win_over_the_catalogs():
     assert opts["n_tokens"] == 5 and opts["batch_size"] == 2
     assert opts["context"] == 128 and opts["loss_tokens"] == 4096  # the catalog's, where not given
     assert cfg.evaluate_options(cfg.command_line_wins(with_(models=["tiny"]), {}), "tiny")["n_tokens"] == 8192
+
+
+def _user_model(n_layers, d_model):
+    """A small model of the user's own: a catalog entry with no tiny key."""
+    c = with_(models=["mine"], evaluate={**CONFIG["evaluate"], "models": ["mine"], "data": {"path": "config/config.yaml"}})
+    c["catalog"]["mine"] = {**copy.deepcopy(CONFIG["catalog"]["gemma-2-2b"]), "n_layers": n_layers, "d_model": d_model}
+    return c
+
+
+def test_evaluate_resources_are_sized_from_the_models_layers_and_width(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    tiny = cfg.evaluate_resources(with_(models=["tiny"]), "tiny")
+    small = cfg.evaluate_resources(_user_model(4, 256), "mine")  # 3·10⁶ block parameters, as tiny as it looks
+    sample = {**CONFIG["evaluate"], "data": {"path": "config/config.yaml"}}
+    gemma = cfg.evaluate_resources(with_(models=["gemma-2-2b"], evaluate=sample), "gemma-2-2b")
+    llama = cfg.evaluate_resources(with_(models=["llama-3.1-8b"], evaluate=sample), "llama-3.1-8b")
+    assert tiny == {"gpu_on_cluster": False, "threads": 2, "runtime": 10}
+    assert not small["gpu_on_cluster"] and small["threads"] == 2 and small["runtime"] <= 60
+    assert gemma["gpu_on_cluster"] and gemma["threads"] == 8 and 120 <= gemma["runtime"] <= 480
+    assert llama["gpu_on_cluster"] and llama["runtime"] > gemma["runtime"]
+    mid = cfg.evaluate_resources(_user_model(6, 512), "mine")  # 2·10⁷: on the CPU, 4 threads, longer
+    assert not mid["gpu_on_cluster"] and mid["threads"] == 4 and mid["runtime"] > small["runtime"]
+
+
+def test_the_runtime_estimate_counts_every_replacement_method():
+    from saematch.evaluate import METHODS
+
+    assert cfg.N_METHODS == len(METHODS)

@@ -385,6 +385,33 @@ def evaluate_options(config: dict, model: str) -> dict:
     return opts
 
 
+N_METHODS = 6  # replacements whose ΔL each costs a forward pass per residual pair (saematch.evaluate.METHODS)
+GPU_MIN_PARAMETERS = 5e7  # block parameters from which an evaluation asks a cluster for a GPU (auto)
+CPU_RATE, GPU_RATE = 7e9, 4e12  # block parameters × tokens per second: per CPU thread; on a GPU
+
+
+def evaluate_resources(config: dict, model: str) -> dict:
+    """The evaluate job's size from the model's blocks, P = 12·n_layers·d_model² parameters
+    (tiny: 1.5·10⁵; Gemma 2 2B: 1.7·10⁹; Llama 3.1 8B: 6.4·10⁹), not from what the catalog calls it:
+
+    * ``gpu_on_cluster``: whether ``device: auto`` asks a cluster for a GPU (P ≥ 5·10⁷);
+    * ``threads``: 2 below P = 10⁷, 4 below 5·10⁷, else 8;
+    * ``runtime`` (minutes): 10 plus twice the estimated time of the forward passes, P × the
+      tokens passed (n_tokens, and per residual pair 1 + N_METHODS passes over loss_tokens) at
+      7·10⁹ per thread on a CPU (measured by bench/bench_evaluate.py on 2 cores) or 4·10¹² on a
+      GPU (Gemma 2 2B: 4 h, as before).
+    """
+    entry = config["catalog"][model]
+    opts = evaluate_options(config, model)
+    P = 12 * entry["n_layers"] * entry["d_model"] ** 2
+    gpu = P >= GPU_MIN_PARAMETERS
+    threads = 2 if P < 1e7 else 4 if not gpu else 8
+    res_pairs = len(pair_layers(config, model)) if "res" in config["sites"] else 0
+    passes = opts["n_tokens"] + opts["loss_tokens"] * (1 + N_METHODS * res_pairs)
+    rate = GPU_RATE if gpu and opts["device"] != "cpu" else CPU_RATE * threads
+    return {"gpu_on_cluster": gpu, "threads": threads, "runtime": int(10 + 2 * P * passes / rate / 60)}
+
+
 def command_line_wins(config: dict, given: dict) -> dict:
     """``config`` with each ``evaluate`` key given on the command line (``given``: Snakemake's
     ``workflow.overwrite_config``) taken out of every catalog entry's own ``evaluate``, so the

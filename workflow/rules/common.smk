@@ -749,15 +749,24 @@ def evaluate_params(wc):
 
 def evaluate_gpu(wc):
     """1: the job runs the model on a GPU (auto: locally where there is one; on a cluster,
-    always, except for the tiny model)."""
+    for a model large enough to need one: saematch.config.evaluate_resources)."""
     device = EVALUATE[wc.model]["device"]
     if device == "cpu":
         return 0
     if device == "auto":
         if workflow.local_exec:
             return int(saematch.devices.host_has_gpu())
-        return int("tiny" not in config["catalog"][wc.model])
+        return int(cfg.evaluate_resources(config, wc.model)["gpu_on_cluster"])
     return 1
+
+
+def evaluate_threads(wc):
+    return cfg.evaluate_resources(config, wc.model)["threads"]
+
+
+def evaluate_runtime(wc):
+    """Minutes, estimated from the model's size and the tokens it passes."""
+    return cfg.evaluate_resources(config, wc.model)["runtime"]
 
 
 def evaluate_mem_mb(wc):

@@ -50,11 +50,11 @@ rule evaluate:
         "benchmarks/evaluate/model={model}/variant={variant}/{data}/{selection}.tsv"
     conda:
         "../../envs/pipeline.yaml"
-    threads: lambda wc: 2 if "tiny" in config["catalog"][wc.model] else 8
+    threads: evaluate_threads
     resources:
         gpu=evaluate_gpu,
         mem_mb=evaluate_mem_mb,
-        runtime=lambda wc: 10 if "tiny" in config["catalog"][wc.model] else 240,
+        runtime=evaluate_runtime,
     params:
         options=evaluate_params,
         algo_version=saematch.ALGO_VERSION,
