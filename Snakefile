@@ -31,6 +31,10 @@ localrules:
 STARTED = time.time()
 
 
+onstart:
+    check_outputs_writable(workflow.dag.needrun_jobs())
+
+
 onsuccess:
     from saematch.report import results_message
 

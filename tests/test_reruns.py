@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from saematch.write import read_provenance
+from test_results_kept import read_only
 from test_workflow import ROOT, copy_workflow, match_path, mtimes, planned_jobs, smk, summary_path
 
 pytestmark = pytest.mark.workflow
@@ -198,6 +199,27 @@ def test_an_unreadable_result_stops_the_run_naming_the_file_and_how_to_remove_it
         assert {k: v for k, v in mtimes(wf).items() if k != rel} == {k: v for k, v in before.items() if k != rel}
         path.unlink()  # what the message says: the pair is then rebuilt
         assert planned_jobs(wf)["match_pair"] == 1
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert nothing_to_do(wf)
+
+
+def test_a_read_only_results_folder_stops_the_run_in_one_line_before_any_job(wf):
+    """A result to rebuild in a folder made read-only (here: its matches deleted first)."""
+    path = wf / matches("res", 2)[0]
+    original, stat = path.read_bytes(), path.stat()
+    path.unlink()
+    before = mtimes(wf)
+    try:
+        with read_only(path.parent):
+            out = smk(wf, check=False)
+        console = out.stdout + out.stderr
+        lines = [ln for ln in console.splitlines() if "not writable" in ln]
+        assert out.returncode != 0 and len(lines) == 1, console
+        assert lines[0].startswith(f"saematch: error: {path.parent.relative_to(wf)}: not writable"), console
+        assert "Traceback" not in console and "rule match_pair" not in console, console
+        assert mtimes(wf) == before  # no job ran, no result deleted
     finally:
         path.write_bytes(original)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))

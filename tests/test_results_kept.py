@@ -5,13 +5,39 @@ test_reruns.py, on its finished demo workdir."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
+from saematch.write import NotWritableError, write_matches
 from test_workflow import copy_workflow, smk
+from test_write import columns
 
-pytestmark = pytest.mark.workflow
+
+@contextmanager
+def read_only(folder: Path):
+    """The folder and its files unwritable, for root too (chattr +i) or by mode bits."""
+    root = os.geteuid() == 0
+    subprocess.run(["chattr", "-R", "+i", str(folder)] if root else ["chmod", "-R", "a-w", str(folder)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(folder)] if root else ["chmod", "-R", "u+w", str(folder)],
+                       check=True)
+
+
+def test_a_folder_made_read_only_while_a_job_runs_is_named_and_its_file_kept(tmp_path):
+    path = tmp_path / "matches/site=res/layer=1/part-0.parquet"
+    write_matches(path, columns(), {"run": 1})
+    before = path.read_bytes()
+    with read_only(path.parent), pytest.raises(NotWritableError) as err:
+        write_matches(path, columns(), {"run": 2})
+    assert str(err.value).startswith(f"{path.parent}: not writable (")
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +62,7 @@ def planned_files(workdir, *args: str) -> tuple[set[str], set[str]]:
     return outputs, targets
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("args", [[], ["--config", "sites=[mlp,att]", "layers=[0,1,2]"]],
                          ids=["default", "no-flow"])
 def test_every_file_a_run_makes_is_a_target_of_the_default_run(pristine, args):

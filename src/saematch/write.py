@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import SaeError
+
 PROVENANCE_KEY = b"saematch.provenance"
 
 SCHEMA = pa.schema([
@@ -72,17 +74,29 @@ def write_flow(path: str | Path, columns: dict, k: int, provenance: dict) -> Non
     _write_table(path, table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}))
 
 
+class NotWritableError(SaeError):
+    """A results folder this job cannot write (made read-only while the run went on). A
+    SaeError: the job fails with this one line and is not retried (saematch.logs.job)."""
+
+
 def _write_table(path: str | Path, table: pa.Table) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed job
-        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed job
+            stale.unlink(missing_ok=True)
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
+    except OSError as exc:
+        folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), path.parent)
+        if os.access(folder, os.W_OK):
+            raise
+        reason = os.strerror(exc.errno) if exc.errno else "permission denied"
+        raise NotWritableError(f"{folder}: not writable ({reason}): {path.name} was not written") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if os.access(tmp.parent, os.W_OK):
+            tmp.unlink(missing_ok=True)
 
 
 def read_provenance(path: str | Path) -> dict:

@@ -5,6 +5,7 @@
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
@@ -643,6 +644,32 @@ def unreadable_reason(exc):
     if isinstance(exc, (KeyError, TypeError)):
         return "no saematch provenance in it: not a matches file of this pipeline"
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def unwritable_folder(path):
+    """The nearest existing folder of a file to be written, where this process cannot write
+    (None where it can)."""
+    folder = os.path.dirname(path) or "."
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder) or "."
+    return None if os.access(folder, os.W_OK) else folder
+
+
+def check_outputs_writable(jobs):
+    """Stop before any job when a planned job would write into a folder this process cannot
+    write (results made read-only, during an earlier run or by hand): one line naming it;
+    nothing is run and nothing deleted. (An existing result that is itself read-only is
+    refused by Snakemake, before any job too.)"""
+    for job in jobs:
+        files = [*job.output, *job.log, *([job.benchmark] if job.benchmark else [])]
+        for path in map(str, files):
+            folder = unwritable_folder(path)
+            if folder:
+                sys.exit(
+                    f"saematch: error: {folder}: not writable, and this run's {job.rule.name} job "
+                    f"writes {path} there. Nothing was run or deleted: make it writable "
+                    f"(chmod -R u+w {shlex.quote(folder)}) and run again"
+                )
 
 
 if workflow.is_main_process:
