@@ -125,33 +125,31 @@ def train_sae(x: torch.Tensor, n_features: int, l1: float, steps: int, seed: int
               ridge: float = 1e-3) -> dict[str, np.ndarray]:
     """A JumpReLU SAE for activations ``x`` (N, d) with unit-norm decoder rows (as Gemma Scope's).
 
-    A ReLU SAE trained on ``x`` / its mean norm with an L1 penalty, its decoder rows renormalised
-    after each step; then thresholds θ at a tenth of each feature's mean positive pre-activation;
-    then the decoder refitted to the JumpReLU codes by ridge regression towards the trained
-    decoder (``ridge`` × the Gram matrix's mean diagonal: a feature that never fires keeps its
-    trained row instead of a zero one, and the solve stays well conditioned); last, each refitted
-    row's norm moved into the encoder and θ. Gemma Scope's tensor names/shapes."""
+    A ReLU SAE trained with an L1 penalty on f·‖w‖; then thresholds θ at a tenth of each
+    feature's mean positive pre-activation; then the decoder refitted to the JumpReLU codes by
+    ridge regression towards the trained decoder (``ridge`` × the Gram matrix's mean diagonal: a
+    feature that never fires keeps its trained row instead of a zero one, and the solve stays
+    well conditioned); last, each refitted row's norm c moved into the encoder (W_enc·c, b_enc·c,
+    θ·c, W_dec/c: the same reconstruction). Gemma Scope's tensor names/shapes."""
     gen = torch.Generator().manual_seed(seed)
     N, d = x.shape
     scale = x.norm(dim=1).mean()
-    xs = x / scale
     W_dec = torch.randn(n_features, d, generator=gen)
     W_dec = (W_dec / W_dec.norm(dim=1, keepdim=True)).requires_grad_()
-    W_enc = W_dec.detach().T.clone().requires_grad_()
+    W_enc = (W_dec.detach().T.clone() / scale).requires_grad_()
     b_enc = torch.zeros(n_features, requires_grad=True)
-    b_dec = xs.mean(0).clone().requires_grad_()
+    b_dec = x.mean(0).clone().requires_grad_()
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=3e-3)
     for _ in range(steps):
-        batch = xs[torch.randint(N, (512,), generator=gen)]
+        batch = x[torch.randint(N, (512,), generator=gen)]
         f = torch.relu(batch @ W_enc + b_enc)
-        loss = ((f @ W_dec + b_dec - batch) ** 2).sum(1).mean() + l1 * f.sum(1).mean()
+        err = ((f @ W_dec + b_dec - batch) ** 2).sum(1).mean() / scale**2
+        loss = err + l1 * (f * W_dec.norm(dim=1)).sum(1).mean() / scale
         opt.zero_grad()
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            W_dec /= W_dec.norm(dim=1, keepdim=True)
     with torch.no_grad():
-        pre = xs @ W_enc + b_enc
+        pre = x @ W_enc + b_enc
         pos = torch.where(pre > 0, pre, torch.zeros(()))
         threshold = (0.1 * pos.sum(0) / (pre > 0).sum(0).clamp(min=1)).clamp(min=1e-3)
         f = pre * (pre > threshold)
@@ -160,11 +158,11 @@ def train_sae(x: torch.Tensor, n_features: int, l1: float, steps: int, seed: int
         lam = ridge * gram.diagonal().mean()
         prior = torch.cat([W_dec, b_dec[None]]).double()
         sol = torch.linalg.solve(gram + lam * torch.eye(n_features + 1, dtype=torch.float64),
-                                 A.T @ xs.double() + lam * prior).float()
+                                 A.T @ x.double() + lam * prior).float()
         norms = sol[:-1].norm(dim=1)
-        return {"W_enc": (W_enc * norms).numpy(), "b_enc": (b_enc * norms * scale).numpy(),
-                "W_dec": (sol[:-1] / norms[:, None]).numpy(), "b_dec": (sol[-1] * scale).numpy(),
-                "threshold": (threshold * norms * scale).numpy()}
+        return {"W_enc": (W_enc * norms).numpy(), "b_enc": (b_enc * norms).numpy(),
+                "W_dec": (sol[:-1] / norms[:, None]).numpy(), "b_dec": sol[-1].numpy(),
+                "threshold": (threshold * norms).numpy()}
 
 
 @contextlib.contextmanager
