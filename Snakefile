@@ -32,6 +32,7 @@ STARTED = time.time()
 
 
 onstart:
+    check_run_devices()
     check_outputs_writable(workflow.dag.needrun_jobs())
 
 

@@ -82,6 +82,10 @@ def test_on_a_cluster_the_job_itself_refuses_a_cuda_device_it_does_not_have():
     from saematch.errors import SaeError
 
     assert check_devices({"match.device": "cuda:0"}, local=False) is None
+    # a dry run plans a cluster's run and a local one alike: it warns, the run itself refuses
+    assert check_devices({"match.device": "cuda:0"}, local=True, dryrun=True) == (
+        "saematch: warning: match.device=cuda:0 but this host has no CUDA device (torch.cuda.is_available() is "
+        "False); use auto or cpu (a run on this host will refuse it; a cluster's GPU nodes may have one)")
     with pytest.raises(SaeError) as err:
         with job_device(True, "cuda:0", key="match.device"):
             pytest.fail("ran on the CPU")

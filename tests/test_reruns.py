@@ -104,7 +104,7 @@ def test_redownloading_identical_files_reruns_nothing_downstream(wf):
 
 def test_moving_between_cpu_and_gpu_reruns_nothing(wf):
     assert nothing_to_do(wf, "--config", "match={device: cpu}")
-    assert nothing_to_do(wf, "--config", "match={device: cuda:0}")
+    assert nothing_to_do(wf, "--config", "match={device: cuda:0}")  # a dry run warns (test_devices)
 
 
 def test_a_new_algo_version_reruns_every_match_job_and_nothing_else(wf, tmp_path):

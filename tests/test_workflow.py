@@ -153,8 +153,9 @@ def test_every_documented_key_can_be_set_on_the_command_line(pristine, args, var
                                        (["match={per_site: {mlp: {device: cuda}}}"], "match.per_site.mlp.device=cuda"),
                                        (["evaluate={device: cuda}"], "evaluate.device=cuda")])
 def test_a_cuda_device_this_host_lacks_is_refused_before_any_job_naming_the_key(pristine, args, key):
-    out = smk(pristine, "-n", "--config", *args, check=False)
+    out = smk(pristine, "--config", *args, check=False)  # a real run: refused before any job
     assert out.returncode != 0 and "Traceback" not in out.stdout + out.stderr
+    assert not (pristine / "results").exists() and not (pristine / "logs").exists()
     assert f"config: {key} but this host has no CUDA device (torch.cuda.is_available() is False); use auto or cpu" \
         in out.stdout + out.stderr
     auto = smk(pristine, "-n", "--config", "sites=[res]", "layers=[0,1]")

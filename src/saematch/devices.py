@@ -85,12 +85,14 @@ def no_cuda_message(key: str, device: str, where: str = "this host") -> str:
             "use auto or cpu")
 
 
-def check_devices(devices: dict[str, str], local: bool) -> str | None:
+def check_devices(devices: dict[str, str], local: bool, dryrun: bool = False) -> str | None:
     """Before any job: ``devices`` maps each config key (``match.device``, ``evaluate.device``,
     ``match.per_site.mlp.device``) to its value. Where jobs run on this host (``local``), an
     explicit ``cuda``/``cuda:N`` that this host cannot give is a ConfigError naming the key, and
     ``auto`` without CUDA returns the one console line saying those jobs run on the CPU. On a
     cluster the jobs run elsewhere: nothing to check here (:func:`job_device` checks there).
+    A dry run cannot tell a cluster's plan from a local one (Snakemake plans both with its
+    dry-run executor), so there the refusal is returned as a warning line instead.
     torch is imported only where a device is explicit or the host shows an NVIDIA GPU."""
     from .config import ConfigError
 
@@ -103,11 +105,17 @@ def check_devices(devices: dict[str, str], local: bool) -> str | None:
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    refusals = []
     for key, device in explicit.items():
         if not count:
-            raise ConfigError(no_cuda_message(key, device))
-        if device.startswith("cuda:") and int(device.split(":")[1]) >= count:
-            raise ConfigError(f"config: {key}={device} but this host has {count} visible GPU(s)")
+            refusals.append(no_cuda_message(key, device))
+        elif device.startswith("cuda:") and int(device.split(":")[1]) >= count:
+            refusals.append(f"config: {key}={device} but this host has {count} visible GPU(s)")
+    if refusals and not dryrun:
+        raise ConfigError(refusals[0])
+    if refusals:
+        return "\n".join(f"saematch: warning: {r.removeprefix('config: ')} (a run on this host will refuse it; "
+                         "a cluster's GPU nodes may have one)" for r in refusals)
     if auto and not count:
         return f"saematch: no CUDA device on this host: {', '.join(auto)} auto run on the CPU"
     return None

@@ -192,13 +192,25 @@ def _downloads():
 config.update(cfg.command_line_wins(config, workflow.config_settings.overwrite_config))
 EVALUATE = {m: cfg.evaluate_options(config, m) for m in cfg.evaluate_models(config)}
 DATA = {m: cfg.data_label(config, m) for m in EVALUATE}
-# cuda asked of a host without it: an error; auto on the CPU: one line, once per run
-if workflow.is_main_process:
-    _cpu_line = saematch.devices.check_devices(
-        saematch.devices.device_settings(config, EVALUATE), workflow.local_exec
-    )
-    if _cpu_line:
-        print(_cpu_line, flush=True)
+
+
+# cuda asked of a host without it: an error before any job, auto on the CPU: one line. Only
+# onstart knows whether jobs run here or on a cluster; a dry run (which cannot tell) warns.
+def check_run_devices(dryrun=False):
+    try:
+        line = saematch.devices.check_devices(
+            saematch.devices.device_settings(config, EVALUATE),
+            workflow.local_exec,
+            dryrun,
+        )
+    except cfg.ConfigError as err:
+        sys.exit(str(err))
+    if line:
+        print(line, flush=True)
+
+
+if workflow.is_main_process and workflow.output_settings.dryrun:
+    check_run_devices(dryrun=True)
 
 
 def projects_att(model, site):
