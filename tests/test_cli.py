@@ -102,6 +102,18 @@ def test_an_output_is_written_whole_in_the_format_asked_whatever_its_suffix(run,
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
 
 
+@pytest.mark.parametrize("suffix, magic", [(".html", b"<!DOCTYPE html>"), (".json", b"{"),
+                                           (".graphml", b"<?xml"), (".png", b"\x89PNG"), (".txt", b"\xe2\x94\x8c")])
+def test_an_output_file_is_never_ignored_its_format_read_from_its_suffix(run, capsys, tmp_path, suffix, magic):
+    """-o without --format: the file's suffix names the format (a table for any other suffix);
+    nothing is printed in place of writing it."""
+    results, _ = run
+    target = tmp_path / f"g{suffix}"
+    status, out, _ = call(capsys, "--results", results, "trace", "toy", "3/res/2", "-o", target)
+    assert status == 0 and out.strip() == str(target)
+    assert target.read_bytes().lstrip()[:len(magic)] == magic
+
+
 # --- arguments out of range ----------------------------------------------------------------------
 
 def test_an_index_past_the_last_layers_features_is_a_range_error(run, capsys):

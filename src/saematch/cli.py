@@ -105,13 +105,20 @@ def _text_writer(text: str):
     return lambda tmp: Path(tmp).write_text(text)
 
 
-def _print_table(rows: list[dict]) -> None:
+def _table_text(rows: list[dict]) -> str:
     if not rows:
-        print("(nothing)")
-        return
+        return "(nothing)"
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=200, tbl_hide_dataframe_shape=True,
                    tbl_hide_column_data_types=True, float_precision=3):
-        print(pl.DataFrame(rows))
+        return str(pl.DataFrame(rows))
+
+
+def _print_table(rows: list[dict]) -> None:
+    print(_table_text(rows))
+
+
+# an output file's suffix names its format when --format is not given (any other suffix: the table)
+SUFFIX_FORMATS = {".json": "json", ".graphml": "graphml", ".html": "html", ".htm": "html", ".png": "png", ".svg": "svg"}
 
 
 # --- subcommands --------------------------------------------------------------------------------
@@ -127,14 +134,14 @@ def cmd_trace(args) -> None:
         flowgraph.annotate(G, paths, _explanations(args))
     except ValueError as exc:  # an explanations file
         raise CliError(str(exc)) from None
-    fmt = args.format
+    fmt = args.format or SUFFIX_FORMATS.get(Path(args.output or "").suffix.lower(), "table")
     if fmt in ("png", "svg", "graphml") and not args.output:
         raise CliError(f"--format {fmt} writes a file: give -o/--output")
     if fmt == "table":
-        _print_table([{"from": u, "to": v, "kind": a["kind"], "score": a["score"], "confidence": a.get("confidence")}
-                      for u, v, a in sorted(G.edges(data=True), key=lambda e: (-G.nodes[e[1]]["layer"], e[0]))])
-        return
-    if fmt == "json":
+        text = _table_text([{"from": u, "to": v, "kind": a["kind"], "score": a["score"],
+                             "confidence": a.get("confidence")}
+                            for u, v, a in sorted(G.edges(data=True), key=lambda e: (-G.nodes[e[1]]["layer"], e[0]))])
+    elif fmt == "json":
         text = json.dumps(flowgraph.to_json(G), indent=1)
     elif fmt == "html":
         text = flowgraph.to_html(G)
@@ -353,13 +360,14 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("model", help="model name as in the config (e.g. gemma-2-2b, demo)")
         p.add_argument("--variant", help="results variant (default: the only one)")
-        p.add_argument("--format", choices=formats, default="table", help=format_help)
+        p.add_argument("--format", choices=formats, default=None if fn is cmd_trace else "table", help=format_help)
         p.add_argument("--json", dest="format", action="store_const", const="json", help="the same as --format json")
         p.set_defaults(fn=fn)
         return p
 
     p = add("trace", "a feature's Feature Flow graph: where it comes from (--back) or goes (--forward)", cmd_trace,
-            FORMATS, "table (default), json (node-link), graphml, html (a self-contained viewer), png or svg")
+            FORMATS, "table, json (node-link), graphml, html (a self-contained viewer), png or svg; default: from "
+                     "-o's suffix (.json .graphml .html .png .svg), else table")
     p.add_argument("feature", help="LAYER/res/INDEX, e.g. 12/res/4230")
     way = p.add_mutually_exclusive_group()
     way.add_argument("--back", dest="direction", action="store_const", const="back", help="where it comes from (default)")
