@@ -69,3 +69,12 @@ def test_every_file_a_run_makes_is_a_target_of_the_default_run(pristine, args):
     outputs, targets = planned_files(pristine, *args)
     assert any("/evaluation/" in p and p.endswith("/pairs.parquet") for p in outputs)  # the run evaluates
     assert sorted(outputs - targets) == []
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("args, downloads", [(["sites=[res]", "layers=[1,2,4]"], 2),  # layer 4: in no pair, no flow
+                                             (["sites=[res,mlp]", "layers=[1,2,4]"], 6)])  # flow reads res 4, mlp 4
+def test_a_run_downloads_only_the_saes_its_jobs_read(pristine, args, downloads):
+    from test_workflow import planned_jobs
+
+    assert planned_jobs(pristine, "--config", "models=[gemma-2-2b]", *args)["download_sae"] == downloads

@@ -171,6 +171,16 @@ def test_evaluate_values_typed_on_the_command_line_win_over_the_catalogs(pristin
     assert f"evaluation/{data_label(config, 'tiny')}/" in out.stdout  # 5 tokens, not the catalog's 8192
 
 
+def test_a_config_file_given_with_configfile_keeps_the_catalogs_evaluate_values(pristine):
+    """--configfile is a config, not a value typed for this run: the catalog's per-model values stay."""
+    from saematch.config import data_label
+
+    out = smk(pristine, "-n", "--configfile", "config/config.yaml", "--config", "models=[tiny]")
+    config = yaml.safe_load((pristine / "config/config.yaml").read_text())
+    config["models"] = ["tiny"]
+    assert f"evaluation/{data_label(config, 'tiny')}/" in out.stdout  # the catalog's 8192 tokens
+
+
 def test_llama_scopes_site_names_r_m_a_are_accepted(pristine):
     jobs = planned_jobs(pristine, "--config", "models=[llama-3.1-8b]", "sites=[R,A]", "layers=[3,4]",
                         env={"HF_HUB_OFFLINE": "1"})

@@ -414,10 +414,10 @@ def evaluate_resources(config: dict, model: str) -> dict:
 
 def command_line_wins(config: dict, given: dict) -> dict:
     """``config`` with each ``evaluate`` key given on the command line (``given``: Snakemake's
-    ``workflow.overwrite_config``) taken out of every catalog entry's own ``evaluate``, so the
+    ``workflow.config_settings.config``, the --config values only) taken out of every catalog entry's own ``evaluate``, so the
     value typed wins over the catalog's for every model (a catalog override that was itself
     typed, ``catalog={tiny: {evaluate: {...}}}``, counts as the catalog's)."""
-    typed = set(given.get("evaluate") or {})
+    typed = set(given.get("evaluate") or {}) if isinstance(given.get("evaluate"), dict) else set()
     if not typed:
         return config
     catalog = {name: ({**entry, "evaluate": {k: v for k, v in entry["evaluate"].items() if k not in typed}}

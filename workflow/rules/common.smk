@@ -164,14 +164,28 @@ def model_spec(model):
 pointer_path = cfg.pointer_path
 
 
+def read_layers(model, site):
+    """The layers whose SAE of this site a job reads: both layers of each pair, and Feature
+    Flow's residual targets and their predecessor modules (a selected layer in neither is not
+    downloaded)."""
+    used = {layer for L in cfg.pair_layers(config, model) for layer in (L, L + 1)}
+    for L in cfg.flow_layers(config, model):
+        modules = cfg.flow_modules(config, model, L)
+        if site == "res":
+            used.add(L)
+        if site in modules:
+            used.add(modules[site])
+    return sorted(used)
+
+
 def _downloads():
-    """Pointer path → spec for every SAE and model file set this run uses."""
+    """Pointer path → spec for every SAE and model file set this run's jobs read."""
     table = {}
     for model in config["models"]:
         specs = [
             sae_spec(model, site, L)
             for site in config["sites"]
-            for L in cfg.selected_layers(config, model)
+            for L in read_layers(model, site)
         ]
         if any(projects_att(model, s) for s in config["sites"]) or model in EVALUATE:
             specs.append(model_spec(model))
@@ -188,8 +202,9 @@ def _downloads():
     return table
 
 
-# evaluate.* given by --config (or --configfile) wins over the catalog's per-model values
-config.update(cfg.command_line_wins(config, workflow.config_settings.overwrite_config))
+# evaluate.* typed with --config wins over the catalog's per-model values (a --configfile is a
+# config like config/config.yaml: its catalog keeps its own)
+config.update(cfg.command_line_wins(config, dict(workflow.config_settings.config)))
 EVALUATE = {m: cfg.evaluate_options(config, m) for m in cfg.evaluate_models(config)}
 DATA = {m: cfg.data_label(config, m) for m in EVALUATE}
 
