@@ -48,5 +48,7 @@ def test_a_catalog_value_that_would_write_outside_the_working_directory_stops_th
     assert out.returncode != 0
     assert re.search(message, console), console[-3000:]
     assert "Traceback" not in console
+    # the reason alone, in one line: not Snakemake's "ConfigError in file …" header and code frames
+    assert "ConfigError in file" not in console and '  File "' not in console, console[-3000:]
     assert not any((work / d).exists() for d in ("logs", "results", "resources", "benchmarks"))
     assert stray(root, work) == []

@@ -17,6 +17,7 @@ import hashlib
 import json
 import posixpath
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import SaeError
@@ -36,6 +37,16 @@ DEFAULT_FLOW = {"top_k": 5, "high": {"res": 0.5, "mlp": 0.25, "att": 0.25}}
 
 class ConfigError(SaeError):
     """A config value that cannot work; the message names the key."""
+
+
+@contextmanager
+def stop_in_one_line():
+    """Around the workflow's parse-time checks: a ConfigError ends the run with its message
+    alone (exit status 1), not under Snakemake's "ConfigError in file …" header and code frames."""
+    try:
+        yield
+    except ConfigError as err:
+        raise SystemExit(str(err)) from None
 
 
 # --- command-line values ----------------------------------------------------------------------

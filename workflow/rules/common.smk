@@ -20,16 +20,21 @@ from saematch.solve import choose_solver
 min_version("9.0")
 
 SCHEMA = "../schemas/config.schema.yaml"
-# --config values arrive as strings: read them as the schema's types before validating
+# --config values arrive as strings: read them as the schema's types before validating. A
+# config error at parse time stops the run in one line naming the key (cfg.stop_in_one_line).
 with open(Path(workflow.current_basedir) / SCHEMA) as _fh:
     config.update(cfg.coerce(config, yaml.safe_load(_fh)))
-config.update(cfg.normalise(config))
-validate(config, SCHEMA)
-cfg.check_selection(config)
+with cfg.stop_in_one_line():
+    config.update(cfg.normalise(config))
+    validate(config, SCHEMA)
+    cfg.check_selection(config)
 
 SITES = cfg.SITES
-VARIANT = {model: cfg.variant_name(config, model) for model in config["models"]}
-SELECTION = {model: cfg.selection_label(config, model) for model in config["models"]}
+with cfg.stop_in_one_line():
+    VARIANT = {model: cfg.variant_name(config, model) for model in config["models"]}
+    SELECTION = {
+        model: cfg.selection_label(config, model) for model in config["models"]
+    }
 MATCHES = "results/model={model}/variant={variant}/matches/site={site}/layer={layer}/part-0.parquet"
 SUMMARY = "results/model={model}/variant={variant}/summary/{selection}"
 LIFETIMES = "results/model={model}/variant={variant}/lifetimes/{selection}"
@@ -204,22 +209,21 @@ def _downloads():
 
 # evaluate.* typed with --config wins over the catalog's per-model values (a --configfile is a
 # config like config/config.yaml: its catalog keeps its own)
-config.update(cfg.command_line_wins(config, dict(workflow.config_settings.config)))
-EVALUATE = {m: cfg.evaluate_options(config, m) for m in cfg.evaluate_models(config)}
-DATA = {m: cfg.data_label(config, m) for m in EVALUATE}
+with cfg.stop_in_one_line():
+    config.update(cfg.command_line_wins(config, dict(workflow.config_settings.config)))
+    EVALUATE = {m: cfg.evaluate_options(config, m) for m in cfg.evaluate_models(config)}
+    DATA = {m: cfg.data_label(config, m) for m in EVALUATE}
 
 
 # cuda asked of a host without it: an error before any job, auto on the CPU: one line. Only
 # onstart knows whether jobs run here or on a cluster; a dry run (which cannot tell) warns.
 def check_run_devices(dryrun=False):
-    try:
+    with cfg.stop_in_one_line():
         line = saematch.devices.check_devices(
             saematch.devices.device_settings(config, EVALUATE),
             workflow.local_exec,
             dryrun,
         )
-    except cfg.ConfigError as err:
-        sys.exit(str(err))
     if line:
         print(line, flush=True)
 
@@ -232,7 +236,8 @@ def projects_att(model, site):
     return config["catalog"][model]["sites"][site].get("project_att", False)
 
 
-DOWNLOADS = _downloads()
+with cfg.stop_in_one_line():
+    DOWNLOADS = _downloads()
 
 
 def _download(wc, kind=None):
@@ -700,7 +705,8 @@ def check_outputs_writable(jobs):
 
 
 if workflow.is_main_process:
-    check_nothing_is_overwritten()
+    with cfg.stop_in_one_line():
+        check_nothing_is_overwritten()
     # Before any job (dry runs too): what is fetched from the Hub, gated repos, the token.
     import saematch.hub
 
@@ -859,4 +865,5 @@ def check_paths():
             writer(SimpleNamespace(model=model))
 
 
-check_paths()
+with cfg.stop_in_one_line():
+    check_paths()
