@@ -183,6 +183,25 @@ def test_a_config_file_given_with_configfile_keeps_the_catalogs_evaluate_values(
     assert f"evaluation/{data_label(config, 'tiny')}/" in out.stdout  # the catalog's 8192 tokens
 
 
+def evaluate_job_resources(workdir, *args):
+    """The evaluate job's resources as a dry run plans them: {name: value}."""
+    out = smk(workdir, "-n", "--config", "sites=[res]", "layers=[0,1]", *args).stdout
+    block = out.split("rule evaluate:")[1].split("\n[")[0]
+    return dict(kv.split("=") for kv in re.search(r"resources: (.*)", block)[1].split(", "))
+
+
+def test_the_evaluate_job_is_sized_from_the_model_not_from_a_catalog_key(pristine, tmp_path):
+    """A small model of one's own (no `tiny` key) gets minutes, like the tiny model; a real one hours."""
+    sample = tmp_path / "sample.txt"
+    sample.write_text("a short text of our own\n" * 50)
+    evaluate = f"evaluate={{models: [gemma-2-2b], data: {{path: {sample}}}}}"
+    small = evaluate_job_resources(pristine, "models=[gemma-2-2b]", evaluate,
+                                   "catalog={gemma-2-2b: {n_layers: 3, d_model: 64}}")
+    real = evaluate_job_resources(pristine, "models=[gemma-2-2b]", evaluate)
+    assert int(small["runtime"]) <= 15 and small["gpu"] == "0"
+    assert int(real["runtime"]) > 2 * int(small["runtime"])
+
+
 def test_llama_scopes_site_names_r_m_a_are_accepted(pristine):
     jobs = planned_jobs(pristine, "--config", "models=[llama-3.1-8b]", "sites=[R,A]", "layers=[3,4]",
                         env={"HF_HUB_OFFLINE": "1"})
