@@ -62,6 +62,18 @@ def test_show_and_trace_name_a_missing_matches_file_instead_of_printing_less(run
     assert status == 0
 
 
+@pytest.mark.parametrize("kept", ["summary.tsv", "pairs.parquet"])
+def test_show_names_a_missing_evaluation_file_instead_of_dropping_its_section(run, capsys, kept):
+    """An evaluation whose per-feature table is gone (a killed evaluate job) is named, not skipped."""
+    results, root = run
+    folder = root / "evaluation/text-abc123/res+mlp+att.L0-3"
+    folder.mkdir(parents=True)
+    (folder / kept).write_text("what the evaluation left\n")
+    status, out, err = call(capsys, "--results", results, "show", "toy", "2/res/1")
+    line = one_line_error(err, "show")
+    assert status == 2 and out == "" and str(folder / "features.parquet") in line and "rerun snakemake" in line
+
+
 def test_the_backward_walk_names_a_missing_flow_file(run, capsys):
     results, root = run
     with_summary(root)

@@ -223,11 +223,17 @@ def n_features(fwd: Path | None, back: Path | None, flow: Path | None) -> int:
         return pl.scan_parquet(flow).select(pl.len()).collect().item()
 
 
+EVALUATION_FILES = ("pairs.parquet", "features.parquet", "summary.tsv", "calibration.tsv", "evaluation.png")
+
+
 def on_data(root: Path, layer: int, site: str, index: int) -> list[dict]:
     """The feature's row in each evaluation on activations of this run (saematch.evaluate):
     how often it fired, its partners' Pearson r and its Pearson top-k in layer L+1."""
     rows = []
-    for path in sorted(root.glob("evaluation/*/*/features.parquet")):
+    for folder in sorted({p.parent for p in root.glob("evaluation/*/*/*") if p.name in EVALUATION_FILES}):
+        path = folder / "features.parquet"
+        if not path.exists():  # its job was killed after the summary was made, or the file deleted
+            raise CliError(f"{path}: missing (its evaluation's other files are there): rerun snakemake to rebuild it")
         with flowgraph.reading(path):
             row = (pl.scan_parquet(path).filter((pl.col("site") == site) & (pl.col("layer") == layer)
                                                 & (pl.col("feature") == index))
