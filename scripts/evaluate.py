@@ -14,10 +14,10 @@ with logs.job(snakemake):
     import polars as pl
     import torch
 
-    from saematch.config import ConfigError, data_label, evaluate_options
+    from saematch.config import ConfigError, data_label, evaluate_options, file_sha256
     from saematch.devices import job_device
     from saematch.evaluate import evaluate_sites, features_frame
-    from saematch.hub import resolve, resolve_files, sha256_file
+    from saematch.hub import resolve, resolve_files
     from saematch.lm import check_hooks, load_lm, read_documents, token_batches
     from saematch.load import load_sae
     from saematch.sae import to_device
@@ -36,7 +36,7 @@ with logs.job(snakemake):
         raise ConfigError(f"{snakemake.input.data}: the text sample changed after this run started "
                           f"(its folder is {wc.data}); run again")
     if "path" in data:
-        text, data_sha256 = snakemake.input.data, sha256_file(snakemake.input.data)
+        text, data_sha256 = snakemake.input.data, file_sha256(snakemake.input.data)  # hashed by data_label
     else:
         pointer = read(snakemake.input.data)
         text, data_sha256 = resolve(pointer, "data"), pointer["files"]["data"]["sha256"]

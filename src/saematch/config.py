@@ -147,11 +147,16 @@ def pair_layers(config: dict, model: str) -> list[int]:
 def flow_modules(config: dict, model: str, layer: int) -> dict[str, int]:
     """Feature Flow's predecessors of residual layer ``layer`` in this selection: module → the
     layer of its SAE (res: L − 1; mlp, att: L). Empty unless res and the layer are selected."""
-    layers = set(selected_layers(config, model))
-    if "res" not in config["sites"] or layer not in layers:
+    return predecessor_modules(config["sites"], selected_layers(config, model), layer)
+
+
+def predecessor_modules(sites, layers, layer: int) -> dict[str, int]:
+    """:func:`flow_modules` of a selection given as its sites and layers."""
+    layers = set(layers)
+    if "res" not in sites or layer not in layers:
         return {}
     out = {"res": layer - 1} if layer - 1 in layers else {}
-    out.update({m: layer for m in ("mlp", "att") if m in config["sites"]})
+    out.update({m: layer for m in ("mlp", "att") if m in sites})
     return out
 
 
@@ -470,13 +475,17 @@ def data_identity(config: dict, model: str) -> dict:
     if not path.is_file():
         key = "evaluate.data" if config.get("evaluate", {}).get("data") else f"catalog {model}.model.data"
         raise ConfigError(f"config: {key}.path {data['path']}: text sample not found")
-    stat = path.stat()
-    return {"sha256": _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns), "column": data.get("column", "text")}
+    return {"sha256": file_sha256(path), "column": data.get("column", "text")}
+
+
+def file_sha256(path: str | Path) -> str:
+    """A file's sha256, read once per process while its size and modification time stay."""
+    stat = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """A file's sha256, read in blocks; cached per size and modification time within a process."""
     from .hub import sha256_file
 
     return sha256_file(path)

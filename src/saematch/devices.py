@@ -100,8 +100,9 @@ def check_devices(devices: dict[str, str], local: bool, dryrun: bool = False) ->
         return None
     explicit = {k: d for k, d in devices.items() if d.startswith("cuda")}
     auto = [k for k, d in devices.items() if d == "auto"]
+    on_cpu = f"saematch: no CUDA device on this host: {', '.join(auto)} auto run on the CPU" if auto else None
     if not explicit and not (auto and host_has_gpu()):
-        return f"saematch: no CUDA device on this host: {', '.join(auto)} auto run on the CPU" if auto else None
+        return on_cpu
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -116,9 +117,7 @@ def check_devices(devices: dict[str, str], local: bool, dryrun: bool = False) ->
     if refusals:
         return "\n".join(f"saematch: warning: {r.removeprefix('config: ')} (a run on this host will refuse it; "
                          "a cluster's GPU nodes may have one)" for r in refusals)
-    if auto and not count:
-        return f"saematch: no CUDA device on this host: {', '.join(auto)} auto run on the CPU"
-    return None
+    return None if count else on_cpu
 
 
 @contextmanager

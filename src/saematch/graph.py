@@ -25,7 +25,7 @@ from pathlib import Path
 import networkx as nx
 import polars as pl
 
-from .config import SITE_ALIASES, SITES, layer_runs
+from .config import SITE_ALIASES, SITES, layer_runs, predecessor_modules
 
 RES_CUT = 0.5
 MODULE_CUT = 0.15
@@ -99,8 +99,8 @@ def expected_files(root: str | Path) -> dict[Path, str]:
             for site in sites:
                 if L + 1 in layers:
                     out.setdefault(matches_path(root, site, L), name)
-            modules = (["res"] if L - 1 in layers else []) + [m for m in ("mlp", "att") if m in sites]
-            if "res" in sites and modules:
+            modules = predecessor_modules(sites, layers, L)
+            if modules:
                 out.setdefault(root / "flow" / "+".join(modules) / f"layer={L}.parquet", name)
     return out
 
