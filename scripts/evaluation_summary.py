@@ -1,5 +1,5 @@
 """Join the sites' evaluations: a table per pair (TSV, the report), the verdict's calibration
-on data, and a figure."""
+on data, and a figure (with the verdict re-fitted on data, verdict.parquet)."""
 
 import logging
 
@@ -16,4 +16,7 @@ with logs.job(snakemake):
     calib.write_csv(snakemake.output.calibration, separator="\t", float_precision=4)
     logging.info("evaluation on data:\n%s\ncalibration:\n%s", table, calib)
     wc = snakemake.wildcards
-    plot_evaluation(table, calib, snakemake.output.figure, f"{wc.model} · {wc.variant} · {wc.data}")
+    verdict = pl.read_parquet(snakemake.input.verdict)
+    verdict_sites = pl.read_csv(snakemake.input.verdict_sites, separator="\t")
+    plot_evaluation(table, calib, snakemake.output.figure, f"{wc.model} · {wc.variant} · {wc.data}", verdict,
+                    verdict_sites)

@@ -421,11 +421,13 @@ def calibration(confidence: np.ndarray, correlated: np.ndarray, bins: int = 10) 
 # --- tables -----------------------------------------------------------------------------------
 
 def features_frame(site: str, layer: int, cols: dict, matches):
-    """One pair's per-feature table: the matches file's partners and verdict beside the data."""
+    """One pair's per-feature table: the matches file's partners and verdict (with its evidence
+    columns where the matches carry them) beside the data."""
     import polars as pl
 
     k = cols["pearson_top"].shape[1]
     match = matches["match"].fill_null(-1).to_numpy()
+    evidence = [c for c in ("evidence", "top1_evidence") if c in matches.columns]
     return pl.DataFrame({
         "site": site, "layer": np.int32(layer), "feature": matches["feature"].to_numpy().astype(np.int32),
         "active": cols["active"], "match": match.astype(np.int32),
@@ -435,7 +437,8 @@ def features_frame(site: str, layer: int, cols: dict, matches):
         "coactive_top1": cols["coactive_top1"], "r_top1": cols["r_top1"].astype(np.float32),
         "pearson_top": cols["pearson_top"].astype(np.int32), "pearson_r": cols["pearson_r"].astype(np.float32),
     }).with_columns(pl.col("pearson_top").cast(pl.Array(pl.Int32, k)),
-                    pl.col("pearson_r").cast(pl.Array(pl.Float32, k)))
+                    pl.col("pearson_r").cast(pl.Array(pl.Float32, k)),
+                    *(matches[c] for c in evidence))
 
 
 def summarize_evaluation(pairs, features, min_active: int, level: float):
@@ -457,16 +460,19 @@ def summarize_evaluation(pairs, features, min_active: int, level: float):
     return table, pl.DataFrame(calib)
 
 
-def plot_evaluation(table, calib, path: str, title: str) -> None:
+def plot_evaluation(table, calib, path: str, title: str, verdict=None, verdict_sites=None) -> None:
     """Matching score and agreement per layer and site; EV of encode–permute–decode and the
-    baselines on the residual site; the verdict's calibration on data (marker area ∝ features)."""
+    baselines on the residual site; the verdict's calibration on data (marker area ∝ features);
+    with ``verdict`` (verdict.parquet) and ``verdict_sites`` (verdict.tsv), a fourth panel: the
+    data-free verdict's reliability against the on-data label, and the re-fitted one's (held out)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
+    panels = 3 + (verdict is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 5.2))
     colours = {"res": "C0", "mlp": "C1", "att": "C2"}
     for (site,), f in table.group_by("site", maintain_order=True):
         c = colours.get(site)
@@ -494,7 +500,37 @@ def plot_evaluation(table, calib, path: str, title: str) -> None:
     axes[2].set(xlabel="verdict confidence (bin mean)", ylabel="share with partner r ≥ corr_level",
                 xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="the verdict on data")
     axes[2].legend(fontsize=7)
+    if verdict is not None:
+        plot_verdict_on_data(axes[3], verdict, verdict_sites, colours)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_verdict_on_data(ax, verdict, sites, colours: dict) -> None:
+    """Per site, on its labelled features: the data-free confidence's reliability (hollow,
+    dashed) and the re-fitted, cross-fitted one's (filled); a site not judged says why."""
+    import polars as pl
+
+    from .calibrate import reliability
+
+    for (site,), f in verdict.filter(pl.col("label").is_not_null()).group_by("site", maintain_order=True):
+        row = sites.filter(pl.col("site") == site).row(0, named=True)
+        y = f["label"].to_numpy()
+        before = reliability(f["data_free_confidence"].to_numpy(), y)
+        c = colours.get(site)
+        ax.plot([b["mean_confidence"] for b in before], [b["share_partner"] for b in before], "o--", color=c,
+                mfc="none", alpha=0.7, label=f"{site} data-free: ECE {row['match_ece_before']:.3f}")
+        judged = f.filter(pl.col("confidence").is_not_null())
+        if row["match_unjudged"] or not judged.height:
+            ax.plot([], [], " ", label=f"{site} on data: not judged ({(row['match_unjudged'] or '').split(' (')[0]})")
+            continue
+        after = reliability(judged["confidence"].to_numpy(), judged["label"].to_numpy())
+        ax.plot([b["mean_confidence"] for b in after], [b["share_partner"] for b in after], "o-", color=c,
+                label=f"{site} on data (held out): ECE {row['match_ece_after']:.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    tokens = sites["tokens"].max() if sites.height else 0
+    ax.set(xlabel="confidence (bin mean)", ylabel="share whose partner is its Pearson top-1",
+           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=f"the verdict re-fitted on {tokens} tokens")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)

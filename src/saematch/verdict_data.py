@@ -14,8 +14,8 @@ on the text (top-1 level; Balcells et al.). For the decoder top-1 partner likewi
 
 **Model.** A logistic model (saematch.calibrate.logistic_fit) of the label on the verdict's
 evidence (:func:`evidence_matrix`: logit of the data-free confidence, and the verdict's own
-evidence columns where the matches carry them), one indicator per site and its product with
-the logit, so one model covers every layer and site of the evaluation.
+evidence columns where the matches carry them) and one indicator per site, so one model covers
+every layer and site of the evaluation.
 
 **Cross-fitting.** The labelled features are split at random into 5 folds (seeded); each
 feature's confidence comes from the model fitted on the other folds, so its own label never
@@ -64,15 +64,11 @@ def evidence_matrix(frame: pl.DataFrame, partner: str) -> tuple[np.ndarray, list
 
 
 def design(frame: pl.DataFrame, partner: str, sites: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Evidence plus, per site, its indicator and the indicator times the logit of the confidence."""
+    """Evidence plus one indicator column per site (one model across layers and sites)."""
     X, names = evidence_matrix(frame, partner)
     site = frame["site"].to_numpy()
-    cols, extra = [X], []
-    for s in sites:
-        ind = (site == s).astype(np.float64)
-        cols += [ind[:, None], (ind * X[:, 0])[:, None]]
-        extra += [f"site_{s}", f"site_{s}_x_{names[0]}"]
-    return np.column_stack(cols), names + extra
+    indicators = [(site == s).astype(np.float64) for s in sites]
+    return np.column_stack([X, *indicators]), names + [f"site_{s}" for s in sites]
 
 
 def labels(frame: pl.DataFrame, partner: str, min_active: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,7 +184,8 @@ def verdict_on_data(matches: pl.DataFrame, features: pl.DataFrame, min_active: i
         for s, row in zip(sites, stats):
             summary[s]["labelled"] = row.pop("labelled")  # the same features for both partners
             summary[s].update({f"{partner}_{k}": v for k, v in row.items()})
-    table = frame.select(*keys, "active").with_columns(
+    table = frame.select(*keys, "active", pl.col("confidence").alias("data_free_confidence"),
+                         pl.col("top1_confidence").alias("top1_data_free_confidence")).with_columns(
         pl.Series("confidence", cols["confidence"], pl.Float32, nan_to_null=True),
         pl.Series("top1_confidence", cols["top1_confidence"], pl.Float32, nan_to_null=True),
         pl.Series("persists", list(cols["persists"]), pl.Boolean),

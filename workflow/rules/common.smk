@@ -599,6 +599,8 @@ def result_files(model):
                 "summary.tsv",
                 "calibration.tsv",
                 "evaluation.png",
+                "verdict.parquet",
+                "verdict.tsv",
             )
         ]
     return files
@@ -791,6 +793,17 @@ def evaluate_input(wc):
             pointer_path(sae_spec(wc.model, site, L)) for L in layers
         ]
     return inputs
+
+
+def verdict_matches(wc):
+    """Every pair of the run's selection (the evaluation reads them all): the refit's inputs."""
+    _evaluated(wc)
+    return matches_of(wc.model, wc.variant)
+
+
+def verdict_cuts(wc):
+    """Per site the verdict's cut (match.cut): persists on data = confidence ≥ it."""
+    return {site: options_of(wc.model, site)["cut"] for site in config["sites"]}
 
 
 def evaluate_params(wc):

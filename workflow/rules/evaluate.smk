@@ -1,8 +1,8 @@
 # The matches checked on the model's own activations (saematch.evaluate). One job per model and
 # variant streams the text sample through the model once, reading every selected site and
-# encoding with every selected layer's SAE; a summary makes the table, the verdict's
-# calibration on data and a figure (its cuts are its own params: changing them does not rerun
-# the model).
+# encoding with every selected layer's SAE; the verdict is re-fitted to the evaluation's labels
+# (verdict_data); a summary makes the table, the verdict's calibration on data and a figure
+# (their cuts are their own params: changing them does not rerun the model).
 
 
 rule make_tiny:
@@ -62,10 +62,39 @@ rule evaluate:
         "../../scripts/evaluate.py"
 
 
+rule verdict_data:
+    input:
+        matches=verdict_matches,
+        pairs=f"{EVALUATION}/pairs.parquet",
+        features=f"{EVALUATION}/features.parquet",
+    output:
+        table=f"{EVALUATION}/verdict.parquet",
+        summary=report(
+            f"{EVALUATION}/verdict.tsv",
+            caption="../report/evaluation.rst",
+            category="Evaluation on activations",
+            subcategory="The verdict re-fitted on data",
+            labels={"model": "{model}", "variant": "{variant}", "data": "{data}"},
+        ),
+    log:
+        "logs/verdict_data/model={model}/variant={variant}/{data}/{selection}.log",
+    benchmark:
+        "benchmarks/verdict_data/model={model}/variant={variant}/{data}/{selection}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        min_active=lambda wc: EVALUATE[wc.model]["min_active"],
+        cut=verdict_cuts,
+    script:
+        "../../scripts/verdict_data.py"
+
+
 rule evaluation_summary:
     input:
         pairs=f"{EVALUATION}/pairs.parquet",
         features=f"{EVALUATION}/features.parquet",
+        verdict=f"{EVALUATION}/verdict.parquet",
+        verdict_sites=f"{EVALUATION}/verdict.tsv",
     output:
         table=report(
             f"{EVALUATION}/summary.tsv",
