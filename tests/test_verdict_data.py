@@ -149,3 +149,67 @@ def test_matches_files_are_read_with_their_site_and_layer(tmp_path):
     back = read_matches([str(path)])
     assert back["site"].unique().to_list() == ["mlp"] and back["layer"].unique().to_list() == [3]
     assert back.height == 50
+
+
+def write_evaluated_run(tmp_path, n=600):
+    """results/model=toy/variant=v: mlp (labels follow the verdict) and att (labels at chance)
+    pairs 0→1 in the real matches format, and an evaluation folder with its features, pairs and
+    the verdict re-fitted on it, written as the verdict_data job writes them."""
+    from saematch.write import SCHEMA, write_matches
+
+    matches, features = synthetic(n=n, sites=("mlp", "att"), layers=(0,), chance_sites=("att",), dead_every=50)
+    root = tmp_path / "results/model=toy/variant=v"
+    paths = []
+    for (site,), m in matches.group_by("site"):
+        path = root / f"matches/site={site}/layer=0/part-0.parquet"
+        cols = {c: m[c].to_numpy() for c in ("feature", "match", "top1", "confidence", "top1_confidence")}
+        cols.update(cosine=np.full(n, 0.3, np.float32), top1_cosine=np.full(n, 0.3, np.float32),
+                    mse=np.zeros(n, np.float32), persists=cols["confidence"] >= 0.5,
+                    top1_persists=cols["top1_confidence"] >= 0.5)
+        for field in SCHEMA:  # the matches' other columns (the data-free verdict's reason, its evidence)
+            if field.name not in cols:
+                size = getattr(field.type, "list_size", None)
+                cols[field.name] = np.zeros((n, size), np.float32) if size else np.full(n, None, object)
+        write_matches(path, cols, {})
+        paths.append(str(path))
+    folder = root / "evaluation/text-abc123/mlp+att.L0-1"
+    folder.mkdir(parents=True)
+    joined = features.join(matches.select("site", "layer", "feature", "match", "top1"), on=["site", "layer", "feature"])
+    joined.with_columns(r_match=pl.lit(0.5, pl.Float32), r_top1=pl.lit(0.4, pl.Float32),
+                        pearson_r=pl.lit([0.9, 0.8, 0.7], pl.Array(pl.Float32, K))).write_parquet(folder / "features.parquet")
+    pl.DataFrame({"site": ["mlp", "att"], "layer": [0, 0], "tokens": [8192, 8192]}).write_parquet(folder / "pairs.parquet")
+    from saematch.verdict_data import tokens_per_site
+
+    table, summary = verdict_on_data(read_matches(paths), pl.read_parquet(folder / "features.parquet"), 10, 0.5,
+                                     tokens_per_site(pl.read_parquet(folder / "pairs.parquet")), "text-abc123")
+    table.write_parquet(folder / "verdict.parquet")
+    summary.write_csv(folder / "verdict.tsv", separator="\t", float_precision=4)
+    return tmp_path / "results", folder, table, summary
+
+
+def test_show_prints_the_on_data_verdict_with_its_tokens_and_the_sites_held_out_ece(tmp_path, capsys):
+    import json
+
+    from saematch.cli import main
+
+    results, folder, table, summary = write_evaluated_run(tmp_path)
+    mlp = summary.filter(pl.col("site") == "mlp").row(0, named=True)
+    row = table.filter((pl.col("site") == "mlp") & (pl.col("feature") == 1)).row(0, named=True)
+    assert main(["--results", str(results), "show", "toy", "0/mlp/1"]) == 0
+    out = capsys.readouterr().out
+    word = "persists" if row["persists"] else "dies"
+    word1 = "persists" if row["top1_persists"] else "dies"
+    assert (f"verdict on data: confidence {row['confidence']:.3f} ({word}, cross-fitted), top-1 "
+            f"{row['top1_confidence']:.3f} ({word1}, cross-fitted) — calibrated on 8192 tokens of text-abc123; "
+            f"the site's held-out ECE {mlp['match_ece_after']:.3f} (data-free {mlp['match_ece_before']:.3f})") in out
+    assert main(["--results", str(results), "show", "toy", "0/mlp/0"]) == 0  # every 50th feature fired on 2 tokens
+    assert ("verdict on data: confidence: not judged, dead on data (active 2 < min_active 10), top-1: not judged, "
+            "dead on data (active 2 < min_active 10)") in capsys.readouterr().out
+    assert main(["--results", str(results), "show", "toy", "0/att/1"]) == 0
+    assert "verdict on data: confidence: not judged, site at chance on data (held-out AUC" in capsys.readouterr().out
+    assert main(["--results", str(results), "show", "toy", "0/mlp/1", "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)["on_data"][0]["verdict"]
+    assert verdict["confidence"] == pytest.approx(row["confidence"]) and verdict["how"] == "cross-fitted"
+    assert verdict["tokens"] == 8192 and verdict["data"] == "text-abc123"
+    assert verdict["held_out_ece"] == pytest.approx(mlp["match_ece_after"], abs=1e-4)
+    assert verdict["data_free_ece"] == pytest.approx(mlp["match_ece_before"], abs=1e-4)

@@ -242,8 +242,47 @@ def on_data(root: Path, layer: int, site: str, index: int) -> list[dict]:
             d = row.row(0, named=True)
             rows.append({"data": f"{path.parent.parent.name}/{path.parent.name}", **d,
                          "pearson_top": [j for j in d["pearson_top"] if j >= 0],
-                         "pearson_r": [round(r, 4) for j, r in zip(d["pearson_top"], d["pearson_r"]) if j >= 0]})
+                         "pearson_r": [round(r, 4) for j, r in zip(d["pearson_top"], d["pearson_r"]) if j >= 0],
+                         "verdict": verdict_on_data(folder, layer, site, index)})
     return rows
+
+
+VERDICT_COLUMNS = ["confidence", "persists", "how", "unjudged", "top1_confidence", "top1_persists", "top1_how",
+                   "top1_unjudged"]
+
+
+def verdict_on_data(folder: Path, layer: int, site: str, index: int) -> dict | None:
+    """The feature's verdict re-fitted on an evaluation (saematch.verdict_data: verdict.parquet)
+    and its site's held-out calibration (verdict.tsv); None where the evaluation has none yet."""
+    table, sites = folder / "verdict.parquet", folder / "verdict.tsv"
+    if not (table.exists() and sites.exists()):
+        return None
+    with flowgraph.reading(table):
+        row = (pl.scan_parquet(table).filter((pl.col("site") == site) & (pl.col("layer") == layer)
+                                             & (pl.col("feature") == index)).select(VERDICT_COLUMNS).collect())
+    with flowgraph.reading(sites):
+        site_row = pl.read_csv(sites, separator="\t").filter(pl.col("site") == site)
+    if not len(row) or not len(site_row):
+        return None
+    s = site_row.row(0, named=True)
+    return {**row.row(0, named=True), "tokens": s["tokens"], "data": s["data"],
+            "held_out_ece": s["match_ece_after"], "data_free_ece": s["match_ece_before"],
+            "top1_held_out_ece": s["top1_ece_after"], "top1_data_free_ece": s["top1_ece_before"]}
+
+
+def verdict_line(v: dict) -> str:
+    """``saematch show``'s line for a feature's verdict on data."""
+    def text(pre: str, name: str) -> str:
+        if v[f"{pre}unjudged"]:
+            return f"{name}: not judged, {v[f'{pre}unjudged']}"
+        if v[f"{pre}confidence"] is None:
+            return f"{name}: –"
+        return f"{name} {v[f'{pre}confidence']:.3f} ({'persists' if v[f'{pre}persists'] else 'dies'}, {v[f'{pre}how']})"
+    ece = v["held_out_ece"]
+    ece_text = (f"; the site's held-out ECE {ece:.3f} (data-free {v['data_free_ece']:.3f})"
+                if ece is not None and ece == ece else "")
+    return (f"verdict on data: {text('', 'confidence')}, {text('top1_', 'top-1')} — calibrated on {v['tokens']} "
+            f"tokens of {v['data']}{ece_text}")
 
 
 def cmd_show(args) -> None:
@@ -266,12 +305,14 @@ def cmd_show(args) -> None:
         print(f"\non data ({row['data']}): fired on {row['active']} tokens", end="")
         if not row["active"]:
             print(" (dead on this sample: no correlations)")
-            continue
-        r = lambda v: "–" if v is None or v != v else f"{v:.3f}"  # noqa: E731
-        print(f"; Pearson r with its partner {row['match']} {r(row['r_match'])}, with its top-1 {row['top1']} "
-              f"{r(row['r_top1'])}")
-        print("Pearson top-k in layer L+1: " + (", ".join(f"{j} ({v:.3f})" for j, v in
-                                                          zip(row["pearson_top"], row["pearson_r"])) or "none"))
+        else:
+            r = lambda v: "–" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+            print(f"; Pearson r with its partner {row['match']} {r(row['r_match'])}, with its top-1 {row['top1']} "
+                  f"{r(row['r_top1'])}")
+            print("Pearson top-k in layer L+1: " + (", ".join(f"{j} ({v:.3f})" for j, v in
+                                                              zip(row["pearson_top"], row["pearson_r"])) or "none"))
+        if row["verdict"]:
+            print(verdict_line(row["verdict"]))
     np_info = info["neuronpedia"]
     print("\n" + (np_info["url"] if "url" in np_info else np_info.get("neuronpedia_note", "no Neuronpedia page")))
     if "explanation" in np_info:

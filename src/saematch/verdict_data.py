@@ -14,8 +14,9 @@ on the text (top-1 level; Balcells et al.). For the decoder top-1 partner likewi
 
 **Model.** A logistic model (saematch.calibrate.logistic_fit) of the label on the verdict's
 evidence (:func:`evidence_matrix`: logit of the data-free confidence, and the verdict's own
-evidence columns where the matches carry them) and one indicator per site, so one model covers
-every layer and site of the evaluation.
+evidence columns where the matches carry them), one indicator per site and its product with
+the logit: one model across every layer and site of the evaluation, each site with its own
+intercept and slope.
 
 **Cross-fitting.** The labelled features are split at random into 5 folds (seeded); each
 feature's confidence comes from the model fitted on the other folds, so its own label never
@@ -30,6 +31,8 @@ errors of 0.5, Hanley–McNeil) or that has too few labels to tell (fewer than
 :data:`MIN_CLASS` features with, or without, their activation partner).
 
 ``persists`` = confidence ≥ the site's cut (``match.cut``, 0.5), as for the data-free verdict.
+A data-free confidence the verdict left null enters the evidence as 0.5; the "before" numbers
+count only the features the data-free verdict judged.
 """
 
 from __future__ import annotations
@@ -64,11 +67,17 @@ def evidence_matrix(frame: pl.DataFrame, partner: str) -> tuple[np.ndarray, list
 
 
 def design(frame: pl.DataFrame, partner: str, sites: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Evidence plus one indicator column per site (one model across layers and sites)."""
+    """Evidence plus, per site, its indicator and the indicator times the logit of the
+    confidence: one model across layers and sites, each site its own intercept and slope (a
+    site at chance does not flatten the others' slope)."""
     X, names = evidence_matrix(frame, partner)
     site = frame["site"].to_numpy()
-    indicators = [(site == s).astype(np.float64) for s in sites]
-    return np.column_stack([X, *indicators]), names + [f"site_{s}" for s in sites]
+    cols, extra = [X], []
+    for s in sites:
+        ind = (site == s).astype(np.float64)
+        cols += [ind[:, None], (ind * X[:, 0])[:, None]]
+        extra += [f"site_{s}", f"site_{s}_x_{names[0]}"]
+    return np.column_stack(cols), names + extra
 
 
 def labels(frame: pl.DataFrame, partner: str, min_active: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +144,8 @@ def refit(frame: pl.DataFrame, partner: str, min_active: int, cut: float | dict,
     dead = evaluated & (np.nan_to_num(active.astype(np.float64), nan=-1) < min_active)
     for i in np.flatnonzero(dead):
         unjudged[i] = f"dead on data (active {int(active[i])} < min_active {min_active})"
-    before = np.clip(frame[PARTNERS[partner][1]].fill_null(0.0).to_numpy().astype(np.float64), 0, 1)
+    before = frame[PARTNERS[partner][1]].fill_null(np.nan).to_numpy().astype(np.float64)
+    said = np.isfinite(before)  # the data-free verdict judged it (saematch.verdict may not)
     cuts = _cut_of(cut, site)
     stats = []
     for s in sites:
@@ -144,10 +154,11 @@ def refit(frame: pl.DataFrame, partner: str, min_active: int, cut: float | dict,
         a, why = site_verdict(p[m], y[m])
         if why:
             unjudged[in_site & ~dead] = why
+        b = m & said
         row = {"labelled": int(m.sum()), "label_rate": float(y[m].mean()) if m.any() else float("nan"),
-               "auc": a, "ece_before": calibrate.ece(before[m], y[m]), "ece_after": calibrate.ece(p[m], y[m])}
-        for when, q in (("before", before), ("after", p)):
-            pk = calibrate.precision_kept(q[m] >= cuts[m], y[m])
+               "auc": a, "ece_before": calibrate.ece(before[b], y[b]), "ece_after": calibrate.ece(p[m], y[m])}
+        for when, q, rows in (("before", before, b), ("after", p, m)):
+            pk = calibrate.precision_kept(q[rows] >= cuts[rows], y[rows])
             row.update({f"{k}_{when}": v for k, v in pk.items()})
         row["unjudged"] = why
         stats.append(row)
@@ -227,19 +238,3 @@ def tokens_per_site(pairs: pl.DataFrame) -> dict[str, int]:
     """The tokens each site's evaluation read (pairs.parquet)."""
     return {s: int(t) for s, t in pairs.group_by("site").agg(pl.col("tokens").max()).iter_rows()}
 
-
-def on_data_line(row: dict, site_row: dict) -> str:
-    """What ``saematch show`` prints for a feature's verdict on data."""
-    def text(pre: str, name: str) -> str:
-        if row.get(f"{pre}unjudged"):
-            return f"{name}: not judged, {row[f'{pre}unjudged']}"
-        conf = row.get(f"{pre}confidence")
-        if conf is None:
-            return f"{name}: –"
-        word = "persists" if row.get(f"{pre}persists") else "dies"
-        return f"{name} {conf:.3f} ({word}, {row.get(f'{pre}how')})"
-    ece = site_row.get("match_ece_after")
-    ece_text = f"; the site's held-out ECE {ece:.3f} (data-free {site_row.get('match_ece_before'):.3f})" \
-        if ece is not None and ece == ece else ""
-    return (f"verdict on data: {text('', 'confidence')}, {text('top1_', 'top-1')} — calibrated on "
-            f"{site_row.get('tokens')} tokens of {site_row.get('data')}{ece_text}")
