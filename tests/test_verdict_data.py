@@ -201,7 +201,8 @@ def test_show_prints_the_on_data_verdict_with_its_tokens_and_the_sites_held_out_
     word1 = "persists" if row["top1_persists"] else "dies"
     assert (f"verdict on data: confidence {row['confidence']:.3f} ({word}, cross-fitted), top-1 "
             f"{row['top1_confidence']:.3f} ({word1}, cross-fitted) — calibrated on 8192 tokens of text-abc123; "
-            f"the site's held-out ECE {mlp['match_ece_after']:.3f} (data-free {mlp['match_ece_before']:.3f})") in out
+            f"the site's held-out ECE {mlp['match_ece_after']:.3f} (data-free {mlp['match_ece_before']:.3f}), "
+            f"top-1 {mlp['top1_ece_after']:.3f} (data-free {mlp['top1_ece_before']:.3f})") in out
     assert main(["--results", str(results), "show", "toy", "0/mlp/0"]) == 0  # every 50th feature fired on 2 tokens
     assert ("verdict on data: confidence: not judged, dead on data (active 2 < min_active 10), top-1: not judged, "
             "dead on data (active 2 < min_active 10)") in capsys.readouterr().out

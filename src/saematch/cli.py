@@ -278,9 +278,11 @@ def verdict_line(v: dict) -> str:
         if v[f"{pre}confidence"] is None:
             return f"{name}: –"
         return f"{name} {v[f'{pre}confidence']:.3f} ({'persists' if v[f'{pre}persists'] else 'dies'}, {v[f'{pre}how']})"
-    ece = v["held_out_ece"]
-    ece_text = (f"; the site's held-out ECE {ece:.3f} (data-free {v['data_free_ece']:.3f})"
-                if ece is not None and ece == ece else "")
+    def ece(pre: str) -> str:
+        after, before = v[f"{pre}held_out_ece"], v[f"{pre}data_free_ece"]
+        num = lambda x: "–" if x is None or x != x else f"{x:.3f}"  # noqa: E731
+        return f"{num(after)} (data-free {num(before)})"
+    ece_text = f"; the site's held-out ECE {ece('')}, top-1 {ece('top1_')}"
     return (f"verdict on data: {text('', 'confidence')}, {text('top1_', 'top-1')} — calibrated on {v['tokens']} "
             f"tokens of {v['data']}{ece_text}")
 

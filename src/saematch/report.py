@@ -32,7 +32,7 @@ def results_message(summaries: dict[str, str], evaluations: dict[str, str] | Non
         folder = (evaluations or {}).get(model)
         if folder and Path(folder, "summary.tsv").exists():
             out.append(f"  on data  {folder}/summary.tsv (matching score, Pearson partners, EV and ΔL), figure "
-                       f"evaluation.png, the verdict on data calibration.tsv")
+                       f"evaluation.png, the verdict on data calibration.tsv, re-fitted on data verdict.tsv|.parquet")
             out += short_sample_lines(folder)
         if table_path.exists():
             table = pl.read_parquet(table_path)
