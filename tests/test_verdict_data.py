@@ -214,3 +214,23 @@ def test_show_prints_the_on_data_verdict_with_its_tokens_and_the_sites_held_out_
     assert verdict["tokens"] == 8192 and verdict["data"] == "text-abc123"
     assert verdict["held_out_ece"] == pytest.approx(mlp["match_ece_after"], abs=1e-4)
     assert verdict["data_free_ece"] == pytest.approx(mlp["match_ece_before"], abs=1e-4)
+
+
+def test_the_verdicts_evidence_columns_judge_a_site_whose_data_free_confidence_is_null():
+    """Matches with the verdict's evidence (Array columns) and no data-free confidence (the
+    weights could not judge them): the refit reads the evidence and judges the site on data."""
+    matches, features = synthetic(n=800, sites=("res", "att"))
+    rng = np.random.default_rng(1)
+    conf = matches["confidence"].to_numpy().astype(np.float64)
+    z = np.log(conf / (1 - conf)) / 3.0  # the law's z, back from the overconfident confidence
+    evidence = np.column_stack([z + rng.normal(0, 0.3, len(z)), rng.normal(0, 1, len(z))]).astype(np.float32)
+    att = (matches["site"] == "att").to_numpy()
+    matches = matches.with_columns(
+        pl.Series("evidence", evidence, pl.Array(pl.Float32, 2)),
+        pl.Series("top1_evidence", evidence, pl.Array(pl.Float32, 2)),
+        pl.when(pl.Series(att)).then(None).otherwise(pl.col("confidence")).alias("confidence"))
+    table, summary = verdict_on_data(matches, features, min_active=10)
+    row = summary.filter(pl.col("site") == "att").row(0, named=True)
+    assert row["match_unjudged"] is None and row["match_auc"] > 0.75 and row["match_ece_after"] < 0.06
+    assert np.isnan(row["match_ece_before"])  # the data-free verdict said nothing there
+    assert table.filter(pl.col("site") == "att")["confidence"].null_count() == 0
