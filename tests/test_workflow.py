@@ -90,7 +90,7 @@ def pristine(tmp_path_factory):
     (["models=[gemma-2-2b]", "sites=[res,mlp]", "layers=[10,11]",
       "evaluate={models: [gemma-2-2b], data: {repo_id: org/texts, revision: abc123, file: data/part-0.parquet}}"],
      {"download_sae": 4, "download_model": 1, "download_dataset": 1, "match_pair": 2, "evaluate": 1,
-      "evaluation_summary": 1}),
+      "verdict_data": 1, "evaluation_summary": 1}),
     (["models=[llama-3.1-8b]", "sites=[res]", "layers=[3,4]", "evaluate={models: [llama-3.1-8b], data: {path: Snakefile}}"],
      {"download_sae": 2, "download_model": 1, "evaluate": 1}),
 ])
@@ -447,6 +447,33 @@ def test_the_tiny_models_matches_are_checked_on_its_activations_in_the_same_run(
     assert (folder / "calibration.tsv").stat().st_size > 0 and (folder / "evaluation.png").stat().st_size > 0
 
 
+def test_the_tiny_models_verdict_is_refitted_on_its_evaluation_and_shown(demo_run):
+    """verdict_data on the tiny model: every feature of every pair, dead ones and the attention
+    site named instead of guessed at, a judged site calibrated held out; saematch show says so."""
+    from saematch.config import data_label
+
+    config = yaml.safe_load((demo_run / "config/config.yaml").read_text())
+    data = data_label(config, "tiny")
+    folder = demo_run / f"results/model=tiny/variant=2x/evaluation/{data}/res+mlp+att.L0-2"
+    sites = pl.read_csv(folder / "verdict.tsv", separator="\t")
+    assert sites["site"].to_list() == ["att", "mlp", "res"] and (sites["tokens"] == 8192).all()
+    assert (sites["data"] == data).all() and (sites["labelled"] > 50).all()
+    att, res = (sites.filter(pl.col("site") == s).row(0, named=True) for s in ("att", "res"))
+    assert att["match_unjudged"] and att["top1_unjudged"]  # its layers share almost nothing
+    assert res["top1_unjudged"] is None and res["top1_ece_after"] < res["top1_ece_before"]
+    table = pl.read_parquet(folder / "verdict.parquet")
+    assert table.height == 3 * 2 * 128
+    dead = table.filter(pl.col("active") < 10)
+    assert dead.height and dead["unjudged"].str.starts_with("dead on data (active ").all()
+    assert dead["confidence"].null_count() == dead.height
+    judged = table.filter(pl.col("top1_confidence").is_not_null() & (pl.col("site") == "res"))
+    assert judged.height and (judged["top1_how"] == "cross-fitted").all()
+    feature = judged["feature"][0]
+    out = subprocess.run([sys.executable, "-m", "saematch", "--results", str(demo_run / "results"), "show", "tiny",
+                          f"{judged['layer'][0]}/res/{feature}"], capture_output=True, text=True, check=True).stdout
+    assert f"calibrated on 8192 tokens of {data}; the site's held-out ECE" in out
+
+
 def test_another_text_sample_size_goes_to_its_own_folder(demo_run):
     out = smk(demo_run, "-n", "--config", "models=[tiny]", "catalog={tiny: {evaluate: {n_tokens: 4096}}}")
     planned = re.findall(r"evaluation/(text-[0-9a-f]{6})/", out.stdout)
@@ -460,7 +487,7 @@ def test_evaluation_settings_rerun_only_what_they_change(demo_run):
         out = smk(demo_run, "-n", "--config", *args)
         assert "Nothing to be done" in out.stdout + out.stderr, args  # memory and device: not results
     assert planned_jobs(demo_run, "--config", "evaluate={min_active: 5, corr_level: 0.3}") == \
-        {"evaluation_summary": 1, "all": 1}  # the summary's cuts: the model does not run again
+        {"verdict_data": 1, "evaluation_summary": 1, "all": 1}  # the summary's cuts: the model does not run again
     matches = demo_run / match_path("tiny", "2x", "mlp", 1)
     original, before = matches.read_bytes(), matches.stat()
     table = pq.read_table(matches)  # one site's matches rewritten, one confidence changed
@@ -469,7 +496,8 @@ def test_evaluation_settings_rerun_only_what_they_change(demo_run):
     pq.write_table(table.set_column(table.schema.get_field_index("confidence"), "confidence",
                                     pa.array(conf, pa.float32())), matches)
     try:
-        assert planned_jobs(demo_run) == {"evaluate": 1, "evaluation_summary": 1, "summarize": 1, "lifetimes": 1,
+        assert planned_jobs(demo_run) == {"evaluate": 1, "verdict_data": 1, "evaluation_summary": 1, "summarize": 1,
+                                          "lifetimes": 1,
                                           "all": 1}
     finally:
         matches.write_bytes(original)
