@@ -37,7 +37,9 @@ def matches_columns(top1, top1_cos, top1_conf, match=None, conf=None):
             "cosine": np.array(top1_cos, np.float32), "mse": np.zeros(N, np.float32),
             "top1_cosine": np.array(top1_cos, np.float32),
             "persists": np.array(top1_conf) >= 0.5, "confidence": np.array(top1_conf if conf is None else conf, np.float32),
-            "top1_persists": np.array(top1_conf) >= 0.5, "top1_confidence": np.array(top1_conf, np.float32)}
+            "top1_persists": np.array(top1_conf) >= 0.5, "top1_confidence": np.array(top1_conf, np.float32),
+            "unjudged": np.full(N, None, object), "evidence": np.zeros((N, 7), np.float32),
+            "top1_evidence": np.zeros((N, 7), np.float32)}
 
 
 NP = {"target": {"model": "gemma-2-2b", "set": "{L}-gemmascope-res-16k"}, "res": {"model": "gemma-2-2b", "set": "{P}-gemmascope-res-16k"},
@@ -177,7 +179,8 @@ def test_show_gives_a_features_partners_on_data_from_each_evaluation(run, capsys
     assert main(["--results", str(results), "show", "toy", "2/res/1", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["on_data"]
     assert row == {"data": "text-abc123/res.L0-3", "active": 10, "match": int(matches["match"][1]),
-                   "r_match": 0.25, "top1": 2, "r_top1": 0.5, "pearson_top": [3], "pearson_r": [0.8]}
+                   "r_match": 0.25, "top1": 2, "r_top1": 0.5, "pearson_top": [3], "pearson_r": [0.8],
+                   "verdict": None}  # no verdict.parquet beside this evaluation: no on-data verdict
     assert main(["--results", str(results), "show", "toy", "2/res/1"]) == 0
     assert "Pearson top-k in layer L+1: 3 (0.800)" in capsys.readouterr().out
     assert main(["--results", str(results), "show", "toy", "1/res/1", "--json"]) == 0

@@ -14,6 +14,8 @@ def columns(n=6, unmatched=()):
         "cosine": np.linspace(0, 1, n, dtype=np.float32), "mse": np.ones(n, np.float32),
         "top1_cosine": np.ones(n, np.float32), "persists": match >= 0, "confidence": np.full(n, 0.9, np.float32),
         "top1_persists": np.ones(n, bool), "top1_confidence": np.full(n, 0.8, np.float32),
+        "unjudged": np.full(n, None, object), "evidence": np.zeros((n, 7), np.float32),
+        "top1_evidence": np.ones((n, 7), np.float32),
     }
 
 
@@ -22,9 +24,11 @@ def test_matches_file_has_the_documented_schema_and_provenance(tmp_path):
     write_matches(path, columns(), {"total_cost": 1.5, "src": {"repo_id": "r"}})
     schema = pq.read_schema(path)
     assert schema.names == ["feature", "match", "top1", "cosine", "mse", "top1_cosine", "persists", "confidence",
-                            "top1_persists", "top1_confidence"]
+                            "top1_persists", "top1_confidence", "unjudged", "evidence", "top1_evidence"]
     assert [schema.field(c).type for c in schema.names] == [pa.int32()] * 3 + [pa.float32()] * 3 + [
-        pa.bool_(), pa.float32()] * 2
+        pa.bool_(), pa.float32()] * 2 + [pa.string()] + [pa.list_(pa.float32(), 7)] * 2
+    df = pl.read_parquet(path)
+    assert df["evidence"].to_list()[0] == [0.0] * 7 and df["top1_evidence"].to_list()[0] == [1.0] * 7
     assert read_provenance(path) == {"total_cost": 1.5, "src": {"repo_id": "r"}}
     assert pl.read_parquet_metadata(path)  # polars sees the metadata too
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
@@ -37,6 +41,16 @@ def test_unmatched_features_have_null_match_cosine_and_mse(tmp_path):
     df = pl.read_parquet(path)
     assert df["match"].null_count() == 2 and df["cosine"].null_count() == 2 and df["mse"].null_count() == 2
     assert df["feature"].to_list() == list(range(6))  # one row per feature, sorted
+
+
+def test_an_unjudged_feature_has_a_reason_and_a_null_confidence(tmp_path):
+    path = tmp_path / "part-0.parquet"
+    cols = columns()
+    cols["unjudged"][2], cols["confidence"][2], cols["top1_confidence"][2] = "near-duplicate", np.nan, np.nan
+    write_matches(path, cols, {})
+    df = pl.read_parquet(path)
+    assert df["unjudged"].to_list() == [None, None, "near-duplicate", None, None, None]
+    assert df["confidence"].null_count() == 1 and df["confidence"][2] is None and df["top1_confidence"][2] is None
 
 
 def test_hive_paths_give_partition_columns_that_are_not_in_the_files(tmp_path):

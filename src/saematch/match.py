@@ -14,7 +14,8 @@ from .fold import fold as fold_sae
 from .sae import Sae, SaeError
 from .solve import choose_solver, solve_lap
 from .sparse import ImpreciseFeatures, solve_sparse
-from .verdict import directions, finish_neighbours, neighbour_collector, neighbours, opt_out_costs, partial_assignment, verdict
+from .verdict import (directions, finish_neighbours, neighbour_collector, neighbours, opt_out_costs, partial_assignment,
+                      unjudge, verdict)
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,9 @@ def match_pair(
         del cost
     del X, Y
     verdict_columns, verdict_stats = verdict(Ud, Ed, Vd, Wd, match, nb, cut=cut, rows=null_rows, draws=null_draws)
+    if src.source.get("projected") or dst.source.get("projected"):
+        unjudge(verdict_columns, "attention SAE mapped through W_O: its encoder is a pseudo-inverse, not the "
+                                 "residual stream's (saematch.load.project_att); no calibrated verdict")
     verdict_stats["seconds"] = {**{k: round(v, 4) for k, v in verdict_seconds.items()}, **verdict_stats["seconds"]}
     if partial_stats:
         verdict_stats["partial"] = partial_stats

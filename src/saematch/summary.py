@@ -30,10 +30,15 @@ def read_matches(paths: list[str]) -> pl.DataFrame:
 def calibration_error(df: pl.DataFrame, confidence: str, correct: pl.Expr, by: list[str],
                       bins: int = 10) -> pl.DataFrame:
     """Expected calibration error per group: Σ_b (n_b / n)·|share correct − mean confidence| over
-    ``bins`` equal-width bins of confidence (the last bin includes 1). Computed with numpy per
-    group: polars' grouped sums vary in the last bit between runs."""
+    ``bins`` equal-width bins of confidence (the last bin includes 1), over the features the
+    verdict judged (null confidence: unjudged). Computed with numpy per group: polars' grouped
+    sums vary in the last bit between runs."""
     rows = []
     for key, g in df.with_columns(_ok=correct).group_by(*by, maintain_order=True):
+        g = g.filter(pl.col(confidence).is_not_null())
+        if not len(g):
+            rows.append(dict(zip(by, key)) | {f"{confidence}_ece": None})
+            continue
         conf, ok = g[confidence].to_numpy().astype(np.float64), g["_ok"].to_numpy().astype(np.float64)
         b = np.clip(np.floor(conf * bins).astype(np.int64), 0, bins - 1)
         n = np.bincount(b, minlength=bins)
@@ -74,6 +79,8 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
         pl.col("top1_persists").mean().alias("share_top1_persists"),
         pl.col("confidence").mean().alias("confidence_mean"),
     ]
+    if "unjudged" in df.columns:
+        aggs.append(pl.col("unjudged").is_not_null().mean().alias("share_unjudged"))
     def correct(partner: str) -> pl.Expr:  # the feature persists and its partner is the planted one
         return (pl.col("planted") >= 0) & (pl.col(partner) == pl.col("planted")).fill_null(False)
 
@@ -121,6 +128,8 @@ def console_table(table: pl.DataFrame) -> str:
     if "planted_recovered_unfolded" in table.columns:
         cols.append(pl.col("planted_recovered_unfolded").round(4).alias("unfolded"))
     cols.append(pl.col("share_persists").round(3).alias("persists"))
+    if "share_unjudged" in table.columns:
+        cols.append(pl.col("share_unjudged").round(3).alias("unjudged"))
     if "persists_precision" in table.columns:
         cols += [pl.col("persists_precision").round(3).alias("precision"),
                  pl.col("persists_recall").round(3).alias("recall"), pl.col("confidence_ece").round(3).alias("ece")]

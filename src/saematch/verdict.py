@@ -296,19 +296,82 @@ def ambiguity_match(U, E, V, W, match, nb, d_eff, base, row_m) -> np.ndarray:
     return a
 
 
+NEAR_DUPLICATE = 0.95  # score m between two features of one SAE beyond which their partners are arbitrary
+EVIDENCE = ["lfdr_logit", "log_ambiguity", "agree", "mutual", "margin", "mutual_margin", "column_margin"]
+MARGIN_CLIP = 30.0
+
+
+def evidence(lfdr, a, agree, mutual, margin, column_margin) -> np.ndarray:
+    """The evidence (n, len(EVIDENCE)) float32 that the calibrated model reads (saematch.calibrate):
+    logit(1 − lfdr) (clipped at 1e-4), log a (≥ log 1e-6), agree (the assignment's partner is
+    the top-1), mutual (and the feature is its partner's nearest row), margin (the partner's
+    score minus the row's best other neighbour's, in null standard deviations 1/√d_eff),
+    mutual × max(margin, 0), and column_margin (the partner's score minus the best score of
+    another row that holds the partner among its nearest columns, in the same units; +30
+    without one). Margins are clipped at ±30."""
+    q = np.clip(1 - np.asarray(lfdr, np.float64), 1e-4, 1 - 1e-4)
+    margin = np.clip(np.asarray(margin, np.float64), -MARGIN_CLIP, MARGIN_CLIP)
+    mutual = np.asarray(mutual, np.float64)
+    return np.column_stack([np.log(q / (1 - q)), np.log(np.clip(a, 1e-6, 1.0)), np.asarray(agree, np.float64),
+                            mutual, margin, mutual * np.maximum(margin, 0),
+                            np.clip(column_margin, -MARGIN_CLIP, MARGIN_CLIP)]).astype(np.float32)
+
+
+def column_rival_scores(nb, row_m, partner) -> np.ndarray:
+    """(F_src,) the best score m(i', partner(i)) of another row i' that holds partner(i) among its
+    nearest columns (nb["col_top"]); −inf without one (or without a partner)."""
+    n = len(partner)
+    part = np.maximum(partner, 0)
+    rows, pos = nb["col_top"][part], nb["col_pos"][part]
+    rival = (rows >= 0) & (rows != np.arange(n)[:, None]) & (partner >= 0)[:, None]
+    m = np.where(rival, row_m[np.maximum(rows, 0), np.maximum(pos, 0)], -np.inf)
+    return m.max(1) if m.shape[1] else np.full(n, -np.inf)
+
+
+def near_duplicates(U, E, nb, top1) -> np.ndarray:
+    """(F_src,) bool: another feature of the same SAE that holds the same top-1 column scores
+    m ≥ NEAR_DUPLICATE with this one (both its decoder and encoder cosines): the same feature
+    twice, whose partners the weights cannot tell apart."""
+    rows = nb["col_top"][top1]  # (n, k) rows whose nearest columns include this row's top-1
+    n = len(top1)
+    rival = (rows >= 0) & (rows != np.arange(n)[:, None])
+    i, c = np.nonzero(rival)
+    dup = np.zeros(n, bool)
+    if len(i):
+        m = pair_scores(U, E, U, E, i, rows[i, c])
+        np.logical_or.at(dup, i, m >= NEAR_DUPLICATE)
+    return dup
+
+
+def unjudge(columns: dict, reason: str, rows=slice(None)) -> None:
+    """Name ``rows`` of a verdict's columns unjudged for ``reason``: no confidence, not persisting."""
+    for c in ("confidence", "top1_confidence"):
+        columns[c][rows] = np.nan
+    for c in ("persists", "top1_persists"):
+        columns[c][rows] = False
+    columns["unjudged"][rows] = reason
+
+
 def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draws: int = 2,
-            seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
+            seed: int = 0, model: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """The verdict on every feature's assignment partner ``match`` (−1: none) and top-1 partner.
 
     U (F_src, d), V (F_dst, d): unit decoders; E (F_src, d_in), W (F_dst, d_in): unit encoder
-    columns, or both None. ``nb``: :func:`neighbours` (computed if None).
-    Returns columns persists, confidence (float32), top1_persists, top1_confidence, and stats
-    (π0, null size, d_eff, shares declared persisting).
+    columns, or both None. ``nb``: :func:`neighbours` (computed if None). ``model``: the
+    calibrated model (saematch.calibrate.load_model(); the shipped one if None).
+    Returns columns persists, confidence (float32; NaN where unjudged), top1_persists,
+    top1_confidence, evidence and top1_evidence ((F_src, 7) float32, :data:`EVIDENCE`),
+    unjudged (None, or why the weights cannot judge the feature), and stats (π0, null size,
+    d_eff, shares declared persisting).
     """
+    from .calibrate import load_model, logistic_predict
+
+    model = model or load_model()
     if (E is None) != (W is None) or (E is not None and E.shape[1] != W.shape[1]):
         E = W = None  # no encoders in a shared space: decoder directions alone
     nb = nb if nb is not None else neighbours(U, V)
     match = np.asarray(match, np.int64)
+    n = len(match)
     seconds = {}
     with torch.no_grad():
         t = time.perf_counter()
@@ -318,28 +381,53 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
         matched = match >= 0
         top1 = nb["top1"].astype(np.int64)
         row_m = row_competitor_scores(E, W, nb)
-        t_match = np.full(len(match), -1.0)
+        t_match = np.full(n, -1.0)
         t_match[matched] = scores_at(U, E, V, W, nb, row_m, np.flatnonzero(matched), match[matched])
         t_top1 = row_m[:, 0].astype(np.float64)  # top1 is each row's first neighbour
         lfdr_match, pi0 = fit_lfdr(t_match[matched], t_null)
         lfdr_top1, pi0_top1 = fit_lfdr(t_top1, t_null)
         a_match = ambiguity_match(U, E, V, W, match, nb, d_eff, t_match, row_m)
-        conf = np.where(matched, (1 - lfdr_match(t_match)) * a_match, 0.0)
-        conf_top1 = (1 - lfdr_top1(t_top1)) * ambiguity_top1(top1, nb, d_eff, t_top1, row_m)
+        a_top1 = ambiguity_top1(top1, nb, d_eff, t_top1, row_m)
+        sd = np.sqrt(d_eff)
+        others = np.where(nb["row_top"] == match[:, None], -np.inf, row_m)
+        second = others.max(1) if others.shape[1] else np.full(n, -np.inf)
+        second_top1 = row_m[:, 1:].max(1) if row_m.shape[1] > 1 else np.full(n, -np.inf)
+        agree = match == top1
+        mutual_top1 = nb["col_top"][top1, 0] == np.arange(n)
+        col_match, col_top1 = column_rival_scores(nb, row_m, match), column_rival_scores(nb, row_m, top1)
+        ev_match = evidence(lfdr_match(t_match), a_match, agree, agree & mutual_top1, (t_match - second) * sd,
+                            (t_match - col_match) * sd)
+        ev_top1 = evidence(lfdr_top1(t_top1), a_top1, agree, mutual_top1, (t_top1 - second_top1) * sd,
+                           (t_top1 - col_top1) * sd)
+        conf = np.where(matched, logistic_predict(model["match"], ev_match), 0.0)
+        conf_top1 = logistic_predict(model["top1"], ev_top1)
+        unjudged = np.full(n, None, object)
+        if E is None:
+            unjudged[:] = "decoder only: no encoders in a shared space (e.g. attention SAEs mapped through W_O)"
+        else:
+            unjudged[near_duplicates(U, E, nb, top1)] = f"near-duplicate: another feature of this SAE scores ≥ {NEAR_DUPLICATE}"
+        judged = np.equal(unjudged, None)
+        conf = np.where(judged, conf, np.nan)
+        conf_top1 = np.where(judged, conf_top1, np.nan)
         seconds["scores"] = time.perf_counter() - t
-    columns = {
-        "persists": conf >= cut,
-        "confidence": conf.astype(np.float32),
-        "top1_persists": conf_top1 >= cut,
-        "top1_confidence": conf_top1.astype(np.float32),
-    }
+    with np.errstate(invalid="ignore"):
+        columns = {
+            "persists": conf >= cut,
+            "confidence": conf.astype(np.float32),
+            "top1_persists": conf_top1 >= cut,
+            "top1_confidence": conf_top1.astype(np.float32),
+            "evidence": ev_match,
+            "top1_evidence": ev_top1,
+            "unjudged": unjudged,
+        }
     stats = {"pi0": pi0, "pi0_top1": pi0_top1, "null_samples": int(len(t_null)), "d_eff": float(d_eff),
              "encoders": E is not None, "cut": cut, "seconds": {k: round(v, 4) for k, v in seconds.items()},
-             "share_persists": float(columns["persists"].mean()) if len(conf) else 0.0,
-             "share_top1_persists": float(columns["top1_persists"].mean()) if len(conf) else 0.0}
-    log.info("verdict: %.1f%% of features persist (top1 %.1f%%); π0 %.3f, null %d samples, d_eff %.0f%s",
-             100 * stats["share_persists"], 100 * stats["share_top1_persists"], pi0, stats["null_samples"],
-             d_eff, "" if E is not None else " (decoders only)")
+             "share_persists": float(columns["persists"].mean()) if n else 0.0,
+             "share_top1_persists": float(columns["top1_persists"].mean()) if n else 0.0,
+             "share_unjudged": float((~judged).mean()) if n else 0.0}
+    log.info("verdict: %.1f%% of features persist (top1 %.1f%%), %.1f%% unjudged; π0 %.3f, null %d samples, d_eff %.0f%s",
+             100 * stats["share_persists"], 100 * stats["share_top1_persists"], 100 * stats["share_unjudged"], pi0,
+             stats["null_samples"], d_eff, "" if E is not None else " (decoders only)")
     return columns, stats
 
 

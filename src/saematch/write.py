@@ -22,9 +22,12 @@ SCHEMA = pa.schema([
     pa.field("mse", pa.float32()),
     pa.field("top1_cosine", pa.float32(), nullable=False),
     pa.field("persists", pa.bool_(), nullable=False),
-    pa.field("confidence", pa.float32(), nullable=False),
+    pa.field("confidence", pa.float32()),  # null where the verdict cannot judge (unjudged)
     pa.field("top1_persists", pa.bool_(), nullable=False),
-    pa.field("top1_confidence", pa.float32(), nullable=False),
+    pa.field("top1_confidence", pa.float32()),
+    pa.field("unjudged", pa.string()),  # why the weights cannot judge the feature (null: judged)
+    pa.field("evidence", pa.list_(pa.float32(), 7)),  # saematch.verdict.EVIDENCE, for the assignment's partner
+    pa.field("top1_evidence", pa.list_(pa.float32(), 7)),  # … for the top-1 partner
 ])
 
 
@@ -38,8 +41,14 @@ def write_matches(path: str | Path, columns: dict[str, np.ndarray], provenance: 
     arrays = []
     for field in SCHEMA:
         values = columns[field.name]
+        if pa.types.is_fixed_size_list(field.type):
+            flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1), type=field.type.value_type)
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, field.type.list_size))
+            continue
         mask = unmatched if field.name in ("match", "cosine", "mse") and unmatched.any() else None
-        arrays.append(pa.array(values, type=field.type, mask=mask))
+        if field.name in ("confidence", "top1_confidence"):
+            mask = np.isnan(values)
+        arrays.append(pa.array(values, type=field.type, mask=mask if mask is not None and mask.any() else None))
     table = pa.Table.from_arrays(arrays, schema=SCHEMA)
     _write_table(path, table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)}))
 
