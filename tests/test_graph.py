@@ -229,3 +229,17 @@ def test_the_summary_command_pools_the_planted_origins_over_layers_weighted_by_t
             for line in out.splitlines() if line.startswith("│ res ") or line.startswith("│ mlp ")}
     assert rows["res"] == ["8", "0.625", "null"]  # (6·0.5 + 2·1.0) / 8
     assert rows["mlp"] == ["4", "0.750", "0.750"]
+
+
+def test_show_says_why_the_weights_cannot_judge_a_feature(run, capsys):
+    results, root = run
+    ar = np.arange(N)
+    cols = matches_columns(ar, np.full(N, 0.5), np.full(N, 0.7))
+    cols["unjudged"][4], cols["confidence"][4], cols["top1_confidence"][4] = "near-duplicate: test", np.nan, np.nan
+    write_matches(root / "matches/site=res/layer=2/part-0.parquet", cols, {})
+    assert main(["--results", str(results), "show", "toy", "2/res/4"]) == 0
+    assert "not judged from the weights: near-duplicate: test" in capsys.readouterr().out
+    assert main(["--results", str(results), "show", "toy", "2/res/4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["next"]["unjudged"] == "near-duplicate: test"
+    assert main(["--results", str(results), "show", "toy", "2/res/3"]) == 0
+    assert "not judged" not in capsys.readouterr().out

@@ -180,7 +180,9 @@ def show_feature(root: Path, layer: int, site: str, index: int, explanations: st
     cols = ["match", "cosine", "persists", "confidence", "top1", "top1_cosine", "top1_persists", "top1_confidence"]
     if fwd:
         with flowgraph.reading(fwd):
-            row = pl.scan_parquet(fwd).filter(pl.col("feature") == index).select(cols).collect()
+            scan = pl.scan_parquet(fwd)
+            judged = ["unjudged"] if "unjudged" in scan.collect_schema().names() else []  # older files lack it
+            row = scan.filter(pl.col("feature") == index).select(cols + judged).collect()
         out["next"] = row.row(0, named=True) if len(row) else None
     if back:
         with flowgraph.reading(back):
@@ -296,7 +298,11 @@ def cmd_show(args) -> None:
     print(info["feature"])
     if "next" in info and info["next"]:
         print(f"\nnext layer ({layer} → {layer + 1}):")
-        _print_table([info["next"]])
+        nxt = dict(info["next"])
+        reason = nxt.pop("unjudged", None)
+        _print_table([nxt])
+        if reason:
+            print(f"not judged from the weights: {reason}")
     if "previous" in info:
         print(f"\nfrom the previous layer ({layer - 1} → {layer}): features matched or top-1 to it")
         _print_table(info["previous"])
