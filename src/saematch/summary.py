@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from .calibrate import ece
 from .write import read_provenance
 
 _KEYS = re.compile(r"model=([^/]+)/variant=([^/]+)/matches/site=([^/]+)/layer=(\d+)/")
@@ -39,12 +40,7 @@ def calibration_error(df: pl.DataFrame, confidence: str, correct: pl.Expr, by: l
         if not len(g):
             rows.append(dict(zip(by, key)) | {f"{confidence}_ece": None})
             continue
-        conf, ok = g[confidence].to_numpy().astype(np.float64), g["_ok"].to_numpy().astype(np.float64)
-        b = np.clip(np.floor(conf * bins).astype(np.int64), 0, bins - 1)
-        n = np.bincount(b, minlength=bins)
-        has = n > 0
-        gap = np.abs(np.bincount(b, ok, bins)[has] - np.bincount(b, conf, bins)[has]) / n[has]
-        rows.append(dict(zip(by, key)) | {f"{confidence}_ece": float(np.sum(n[has] / len(conf) * gap))})
+        rows.append(dict(zip(by, key)) | {f"{confidence}_ece": ece(g[confidence].to_numpy(), g["_ok"].to_numpy(), bins)})
     return pl.DataFrame(rows, schema={**{k: df.schema[k] for k in by}, f"{confidence}_ece": pl.Float64})
 
 
