@@ -324,7 +324,7 @@ def test_the_end_of_a_run_says_where_the_results_are_and_what_they_show(demo_con
     assert f"saematch: demo: results in results/model=demo/variant={DEMO}/" in tail
     assert summary_path("demo", DEMO, "res+mlp+att.L0-5") in tail
     columns = ("site", "pair", "features", "cosine", "top1_agree", "certified", "planted_recovered", "unfolded",
-               "persists", "precision", "recall", "ece")
+               "persists", "unjudged", "precision", "recall", "ece")
     header = re.search(r"\| " + r" +\| ".join(columns) + r" +\|", tail)
     assert header
     assert len(re.findall(r"\| (res|mlp|att) +\| \d→\d +\| 1024 ", tail)) == 15
