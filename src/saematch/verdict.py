@@ -2,7 +2,7 @@
 
 The assignment gives every feature a partner, but features are born and die between layers.
 For feature i of layer L and a partner j in layer L+1 (the assignment's ``match`` or Feature
-Flow's ``top1``) the verdict estimates ``confidence`` = P(i persists and j is its counterpart),
+Flow's ``top1``) the verdict estimates ``confidence`` = P(j is i's activation partner),
 data-free, from the SAE weights:
 
 1. **Score.** m_ij = min(cos(w_i, w'_j), cos(e_i, e'_j)): decoder and encoder directions must
@@ -24,13 +24,20 @@ data-free, from the SAE weights:
    top1 the competitors are row i's other nearest columns and column j's other nearest rows
    (near-duplicates colliding on one partner); for the assignment, the exchanges with the
    owners of row i's nearest columns: Δ = m(i, π(i)) + m(o, j') − m(i, j') − m(o, π(i)).
-5. confidence = (1 − lfdr(t_i)) · a_i; ``persists`` = confidence ≥ the cut (config, 0.5).
+5. **Evidence and calibration.** With both partners' margins over the row's and the column's
+   next best (in null standard deviations 1/√d_eff), whether the assignment and the top-1
+   agree and are each other's best, these make the evidence (:data:`EVIDENCE`), and
+   ``confidence`` = a logistic model of it (saematch.calibrate, ``verdict_model.json``):
+   P(the partner is the feature's activation partner, its next-layer feature of highest
+   Pearson r on text), fitted on SAEs of a real model with that label and on the demo's planted
+   pairs. ``persists`` = confidence ≥ the cut (config, 0.5). Features the weights cannot judge
+   (near-duplicates, decoder-only SAEs; att SAEs mapped through W_O, in saematch.match) get a
+   reason in ``unjudged`` and no confidence.
 
-What it is validated on: synthetic pairs with known truth at several shares of persisting
-features and noise levels (tests/test_verdict.py) and the demo (README, "Does a feature live
-on?"). Limits: π0 is biased high (a dying feature's partner score is below the null's row
-maximum), so the verdict errs towards "dies"; and without encoders, decoder-only look-alikes
-are not rejected.
+What it is validated on: a real model it was not fitted on (tests/test_realmodels.py, README
+"Does a feature live on?"), synthetic pairs with known truth (tests/test_verdict.py) and the
+demo. Limits: the label is the activation partner on a finite text; top-1's calibration
+transfers less well between models than the assignment's.
 """
 
 from __future__ import annotations
