@@ -37,8 +37,6 @@ count only the features the data-free verdict judged.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -217,21 +215,14 @@ def verdict_on_data(matches: pl.DataFrame, features: pl.DataFrame, min_active: i
     return table, pl.DataFrame(rows, infer_schema_length=None)
 
 
-MATCHES_PATH = re.compile(r"site=(\w+)/layer=(\d+)/part-0\.parquet$")
-
-
 def read_matches(paths: list[str]) -> pl.DataFrame:
-    """Every pair's matches, with its site and layer (from the path), the columns the refit reads."""
-    wanted = ["feature", "match", "top1", "confidence", "top1_confidence", "evidence", "top1_evidence"]
-    frames = []
-    for path in paths:
-        found = MATCHES_PATH.search(Path(path).as_posix())
-        if not found:
-            raise ValueError(f"{path}: not a matches file path (…/site=S/layer=L/part-0.parquet)")
-        f = pl.read_parquet(path)
-        frames.append(f.select([c for c in wanted if c in f.columns])
-                      .with_columns(pl.lit(found[1]).alias("site"), pl.lit(int(found[2]), pl.Int32).alias("layer")))
-    return pl.concat(frames, how="diagonal_relaxed")
+    """Every pair's matches (saematch.summary.read_matches: site and layer from the path), the
+    columns the refit reads."""
+    from .summary import read_matches as read_all
+
+    wanted = ["site", "layer", "feature", "match", "top1", "confidence", "top1_confidence", "evidence", "top1_evidence"]
+    df = read_all(paths)
+    return df.select([c for c in wanted if c in df.columns])
 
 
 def tokens_per_site(pairs: pl.DataFrame) -> dict[str, int]:
