@@ -150,6 +150,7 @@ def build(name: str, layers: list[int], n_features: int, train_tokens: int = 40_
     "truth": {L: columns}, "tokens": {"train", "test"}, "seconds", "sae_quality": {L: (L0, EV)}}.
     ``threads``: torch threads (default: as set; the result depends on the count in the last bits)."""
     from .match import match_pair
+    from .sae import encode, reconstruct
     from .tiny import train_sae
 
     t0 = time.perf_counter()
@@ -169,7 +170,6 @@ def build(name: str, layers: list[int], n_features: int, train_tokens: int = 40_
         for L in layers:
             params = train_sae(x_train[L], n_features, l1, steps, seed + 1000 * L + 17)
             saes[L] = sae_from_params(params, f"{name} layer {L}")
-            from .sae import reconstruct, encode
             x = x_test[L]
             err = float(((reconstruct(saes[L], x) - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
             quality[L] = (round(float((encode(saes[L], x) > 0).sum(1).float().mean()), 1), round(1 - err, 3))
@@ -198,13 +198,19 @@ def labelled(fx: dict, min_active: int = 10) -> dict[str, np.ndarray]:
     for L, m in fx["matches"].items():
         tr = fx["truth"][L]
         best = tr["pearson_top"][:, 0]
-        judged = np.equal(m["unjudged"], None)
-        rows.append({"layer": np.full(len(best), L), "match": m["match"], "top1": m["top1"],
-                     "confidence": m["confidence"], "top1_confidence": m["top1_confidence"],
-                     "evidence": m["evidence"], "top1_evidence": m["top1_evidence"],
-                     "labelled": (tr["active"] >= min_active) & (best >= 0) & judged,
-                     "y_match": m["match"] == best, "y_top1": m["top1"] == best, "active": tr["active"]})
+        rows.append(_rows(m, L, (tr["active"] >= min_active) & (best >= 0), best, tr["active"]))
     return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
+def _rows(m: dict, layer: int, labelled: np.ndarray, truth: np.ndarray, active: np.ndarray) -> dict:
+    """One pair's rows of a :func:`labelled` table from its matches columns ``m`` and the true
+    partner per feature (−1: none); only features the verdict judged count as labelled."""
+    return {"layer": np.full(len(truth), layer), "match": m["match"], "top1": m["top1"],
+            "confidence": m["confidence"], "top1_confidence": m["top1_confidence"],
+            "evidence": m["evidence"], "top1_evidence": m["top1_evidence"],
+            "labelled": labelled & np.equal(m["unjudged"], None),
+            "y_match": (truth >= 0) & (m["match"] == truth), "y_top1": (truth >= 0) & (m["top1"] == truth),
+            "active": active}
 
 
 def planted_labelled(configs=((0.2, 0.5, 256), (0.5, 0.3, 256), (0.8, 0.3, 256), (0.5, 0.5, 256), (0.5, 0.3, 96),
@@ -219,11 +225,7 @@ def planted_labelled(configs=((0.2, 0.5, 256), (0.5, 0.3, 256), (0.8, 0.3, 256),
     for k, (persist, lo, d) in enumerate(configs):
         src, dst, planted = planted_pair(F, d, persist, seed + k, cos=(lo, 0.95))
         m, _ = match_pair(src, dst, device="cpu")
-        rows.append({"layer": np.full(F, k), "match": m["match"], "top1": m["top1"], "confidence": m["confidence"],
-                     "top1_confidence": m["top1_confidence"], "evidence": m["evidence"],
-                     "top1_evidence": m["top1_evidence"], "labelled": np.equal(m["unjudged"], None),
-                     "y_match": (planted >= 0) & (m["match"] == planted), "y_top1": (planted >= 0) & (m["top1"] == planted),
-                     "active": np.full(F, -1)})
+        rows.append(_rows(m, k, np.ones(F, bool), planted, np.full(F, -1)))
     return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
 

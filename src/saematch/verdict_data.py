@@ -37,7 +37,6 @@ count only the features the data-free verdict judged.
 
 from __future__ import annotations
 
-
 import numpy as np
 import polars as pl
 
