@@ -453,7 +453,7 @@ def summarize_evaluation(pairs, features, min_active: int, level: float):
         rows.append({"site": site, "layer": L, **agreement(cols, f["match"].to_numpy(), f["top1"].to_numpy(),
                                                             f["persists"].to_numpy(), min_active, level)})
     for (site,), f in features.group_by("site", maintain_order=True):
-        ok = (f["active"] >= min_active).to_numpy()
+        ok = ((f["active"] >= min_active) & f["confidence"].fill_nan(None).is_not_null()).to_numpy()  # not judged
         corr = np.nan_to_num(f["r_match"].to_numpy(), nan=-1.0) >= level
         calib += [{"site": site, **row} for row in calibration(f["confidence"].to_numpy()[ok], corr[ok])]
     table = pairs.join(pl.DataFrame(rows), on=["site", "layer"], how="left").sort("site", "layer")
@@ -517,11 +517,12 @@ def plot_verdict_on_data(ax, verdict, sites, colours: dict) -> None:
 
     for (site,), f in verdict.filter(pl.col("label").is_not_null()).group_by("site", maintain_order=True):
         row = sites.filter(pl.col("site") == site).row(0, named=True)
-        y = f["label"].to_numpy()
-        before = reliability(f["data_free_confidence"].to_numpy(), y)
+        free = f.filter(pl.col("data_free_confidence").is_not_null())  # null: not judged from the weights
+        before = reliability(free["data_free_confidence"].to_numpy(), free["label"].to_numpy())
         c = colours.get(site)
         ax.plot([b["mean_confidence"] for b in before], [b["share_partner"] for b in before], "o--", color=c,
-                mfc="none", alpha=0.7, label=f"{site} data-free: ECE {row['match_ece_before']:.3f}")
+                mfc="none", alpha=0.7, label=f"{site} data-free: ECE {row['match_ece_before']:.3f}" if free.height
+                else f"{site} data-free: not judged from the weights")
         judged = f.filter(pl.col("confidence").is_not_null())
         if row["match_unjudged"] or not judged.height:
             ax.plot([], [], " ", label=f"{site} on data: not judged ({(row['match_unjudged'] or '').split(' (')[0]})")
