@@ -54,16 +54,17 @@ def main():
     for r in report:
         print(line(r))
     for r in report:
-        print(f"pair {r['layer']}: bins (confidence → share with the activation partner):",
-              "; ".join(f"{b['bin']}: {b['features']} at {b['mean_confidence']:.2f} → {b['share_partner']:.2f}"
-                        for b in r["bins"]))
+        for key, what in (("bins_before", "before"), ("bins", "confidence"), ("top1_bins", "top1_confidence")):
+            print(f"pair {r['layer']}: {what} bins (mean confidence → share with the activation partner):",
+                  "; ".join(f"{b['bin']}: {b['features']} at {b['mean_confidence']:.2f} → {b['share_partner']:.2f}"
+                            for b in r[key]))
     print(f"{time.time() - t0:.0f} s on {platform.machine()} ({platform.processor() or 'cpu'})", file=sys.stderr)
     if args.write:
         model["provenance"] = {
             "fit": ["minilm-l6 (5 pairs, activation truth)", "planted synthetic pairs (saematch.demo.planted_pair)"],
             "held_out": "smollm2-135m", "fixtures": {n: {**s, "about": realmodels.MODELS[n]["about"],
                                                           "tokens": tables["tokens"][n]} for n, s in FIXTURES.items()},
-            "held_out_report": [{k: v for k, v in r.items() if not k.endswith("bins") and k != "bins_before"} for r in report],
+            "held_out_report": [{k: v for k, v in r.items() if "bins" not in k} for r in report],
             "script": "bench/fit_verdict.py --write"}
         calibrate.MODEL_PATH.write_text(json.dumps(model, indent=1) + "\n")
         print(f"wrote {calibrate.MODEL_PATH}", file=sys.stderr)

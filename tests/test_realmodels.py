@@ -30,11 +30,11 @@ def test_the_fixtures_are_real_saes_that_reconstruct_held_out_text(fixtures):
 
 
 def test_the_shipped_confidence_is_calibrated_on_every_pair_of_the_held_out_model(held_out):
-    # measured here 0.024–0.096 (top-1 0.048–0.130, README); the margins allow for the fixture's
-    # float differences on another CPU (the SAEs are trained anew in every run)
+    """The issue's target, ECE ≤ 0.10 for both partners (measured 0.020–0.062, top-1 0.045–0.096;
+    the SAEs are trained anew in every run, and the rebuilt fixtures match the fit's)."""
     for r in held_out:
-        assert r["ece"] <= 0.11, r
-        assert r["top1_ece"] <= 0.15, r  # the issue's 0.10 is not met for top-1 on two pairs
+        assert r["ece"] <= 0.10, r
+        assert r["top1_ece"] <= 0.10, r
 
 
 def test_the_old_formula_was_overconfident_there(held_out):
@@ -42,14 +42,17 @@ def test_the_old_formula_was_overconfident_there(held_out):
     assert max(r["ece_before"] for r in held_out) >= 0.15
 
 
-def test_persists_keeps_enough_features_and_is_about_as_precise_as_the_plain_rule(held_out):
-    """Measured: precision 1.6–2.5× the forced assignment's (2.5× cannot be reached where the forced
-    one is right 37–55% of the time), within 0.021 of the plain rule (better on 4 of 5 pairs)."""
+def test_persists_keeps_enough_features_and_is_at_least_as_precise_as_the_plain_rule(held_out):
+    """Kept ≥ 5%; precision ≥ 2.5× the forced assignment's wherever that is a precision (< 1: the
+    forced assignment is right 37–55% of the time here, so only pair 5→6 allows it), and ≥ the
+    plain rule's (mutual top-1 = assignment) on every pair."""
     for r in held_out:
         p, plain = r["persists"], r["plain_rule"]
         assert p["kept"] >= 0.05, r
+        if 2.5 * r["forced_precision"] < 1:
+            assert p["precision"] >= 2.5 * r["forced_precision"], r
         assert p["precision"] >= 1.5 * r["forced_precision"], r
-        assert p["precision"] >= plain["precision"] - 0.04, r
+        assert p["precision"] >= plain["precision"], r
         p1 = r["top1_persists"]
         assert p1["kept"] >= 0.05 and p1["precision"] >= 1.1 * r["top1_precision"], r
 

@@ -254,3 +254,22 @@ def test_without_encoders_every_feature_is_named_decoder_only():
     cols, stats = verdict(U, None, V, None, np.arange(300))
     assert all(u.startswith("decoder only") for u in cols["unjudged"])
     assert np.isnan(cols["confidence"]).all() and not cols["persists"].any() and not stats["encoders"]
+
+
+@pytest.mark.parametrize("d", [48, 192])
+def test_the_top1_margin_is_a_difference_of_scores_whatever_the_width(d):
+    """Evidence column 4 of top1_evidence: m(i, top-1) minus the best m(i, j') over row i's other
+    nearest columns by decoder cosine, in cosine units (not null standard deviations, which grow
+    with √d); brute force over the whole score matrix, clipped at ±1."""
+    from saematch.verdict import EVIDENCE, K_NEIGHBOURS
+    src, dst, _ = synthetic_pair(F=300, d=d, persist=0.5, seed=11)
+    U, E = directions(src.W_dec, src.W_enc)
+    V, W = directions(dst.W_dec, dst.W_enc)
+    cols, _ = verdict(U, E, V, W, np.arange(300))
+    dec = (U @ V.T).numpy().astype(np.float64)
+    m = np.minimum(dec, (E @ W.T).numpy())
+    order = np.argsort(-dec, axis=1, kind="stable")[:, :K_NEIGHBOURS]
+    rows = np.arange(300)[:, None]
+    expected = np.clip(m[rows[:, 0], order[:, 0]] - m[rows, order[:, 1:]].max(1), -1, 1)
+    assert EVIDENCE[4] == "margin"
+    assert np.abs(cols["top1_evidence"][:, 4] - expected).max() < 1e-4

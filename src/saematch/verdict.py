@@ -25,7 +25,9 @@ data-free, from the SAE weights:
    (near-duplicates colliding on one partner); for the assignment, the exchanges with the
    owners of row i's nearest columns: Δ = m(i, π(i)) + m(o, j') − m(i, j') − m(o, π(i)).
 5. **Evidence and calibration.** With both partners' margins over the row's and the column's
-   next best (in null standard deviations 1/√d_eff), whether the assignment and the top-1
+   next best (in units of the score m, a cosine: units that do not grow with the width d as
+   null standard deviations 1/√d_eff do, so the model transfers between model sizes), whether
+   the assignment and the top-1
    agree and are each other's best, these make the evidence (:data:`EVIDENCE`), and
    ``confidence`` = a logistic model of it (saematch.calibrate, ``verdict_model.json``):
    P(the partner is the feature's activation partner, its next-layer feature of highest
@@ -305,17 +307,17 @@ def ambiguity_match(U, E, V, W, match, nb, d_eff, base, row_m) -> np.ndarray:
 
 NEAR_DUPLICATE = 0.95  # score m between two features of one SAE beyond which their partners are arbitrary
 EVIDENCE = ["lfdr_logit", "log_ambiguity", "agree", "mutual", "margin", "mutual_margin", "column_margin"]
-MARGIN_CLIP = 30.0
+MARGIN_CLIP = 1.0  # margins are differences of cosine scores; beyond 1 the partner is alone
 
 
 def evidence(lfdr, a, agree, mutual, margin, column_margin) -> np.ndarray:
     """The evidence (n, len(EVIDENCE)) float32 that the calibrated model reads (saematch.calibrate):
     logit(1 − lfdr) (clipped at 1e-4), log a (≥ log 1e-6), agree (the assignment's partner is
     the top-1), mutual (and the feature is its partner's nearest row), margin (the partner's
-    score minus the row's best other neighbour's, in null standard deviations 1/√d_eff),
-    mutual × max(margin, 0), and column_margin (the partner's score minus the best score of
-    another row that holds the partner among its nearest columns, in the same units; +30
-    without one). Margins are clipped at ±30."""
+    score minus the row's best other neighbour's, a difference of scores m), mutual ×
+    max(margin, 0), and column_margin (the partner's score minus the best score of another row
+    that holds the partner among its nearest columns; +MARGIN_CLIP without one). Margins are
+    clipped at ±MARGIN_CLIP."""
     q = np.clip(1 - np.asarray(lfdr, np.float64), 1e-4, 1 - 1e-4)
     margin = np.clip(np.asarray(margin, np.float64), -MARGIN_CLIP, MARGIN_CLIP)
     mutual = np.asarray(mutual, np.float64)
@@ -395,17 +397,16 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
         lfdr_top1, pi0_top1 = fit_lfdr(t_top1, t_null)
         a_match = ambiguity_match(U, E, V, W, match, nb, d_eff, t_match, row_m)
         a_top1 = ambiguity_top1(top1, nb, d_eff, t_top1, row_m)
-        sd = np.sqrt(d_eff)
         others = np.where(nb["row_top"] == match[:, None], -np.inf, row_m)
         second = others.max(1) if others.shape[1] else np.full(n, -np.inf)
         second_top1 = row_m[:, 1:].max(1) if row_m.shape[1] > 1 else np.full(n, -np.inf)
         agree = match == top1
         mutual_top1 = nb["col_top"][top1, 0] == np.arange(n)
         col_match, col_top1 = column_rival_scores(nb, row_m, match), column_rival_scores(nb, row_m, top1)
-        ev_match = evidence(lfdr_match(t_match), a_match, agree, agree & mutual_top1, (t_match - second) * sd,
-                            (t_match - col_match) * sd)
-        ev_top1 = evidence(lfdr_top1(t_top1), a_top1, agree, mutual_top1, (t_top1 - second_top1) * sd,
-                           (t_top1 - col_top1) * sd)
+        ev_match = evidence(lfdr_match(t_match), a_match, agree, agree & mutual_top1, t_match - second,
+                            t_match - col_match)
+        ev_top1 = evidence(lfdr_top1(t_top1), a_top1, agree, mutual_top1, t_top1 - second_top1,
+                           t_top1 - col_top1)
         conf = np.where(matched, logistic_predict(model["match"], ev_match), 0.0)
         conf_top1 = logistic_predict(model["top1"], ev_top1)
         unjudged = np.full(n, None, object)
