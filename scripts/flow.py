@@ -47,6 +47,7 @@ with logs.job(snakemake):
         with job_device(snakemake.resources.gpu > 0, device) as dev:
             columns, stats = flow_layer(saes["target"].W_dec.to(dev),
                                         {m: saes[m].W_dec.to(dev) for m in saes if m != "target"},
-                                        k=opts["top_k"], high=opts["high"])
+                                        k=opts["top_k"], high=opts["high"],
+                                        encoders={m: saes[m].W_enc for m in ("target", "res") if m in saes})
         provenance.update(versions=logs.versions(), seconds=round(time.perf_counter() - t0, 4), **stats)
         write_flow(snakemake.output[0], columns, opts["top_k"], provenance)

@@ -78,20 +78,20 @@ def run(tmp_path):
     return tmp_path / "results", root
 
 
-def test_the_backward_walk_follows_residual_predecessors_until_the_cut_and_keeps_modules_above_theirs(run):
+def test_the_flow_mode_backward_walk_follows_residual_predecessors_until_the_cut_and_keeps_modules_above_theirs(run):
     _, root = run
-    G = fg.trace(fg.results_paths(root), "3/res/2", "back")
+    G = fg.trace(fg.results_paths(root), "3/res/2", "back", mode="flow")
     assert set(G.edges) == {("2/res/1", "3/res/2"), ("3/mlp/4", "3/res/2")}
     assert G.edges["2/res/1", "3/res/2"]["score"] == pytest.approx(0.9)
     assert G.edges["2/res/1", "3/res/2"]["confidence"] == pytest.approx(0.88)  # 2/res/1's top-1 is 3/res/2
     assert G.nodes["3/res/2"]["case"] == "D" and G.nodes["3/mlp/4"]["site"] == "mlp"
-    low = fg.trace(fg.results_paths(root), "3/res/2", "back", res_cut=0.25, module_cut=0.05)
+    low = fg.trace(fg.results_paths(root), "3/res/2", "back", res_cut=0.25, module_cut=0.05, mode="flow")
     assert ("1/res/3", "2/res/1") in low.edges and ("3/att/5", "3/res/2") in low.edges
 
 
-def test_the_forward_walk_follows_top1_partners_while_the_cosine_holds(run):
+def test_the_flow_mode_forward_walk_follows_top1_partners_while_the_cosine_holds(run):
     _, root = run
-    G = fg.trace(fg.results_paths(root), "1/res/0", "forward", module_cut=0.5)
+    G = fg.trace(fg.results_paths(root), "1/res/0", "forward", module_cut=0.5, mode="flow")
     assert set(G.edges) == {("1/res/0", "2/res/3")}
     assert G.edges["1/res/0", "2/res/3"]["confidence"] == pytest.approx(0.97)
 
@@ -150,7 +150,9 @@ def test_the_command_traces_shows_and_answers_errors_with_a_clear_line(run, caps
     assert "2/res/1" in capsys.readouterr().out
     assert main(["--results", str(results), "show", "toy", "2/res/1", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["next"]["top1"] == 2 and [r["feature"] for r in shown["previous"]] == [1]
+    # into 2/res/1: 1/res/1 by match and top-1 (cosine 0.1), 1/res/3 by Feature Flow's predecessor (s(R) 0.3)
+    assert shown["next"]["top1"] == 2 and {(r["feature"], r["relations"]) for r in shown["previous"]} == {
+        (1, "match+top1"), (3, "flow_res")}
     assert shown["flow"]["res"] == 3 and shown["flow"]["s_res"] == pytest.approx(0.3)
     assert shown["neuronpedia"]["url"] == "https://www.neuronpedia.org/gemma-2-2b/2-gemmascope-res-16k/1"
     assert main(["--results", str(results), "trace", "toy", "3/res/99"]) == 2

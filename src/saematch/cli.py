@@ -4,6 +4,8 @@
     saematch show demo 4/res/0
     saematch lifetimes demo
     saematch summary demo
+    saematch find demo --site res --case C --persists
+    saematch sql demo "SELECT site, count(*) FROM feature_table WHERE persists GROUP BY site"
 
 Reads the Parquet files under ``results/model=M/variant=V`` lazily (polars). Tables for
 people, ``--format json`` (or its short form ``--json``, on every subcommand) for scripts.
@@ -127,9 +129,9 @@ def cmd_trace(args) -> None:
     root = run_dir(args.results, args.model, args.variant)
     _feature(args.feature)
     paths = flowgraph.results_paths(root)
-    if not paths["flow"] and args.direction != "forward":
+    if not paths["flow"] and args.direction != "forward" and args.mode == "flow":
         raise CliError(f"{root}: no flow files (…/flow/MODULES/layer=L.parquet): run the pipeline with the res site selected")
-    G = flowgraph.trace(paths, args.feature, args.direction, args.res_cut, args.module_cut)
+    G = flowgraph.trace(paths, args.feature, args.direction, args.res_cut, args.module_cut, args.mode, args.cut)
     try:
         flowgraph.annotate(G, paths, _explanations(args))
     except ValueError as exc:  # an explanations file
@@ -138,9 +140,10 @@ def cmd_trace(args) -> None:
     if fmt in ("png", "svg", "graphml") and not args.output:
         raise CliError(f"--format {fmt} writes a file: give -o/--output")
     if fmt == "table":
-        text = _table_text([{"from": u, "to": v, "kind": a["kind"], "score": a["score"],
-                             "confidence": a.get("confidence")}
+        text = _table_text([{"from": u, "to": v, "relations": a.get("relations"), "score": a["score"],
+                             "confidence": a.get("confidence"), "r on data": a.get("r")}
                             for u, v, a in sorted(G.edges(data=True), key=lambda e: (-G.nodes[e[1]]["layer"], e[0]))])
+        text += "".join("\n" + end_line(e) for e in G.graph["ends"])
     elif fmt == "json":
         text = json.dumps(flowgraph.to_json(G), indent=1)
     elif fmt == "html":
@@ -158,6 +161,15 @@ def cmd_trace(args) -> None:
         print(args.output)
     else:
         print(text)
+
+
+def end_line(end: dict) -> str:
+    """Why a trace stopped, in one line."""
+    text = f"{end['direction']} walk ends at {end['at']}: {end['why']}"
+    if "best" in end:
+        conf = "–" if end["confidence"] is None else f"{end['confidence']:.3f}"
+        text += f" (best candidate {end['best']} by {end['relations']}: cosine {end['score']:.3f}, confidence {conf})"
+    return text
 
 
 def show_feature(root: Path, layer: int, site: str, index: int, explanations: str | None = None) -> dict:
@@ -184,11 +196,10 @@ def show_feature(root: Path, layer: int, site: str, index: int, explanations: st
             judged = ["unjudged"] if "unjudged" in scan.collect_schema().names() else []  # older files lack it
             row = scan.filter(pl.col("feature") == index).select(cols + judged).collect()
         out["next"] = row.row(0, named=True) if len(row) else None
-    if back:
-        with flowgraph.reading(back):
-            rows = (pl.scan_parquet(back).filter((pl.col("match") == index) | (pl.col("top1") == index))
-                    .select(["feature", *cols]).collect())
-        out["previous"] = rows.to_dicts()
+    from .edges import edges_at, links
+
+    out["forward"] = links(edges_at(paths, layer, site, index, "forward"), "forward")
+    out["previous"] = links(edges_at(paths, layer, site, index, "back"), "back")
     if flow is not None:
         with flowgraph.reading(flow):
             row = (pl.scan_parquet(flow).filter(pl.col("feature") == index)
@@ -296,16 +307,19 @@ def cmd_show(args) -> None:
         print(json.dumps(info, indent=1))
         return
     print(info["feature"])
-    if "next" in info and info["next"]:
-        print(f"\nnext layer ({layer} → {layer + 1}):")
-        nxt = dict(info["next"])
-        reason = nxt.pop("unjudged", None)
-        _print_table([nxt])
-        if reason:
-            print(f"not judged from the weights: {reason}")
-    if "previous" in info:
-        print(f"\nfrom the previous layer ({layer - 1} → {layer}): features matched or top-1 to it")
-        _print_table(info["previous"])
+    link_cols = ["layer", "site", "feature", "relations", "confidence", "score", "r"]
+    if info.get("next"):
+        print(f"\nto layer {layer + 1}: one row per partner, with the relations that propose it "
+              f"(match: SAE Match, top1: nearest decoder, flow_res: Feature Flow's predecessor; docs/graph.md)")
+        _print_table([{k: d[k] for k in link_cols} for d in info["forward"]])
+        n = info["next"]
+        print(f"SAE Match partner {n['match']}: {'persists' if n['persists'] else 'dies'}; top-1 {n['top1']}: "
+              f"{'persists' if n['top1_persists'] else 'dies'} (verdict at confidence ≥ the cut)")
+        if n.get("unjudged"):
+            print(f"not judged from the weights: {n['unjudged']}")
+    if info["previous"] or layer - 1 in info.get("pairs", []):
+        print(f"\nfrom layer {layer - 1}: features linked to it, one row each, with the relations that propose them")
+        _print_table([{k: d[k] for k in link_cols} for d in info["previous"]])
     if info.get("flow"):
         print("\nFeature Flow (where it comes from):")
         _print_table([info["flow"]])
@@ -390,6 +404,72 @@ def cmd_summary(args) -> None:
         print()
 
 
+def _run_tables(args) -> dict:
+    from .query import tables
+
+    root = run_dir(args.results, args.model, args.variant)
+    t = tables(flowgraph.results_paths(root))
+    if "matches" not in t:
+        raise CliError(f"{root}: no matches (…/matches/site=S/layer=L/part-0.parquet): run the pipeline first")
+    return t
+
+
+def _print_frame(df: pl.DataFrame, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(df.to_dicts(), indent=1, default=str))
+    else:
+        print(_table_text(df.to_dicts()) + f"\n{df.height} rows")
+
+
+def _range(text: str | None, name: str) -> tuple | None:
+    """'0.2:0.8', '0.2:' or ':0.8' → (low, high)."""
+    if text is None:
+        return None
+    lo, sep, hi = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return (float(lo) if lo else None, float(hi) if hi else None)
+    except ValueError:
+        raise CliError(f"--{name} {text!r}: give a range LOW:HIGH, either end may be left out (e.g. 0.9: or :0.2)") from None
+
+
+def _layers(text: str | None) -> list[int] | None:
+    """'3', '3-5' or '1,4-6' → layers."""
+    if text is None:
+        return None
+    out = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.partition("-")
+            out += range(int(a), int(b or a) + 1)
+    except ValueError:
+        raise CliError(f"--layer {text!r}: give layers as 3, 3-5 or 1,4-6") from None
+    return out
+
+
+def cmd_find(args) -> None:
+    from .query import find
+
+    t = _run_tables(args)
+    df = find(t, site=args.site, layers=_layers(args.layer), case=args.case, persists=args.persists,
+              confidence=_range(args.confidence, "confidence"), min_chain=args.min_chain, r=_range(args.r, "r"),
+              limit=args.limit)
+    _print_frame(df, args.format)
+
+
+def cmd_sql(args) -> None:
+    from .query import sql
+
+    t = _run_tables(args)
+    try:
+        df = sql(t, args.query)
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CliError(f"{reason} (tables: {', '.join(sorted(t))})") from None
+    _print_frame(df, args.format)
+
+
 def _pooled(table: pl.DataFrame, origin: str) -> dict:
     n = table[f"planted_{origin}"].fill_null(0)
     row = {"origin": origin.replace("_", "+"), "features": int(n.sum())}
@@ -420,10 +500,17 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    p = add("trace", "a feature's Feature Flow graph: where it comes from (--back) or goes (--forward)", cmd_trace,
+    p = add("trace", "a feature's graph: where it comes from (--back) or goes (--forward), following the verdict "
+                     "(default) or Feature Flow's cosine cuts (--mode flow)", cmd_trace,
             FORMATS, "table, json (node-link), graphml, html (a self-contained viewer), png or svg; default: from "
                      "-o's suffix (.json .graphml .html .png .svg), else table")
-    p.add_argument("feature", help="LAYER/res/INDEX, e.g. 12/res/4230")
+    p.add_argument("feature", help="LAYER/SITE/INDEX, e.g. 12/res/4230 (an mlp or att feature: forward into the "
+                                   "residual features it feeds)")
+    p.add_argument("--mode", choices=flowgraph.TRACE_MODES, default="verdict",
+                   help="verdict (default): follow links whose confidence ≥ --cut, whichever relation proposes them; "
+                        "flow: Feature Flow's rule, cosine ≥ --res-cut (the paper's graphs)")
+    p.add_argument("--cut", type=float, default=0.5, help="verdict mode: the confidence a link needs, in [0, 1] "
+                                                          "(0.5, the pipeline's match.cut default)")
     way = p.add_mutually_exclusive_group()
     way.add_argument("--back", dest="direction", action="store_const", const="back", help="where it comes from (default)")
     way.add_argument("--forward", dest="direction", action="store_const", const="forward", help="where it goes")
@@ -431,7 +518,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(direction="back")
     p.add_argument("-o", "--output", help="write to this file (needed for graphml, png, svg)")
     p.add_argument("--res-cut", type=float, default=flowgraph.RES_CUT,
-                   help="stop the residual chain below this cosine, in [-1, 1] (0.5)")
+                   help="flow mode: stop the residual chain below this cosine, in [-1, 1] (0.5)")
     p.add_argument("--module-cut", type=float, default=flowgraph.MODULE_CUT,
                    help="drop MLP/attention nodes below this cosine, in [-1, 1] (0.15)")
 
@@ -444,6 +531,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many chains, at least 1 (10)")
 
     add("summary", "the run's summary tables (matches, verdict, Feature Flow cases)", cmd_summary)
+
+    p = add("find", "features by property: site, layer, Feature Flow case, persists, confidence, chain length, "
+                    "on-data r (one row per feature of the matched pairs)", cmd_find)
+    p.add_argument("--site", type=lambda s: SITE_ALIASES.get(s, s), choices=SITES, help="res, mlp or att")
+    p.add_argument("--layer", help="layers: 3, 3-5 or 1,4-6 (the pair's first layer)")
+    p.add_argument("--case", choices=list("ABCD"), help="Feature Flow's case (res features): A translated, "
+                                                        "B processed, C born in a module, D unexplained")
+    p.add_argument("--persists", action="store_true", default=None, help="only features whose SAE Match partner persists")
+    p.add_argument("--dies", dest="persists", action="store_false", help="only features whose partner does not")
+    p.add_argument("--confidence", help="the verdict's confidence in a range LOW:HIGH (e.g. 0.9:)")
+    p.add_argument("--min-chain", type=int, help="in a chain of persisting features at least this many layers long")
+    p.add_argument("--r", help="on data: Pearson r with the SAE Match partner in a range LOW:HIGH (e.g. :0.2)")
+    p.add_argument("--limit", type=int, help="at most this many rows")
+
+    p = add("sql", "a SQL query (polars SQL) over the run's tables: matches, flow, lifetimes, features, edges, "
+                   "feature_table (docs/graph.md)", cmd_sql)
+    p.add_argument("query", help='e.g. "SELECT relation, count(*) FROM edges GROUP BY relation"')
     return ap
 
 
@@ -453,6 +557,9 @@ def check_args(args) -> None:
         value = getattr(args, option, None)
         if value is not None and not -1 <= value <= 1:  # NaN fails too
             raise CliError(f"--{option.replace('_', '-')} {value}: a cosine cut must lie in [-1, 1]")
+    cut = getattr(args, "cut", None)
+    if cut is not None and not 0 <= cut <= 1:
+        raise CliError(f"--cut {cut}: a confidence cut must lie in [0, 1]")
     top = getattr(args, "top", None)
     if top is not None and top < 1:
         raise CliError(f"--top {top}: give how many chains to show, at least 1")

@@ -87,16 +87,39 @@ def cases(scores: dict, cut: dict[str, float]) -> np.ndarray:
     return np.where(res, np.where(module, "B", "A"), np.where(module, "C", "D"))
 
 
+def predecessor_verdict(W_dec: torch.Tensor, W_enc: torch.Tensor | None, W_dec_prev: torch.Tensor,
+                        W_enc_prev: torch.Tensor | None) -> tuple[dict, dict]:
+    """The verdict (saematch.verdict) on each residual feature's top-1 predecessor in layer L−1,
+    the same method as the forward partners' with the layers' roles swapped: layer L's features
+    are the rows, layer L−1's the columns, and no assignment (its evidence ``agree`` and
+    ``mutual`` with it are 0). W_dec (F, d), W_enc (d_in, F) of layer L; the same of L−1.
+    Returns {res_confidence (F,) float32, NaN where unjudged; res_unjudged (F,) object} and
+    the verdict's stats."""
+    from .verdict import directions, verdict
+
+    U, E = directions(W_dec, None if W_enc is None else W_enc.to(W_dec.device))
+    V, W = directions(W_dec_prev.to(U.device), None if W_enc_prev is None else W_enc_prev.to(U.device))
+    if E is None or W is None:
+        E = W = None
+    columns, stats = verdict(U, E, V, W, np.full(U.shape[0], -1))
+    return {"res_confidence": columns["top1_confidence"], "res_unjudged": columns["unjudged"]}, stats
+
+
 def flow_layer(W_dec: torch.Tensor, modules: dict[str, torch.Tensor | None], k: int = TOP_K,
-               high: dict | None = None, chunk: int = 2048) -> tuple[dict, dict]:
-    """One layer end to end: the columns of its flow file (feature, the scores, case) and
-    stats (the cuts used, the share of each case)."""
+               high: dict | None = None, chunk: int = 2048, encoders: dict | None = None) -> tuple[dict, dict]:
+    """One layer end to end: the columns of its flow file (feature, the scores, case, and with
+    ``encoders`` {"target": W_enc, "res": W_enc of layer L−1} the verdict on the residual
+    predecessor: :func:`predecessor_verdict`) and stats (the cuts used, the share of each case)."""
     scores = predecessor_scores(W_dec, modules, k, chunk)
     cut = thresholds(scores, high or HIGH)
     case = cases(scores, cut)
     columns = {"feature": np.arange(W_dec.shape[0], dtype=np.int32), **scores, "case": case}
     stats = {"cut": cut, "share": {c: float((case == c).mean()) for c in "ABCD"},
              "modules": [m for m in MODULES if scores[m] is not None]}
+    if modules.get("res") is not None and encoders is not None:
+        judged, vstats = predecessor_verdict(W_dec, encoders.get("target"), modules["res"], encoders.get("res"))
+        columns.update(judged)
+        stats["res_verdict"] = {k: v for k, v in vstats.items() if k in ("pi0_top1", "d_eff", "encoders")}
     return columns, stats
 
 

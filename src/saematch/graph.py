@@ -1,16 +1,19 @@
-"""Feature Flow graphs (Laptev et al., ICML 2025, §3.3): where a feature comes from, where it goes.
+"""Feature graphs: where a feature comes from, where it goes (SAE Match, Feature Flow).
 
-Nodes are ``L/site/index``; an edge u → v says u flows into v, with ``score`` (the decoder
-cosine) and, for residual links, the verdict's ``confidence`` that the link is a real
-persisting feature (:mod:`saematch.verdict`; null where the link is not the verdict's partner).
+Nodes are ``L/site/index``; an edge u → v says u flows into v. Its ``relations`` are the ones
+of saematch.edges that propose it (match, top1, flow_res for residual links; flow_mlp,
+flow_att for a module feeding a residual feature), with ``score`` (the decoder cosine),
+``confidence`` (the verdict's, the best among the relations) and ``r`` (Pearson r on text,
+where an evaluation has this link as the Pearson top-1).
 
-- **Backward walk** from residual feature r of layer L: its top-1 predecessors in the MLP and
-  attention SAEs of layer L (kept where s ≥ ``module_cut``) and in the residual SAE of layer
-  L − 1; the walk goes on from that residual predecessor while s(R) ≥ ``res_cut``.
-- **Forward walk**: from r to its top-1 partner in layer L + 1 while that cosine ≥ ``res_cut``,
-  each residual node with its own module predecessors.
+- **mode 'verdict'** (default): a residual link is followed while the verdict's confidence ≥
+  the cut (match.cut, 0.5), whichever relation proposes it: one method both ways.
+- **mode 'flow'**: Feature Flow's rule (Laptev et al., ICML 2025, §3.3, App. B.2): backward
+  along the top-1 predecessor in res L − 1 while s(R) ≥ 0.5, forward along the top-1 partner
+  while its cosine ≥ 0.5.
+- Either way each residual node gets its top-1 predecessors in the MLP and attention SAEs of
+  its layer where s ≥ ``module_cut`` (0.15), and a trace records where and why it ended.
 
-Pruning defaults are Feature Flow's (App. B.2): t(R) = 0.5, modules below 0.15 dropped.
 Inputs are the run's Parquet files, read lazily (polars): one row per lookup.
 """
 
@@ -26,6 +29,7 @@ import networkx as nx
 import polars as pl
 
 from .config import SITE_ALIASES, SITES, layer_runs, predecessor_modules
+from .edges import MODULE, edges_at, links
 
 RES_CUT = 0.5
 MODULE_CUT = 0.15
@@ -120,9 +124,9 @@ def results_paths(root: str | Path) -> dict:
     flow = {}  # per layer, the file scored against the most modules (flow/res+mlp+att/layer=L.parquet)
     for p in sorted((root / "flow").glob("*/layer=*.parquet"), key=lambda p: (len(p.parent.name.split("+")), p.parent.name)):
         flow[int(p.stem.split("=")[1])] = p
-    matches = {int(p.parent.name.split("=")[1]): p
-               for p in (root / "matches" / "site=res").glob("layer=*/part-0.parquet")}
-    return {"root": root, "flow": flow, "matches": matches, "expected": expected_files(root)}
+    sites = {site: {int(p.parent.name.split("=")[1]): p
+                    for p in (root / "matches" / f"site={site}").glob("layer=*/part-0.parquet")} for site in SITES}
+    return {"root": root, "flow": flow, "matches": sites["res"], "sites": sites, "expected": expected_files(root)}
 
 
 def _row(path, index: int, columns: list[str]) -> dict | None:
@@ -150,22 +154,6 @@ def _res_matches(paths: dict, layer: int) -> Path | None:
     return path
 
 
-def _link_confidence(paths: dict, layer: int, src: int, dst: int) -> float | None:
-    """The verdict on the residual link src (layer) → dst (layer + 1): top1_confidence where dst
-    is src's top-1 partner, confidence where it is its assignment partner, else None."""
-    path = _res_matches(paths, layer)
-    if path is None:
-        return None
-    row = _row(path, src, ["match", "top1", "confidence", "top1_confidence"])
-    if row is None:
-        return None
-    if row["top1"] == dst:
-        return float(row["top1_confidence"])
-    if row["match"] == dst:
-        return float(row["confidence"])
-    return None
-
-
 def _add_residual(G: nx.DiGraph, paths: dict, layer: int, index: int, module_cut: float) -> dict | None:
     """Add residual node layer/res/index with its flow scores and its module predecessors;
     return its flow row (None where layer has no flow file)."""
@@ -180,22 +168,33 @@ def _add_residual(G: nx.DiGraph, paths: dict, layer: int, index: int, module_cut
         if row and row[site] is not None and row[f"s_{site}"] >= module_cut:
             pred = node_name(layer, site, row[site])
             G.add_node(pred, layer=layer, site=site, index=int(row[site]))
-            G.add_edge(pred, name, score=float(row[f"s_{site}"]), kind=site)
+            G.add_edge(pred, name, score=float(row[f"s_{site}"]), kind=site, relations=f"flow_{site}")
     return row
 
 
 def check_feature(paths: dict, layer: int, site: str, index: int) -> None:
     """A clear error for a feature the run has no results for."""
-    if site != "res":
-        raise ResultsError(f"{layer}/{site}/{index}: flow graphs start from residual features (site res)")
-    known = sorted(set(paths["flow"]) | set(paths["matches"]))
+    matches = paths["sites"][site]
+    known = sorted((set(paths["flow"]) if site == "res" else set()) | set(matches) | {L + 1 for L in matches})
     if layer not in known:
-        raise ResultsError(f"layer {layer} is not in this run's results ({paths['root']}): layers {layers_text(known)}")
-    path = paths["flow"].get(layer) or paths["matches"][layer]
+        raise ResultsError(f"{layer}/{site}/{index}: layer {layer} is not in this run's results for site {site} "
+                           f"({paths['root']}): layers {layers_text(known)}")
+    if site == "res" and layer in paths["flow"]:
+        path = paths["flow"][layer]
+    elif layer in matches:
+        path = matches[layer]
+    else:  # the last layer: the features its pair from the layer before recorded
+        from .write import read_provenance
+
+        with reading(matches[layer - 1]):
+            n = read_provenance(matches[layer - 1]).get("n_dst")
+        if n is None or 0 <= index < n:
+            return
+        raise ResultsError(f"{layer}/{site}/{index}: layer {layer} has features 0–{n - 1}")
     with reading(path):
         n = pl.scan_parquet(path).select(pl.len()).collect().item()
     if not 0 <= index < n:
-        raise ResultsError(f"{layer}/res/{index}: layer {layer} has features 0–{n - 1}")
+        raise ResultsError(f"{layer}/{site}/{index}: layer {layer} has features 0–{n - 1}")
 
 
 def neuronpedia_where(paths: dict, layer: int, site: str, read=None) -> dict:
@@ -235,33 +234,106 @@ def _provenance(path) -> dict:
         return read_provenance(path)
 
 
+TRACE_MODES = ("verdict", "flow")
+
+
 def trace(paths: dict, feature: str, direction: str = "back", res_cut: float = RES_CUT,
-          module_cut: float = MODULE_CUT) -> nx.DiGraph:
-    """The flow graph of ``feature`` ('L/res/i'): direction 'back', 'forward' or 'both'."""
+          module_cut: float = MODULE_CUT, mode: str = "verdict", cut: float = 0.5) -> nx.DiGraph:
+    """The graph of ``feature`` ('L/site/i'): direction 'back', 'forward' or 'both'.
+
+    mode 'verdict' (default): a residual link is followed where the verdict's confidence ≥
+    ``cut`` (match.cut), whichever residual relation proposes it (saematch.edges.links: match,
+    top1, flow_res; the edge lists those that agree). mode 'flow': Feature Flow's rule, the
+    top-1 cosine ≥ ``res_cut`` (backward: s(R); forward: the top-1 partner). Module
+    predecessors (mlp, att of a residual node's layer) are kept where s ≥ ``module_cut``. An
+    mlp or att feature traced forward feeds the residual features whose top-1 predecessor it
+    is (s ≥ module_cut); the walk goes on from each. ``G.graph["ends"]``: where and why each
+    walk stopped (the best candidate, its score and confidence, and the cut it missed)."""
+    if mode not in TRACE_MODES:
+        raise ResultsError(f"trace mode {mode!r}: expected one of {', '.join(TRACE_MODES)}")
     layer, site, index = parse_node(feature)
     check_feature(paths, layer, site, index)
-    G = nx.DiGraph(root=node_name(layer, site, index), direction=direction, res_cut=res_cut, module_cut=module_cut)
-    row = _add_residual(G, paths, layer, index, module_cut)
-    if direction in ("back", "both"):
-        L, i = layer, index
-        while row and row["res"] is not None and row["s_res"] >= res_cut:
-            pred = int(row["res"])
-            row_next = _add_residual(G, paths, L - 1, pred, module_cut)
-            G.add_edge(node_name(L - 1, "res", pred), node_name(L, "res", i), score=float(row["s_res"]), kind="res",
-                       confidence=_link_confidence(paths, L - 1, pred, i))
-            L, i, row = L - 1, pred, row_next
-    if direction in ("forward", "both"):
-        L, i = layer, index
-        while (path := _res_matches(paths, L)) is not None:
-            m = _row(path, i, ["top1", "top1_cosine", "top1_confidence"])
-            if m is None or m["top1_cosine"] < res_cut:
-                break
-            nxt = int(m["top1"])
-            _add_residual(G, paths, L + 1, nxt, module_cut)
-            G.add_edge(node_name(L, "res", i), node_name(L + 1, "res", nxt), score=float(m["top1_cosine"]),
-                       kind="res", confidence=float(m["top1_confidence"]))
-            L, i = L + 1, nxt
+    root = node_name(layer, site, index)
+    G = nx.DiGraph(root=root, direction=direction, mode=mode, res_cut=res_cut, module_cut=module_cut, cut=cut, ends=[])
+    G.add_node(root, layer=layer, site=site, index=index)
+    starts = [(layer, index)] if site == "res" else []
+    if site != "res":
+        fed = edges_at(paths, layer, site, index, "forward")
+        fed = fed.filter(pl.col("relation").is_in(MODULE) & (pl.col("score") >= module_cut)) if direction != "back" else fed.clear()
+        for d in fed.to_dicts():
+            _add_residual(G, paths, layer, d["dst_feature"], module_cut)
+            starts.append((layer, d["dst_feature"]))
+        if direction != "back" and not starts:
+            G.graph["ends"].append({"at": root, "direction": "forward", "why": f"feeds no residual feature at s ≥ {module_cut}"})
+    else:
+        _add_residual(G, paths, layer, index, module_cut)
+    for way in (["back"] if direction == "back" else ["forward"] if direction == "forward" else ["back", "forward"]):
+        if way == "back" and site != "res":
+            continue
+        for L, i in starts:
+            _walk(G, paths, L, i, way, mode, cut, res_cut, module_cut)
     return G
+
+
+def _walk(G, paths, L, i, way, mode, cut, res_cut, module_cut) -> None:
+    """Follow residual links from L/res/i in one direction until the rule fails; record why."""
+    step = -1 if way == "back" else 1
+    while True:
+        here = node_name(L, "res", i)
+        if mode == "verdict":
+            candidates = links(edges_at(paths, L, "res", i, way), way)
+            best = candidates[0] if candidates else None
+            ok = best is not None and best["confidence"] is not None and best["confidence"] >= cut
+            rule = f"confidence ≥ {cut}"
+        else:
+            best = _flow_candidate(paths, L, i, way)
+            if best is not None:  # the same link as proposed by any relation: its relations and best confidence
+                same = [c for c in links(edges_at(paths, L, "res", i, way), way)
+                        if (c["layer"], c["feature"]) == (best["layer"], best["feature"])]
+                if same:
+                    best.update(relations=same[0]["relations"], confidence=same[0]["confidence"], r=same[0]["r"])
+            ok = best is not None and best["score"] >= res_cut
+            rule = f"cosine ≥ {res_cut}"
+        if not ok:
+            end = {"at": here, "direction": way}
+            if best is None:
+                end["why"] = f"no layer {L + step} in this run" if (L + step) not in _res_layers(paths) else "no candidate"
+            else:
+                end.update(best=node_name(best["layer"], "res", best["feature"]), relations=best.get("relations"),
+                           score=best["score"], confidence=best["confidence"], why=f"missed {rule}")
+            G.graph["ends"].append(end)
+            return
+        nxt = node_name(best["layer"], "res", best["feature"])
+        if nxt in G:  # already walked (a 'both' trace meets itself)
+            return
+        _add_residual(G, paths, best["layer"], best["feature"], module_cut)
+        u, v = (nxt, here) if way == "back" else (here, nxt)
+        G.add_edge(u, v, kind="res", relations=best.get("relations"), score=best["score"],
+                   confidence=best["confidence"], r=best.get("r"))
+        L, i = best["layer"], best["feature"]
+
+
+def _res_layers(paths: dict) -> set[int]:
+    m = paths["sites"]["res"]
+    return set(paths["flow"]) | set(m) | {L + 1 for L in m}
+
+
+def _flow_candidate(paths: dict, L: int, i: int, way: str) -> dict | None:
+    """Feature Flow's next residual link: backward the top-1 predecessor and s(R), forward the
+    top-1 partner and its cosine."""
+    if way == "back":
+        path = flow_path(paths, L)
+        row = _row(path, i, ["res", "s_res"]) if path else None
+        if not row or row["res"] is None:
+            return None
+        return {"layer": L - 1, "feature": int(row["res"]), "score": float(row["s_res"]), "confidence": None,
+                "relations": "flow_res"}
+    path = _res_matches(paths, L)
+    m = _row(path, i, ["top1", "top1_cosine"]) if path else None
+    if not m:
+        return None
+    return {"layer": L + 1, "feature": int(m["top1"]), "score": float(m["top1_cosine"]), "confidence": None,
+            "relations": "top1"}
 
 
 # --- exports ------------------------------------------------------------------------------------
@@ -272,8 +344,9 @@ def to_json(G: nx.DiGraph) -> dict:
 
 
 def write_graphml(G: nx.DiGraph, path: str | Path) -> None:
-    """GraphML (networkx); attributes without a value are left out (GraphML has no null)."""
-    H = nx.DiGraph(**{k: v for k, v in G.graph.items() if v is not None})
+    """GraphML (networkx); attributes without a value are left out (GraphML has no null), and
+    the graph's list of ends is written as JSON text."""
+    H = nx.DiGraph(**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in G.graph.items() if v is not None})
     H.add_nodes_from((n, {k: v for k, v in a.items() if v is not None}) for n, a in G.nodes(data=True))
     H.add_edges_from((u, v, {k: x for k, x in a.items() if x is not None}) for u, v, a in G.edges(data=True))
     nx.write_graphml(H, path)

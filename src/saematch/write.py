@@ -61,7 +61,9 @@ def flow_schema(k: int) -> pa.Schema:
         fields += [pa.field(m, pa.int32()), pa.field(f"s_{m}", pa.float32())]
     for m in ("res", "mlp", "att"):
         fields += [pa.field(f"{m}_top", pa.list_(pa.int32(), k)), pa.field(f"s_{m}_top", pa.list_(pa.float32(), k))]
-    return pa.schema(fields + [pa.field("case", pa.string(), nullable=False)])
+    fields += [pa.field("case", pa.string(), nullable=False)]
+    # the verdict on the res predecessor (saematch.flow.predecessor_verdict): null without one
+    return pa.schema(fields + [pa.field("res_confidence", pa.float32()), pa.field("res_unjudged", pa.string())])
 
 
 def write_flow(path: str | Path, columns: dict, k: int, provenance: dict) -> None:
