@@ -259,10 +259,6 @@ def download_spec(wc):
     return {k: v for k, v in _download(wc).items() if k != "demo"}
 
 
-def dataset_download_spec(wc):
-    return _download(wc, "dataset")
-
-
 def download_input(wc):
     """Demo and tiny models are first written into their local Hub cache."""
     spec = _download(wc)
@@ -291,15 +287,6 @@ def options_of(model, site):
     return opts
 
 
-def match_options(wc):
-    check_variant(wc)
-    return options_of(wc.model, wc.site)
-
-
-def match_device(wc):
-    return cfg.site_options(config, wc.model, wc.site)["device"]
-
-
 def n_features(model):
     """Features per SAE from the width label: 16k → 16384, 1m → 1048576, 8x → 8·d_model."""
     entry = config["catalog"][model]
@@ -307,118 +294,9 @@ def n_features(model):
     return num * {"k": 1024, "m": 1024 * 1024, "x": entry["d_model"]}[unit]
 
 
-def match_gpu(wc):
-    """1: the job runs on a GPU. `auto` asks for one on a cluster, and locally only where the
-    host has an NVIDIA GPU, so CPU-only runs are not serialised by a `gpu` cap."""
-    device = match_device(wc)
-    if device == "cpu":
-        return 0
-    if device == "auto" and workflow.local_exec:
-        return int(saematch.devices.host_has_gpu())
-    return 1
-
-
-def match_threads(wc):
-    """One core for small pairs (the demo's run side by side), four for real widths."""
-    return 1 if n_features(wc.model) < 8192 else 4
-
-
-def match_mem_mb(wc, attempt):
-    """Host memory of one pair, doubled on each retry after a resource failure (not after an
-    input error, which is not worth more memory: saematch.logs.failed_on_input)."""
-    F, d = n_features(wc.model), config["catalog"][wc.model]["d_model"]
-    opts = cfg.site_options(config, wc.model, wc.site)
-    dense = choose_solver(F, F, opts["solver"], opts["dense_max_gb"]) == "dense"
-    matrix = (
-        4 * F * F if dense else 40 * F * opts["k"] + 8 * F * d
-    )  # dense costs, or candidate edges + the sparse solver's float32 copy of Y
-    if opts["partial"]:  # the partial assignment's (2F)² problem, beside the costs
-        matrix += 4 * (2 * F) ** 2
-    need = matrix + 48 * F * d + 8 * opts["chunk_size"] * F + 2**30
-    if saematch.logs.failed_on_input(MATCH_LOG.format(**wc)):
-        attempt = 1
-    return int(1.25 * need / 1e6 * 2 ** (attempt - 1))
-
-
-def match_runtime(wc, attempt):
-    """Minutes: the CPU lapjv solve grows ≈ F^2.2 (about 6 s at 16k), plus loading."""
-    if saematch.logs.failed_on_input(MATCH_LOG.format(**wc)):
-        attempt = 1
-    return int((10 + 5 * (n_features(wc.model) / 16384) ** 2.2) * 2 ** (attempt - 1))
-
-
-def match_input(wc):
-    inputs = {
-        "src": pointer_path(sae_spec(wc.model, wc.site, int(wc.layer))),
-        "dst": pointer_path(sae_spec(wc.model, wc.site, int(wc.layer) + 1)),
-    }
-    if projects_att(wc.model, wc.site):
-        inputs["model"] = pointer_path(model_spec(wc.model))
-    return inputs
-
-
-def flow_input(wc):
-    """The residual SAE of layer L (``target``) and each predecessor module's SAE."""
-    L = int(wc.layer)
-    inputs = {"target": pointer_path(sae_spec(wc.model, "res", L))}
-    for module in wc.modules.split("+"):
-        layer = L - 1 if module == "res" else L
-        inputs[module] = pointer_path(sae_spec(wc.model, module, layer))
-        if projects_att(wc.model, module):
-            inputs["model"] = pointer_path(model_spec(wc.model))
-    return inputs
-
-
 def flow_path(model, L):
     modules = "+".join(cfg.flow_modules(config, model, L))
     return FLOW.format(model=model, variant=VARIANT[model], modules=modules, layer=L)
-
-
-def flow_files(wc):
-    check_variant(wc)
-    return [flow_path(wc.model, L) for L in cfg.flow_layers(config, wc.model)]
-
-
-def flow_origins(wc):
-    return f"resources/demo/{wc.model}/origins.parquet" if is_demo(wc.model) else []
-
-
-def flow_options(wc):
-    check_variant(wc)
-    over = {int(k): v for k, v in config["flow"].get("per_layer", {}).items()}.get(
-        int(wc.layer), {}
-    )
-    high = {
-        **config["flow"]["high"],
-        **over.get("high", {}),
-    }  # what changes the flow files
-    return {
-        "top_k": config["flow"]["top_k"],
-        "high": high,
-    }  # the device is a resource, not a param
-
-
-def flow_neuronpedia(wc):
-    """Each SAE's Neuronpedia set (or why it has none): target (res L), res (L − 1), mlp, att."""
-    from saematch.neuronpedia import set_for
-
-    L, entry = int(wc.layer), config["catalog"][wc.model]
-    where = {"target": ("res", L)}
-    where.update({m: (m, L - 1 if m == "res" else L) for m in wc.modules.split("+")})
-    return {
-        key: set_for(entry, site, layer, sae_l0(wc.model, site, layer), model=wc.model)
-        for key, (site, layer) in where.items()
-    }
-
-
-def flow_gpu(wc):
-    """1: a flow job uses a GPU. Locally where the host has one (auto) or one is named (cuda);
-    on a cluster never: a layer is three F × F products, minutes on a node's CPUs at most, not
-    worth a GPU queue (profiles/slurm sends only match_pair to the GPU partition)."""
-    device = config["match"]["device"]
-    if device == "cpu" or not workflow.local_exec:
-        return 0
-    return int(saematch.devices.host_has_gpu()) if device == "auto" else 1
 
 
 def local_repos(model):
@@ -495,47 +373,8 @@ def summary_matches(wc):
     return matches_of(wc.model, wc.variant)
 
 
-def summary_truth(wc):
-    if is_demo(wc.model):
-        return f"resources/demo/{wc.model}/truth.parquet"
-    return []
-
-
 def is_demo(model):
     return "demo" in config["catalog"][model]
-
-
-def ablation_pairs(wc):
-    """Demo: every selected pair's pointers and options, for the ablation."""
-    check_variant(wc)
-    return [
-        {
-            "site": site,
-            "layer": L,
-            "src": pointer_path(sae_spec(wc.model, site, L)),
-            "dst": pointer_path(sae_spec(wc.model, site, L + 1)),
-            "project_att": projects_att(wc.model, site),
-            "options": options_of(wc.model, site),
-        }
-        for site in config["sites"]
-        for L in cfg.pair_layers(config, wc.model)
-    ]
-
-
-def ablation_input(wc):
-    pairs = ablation_pairs(wc)
-    att = any(p["project_att"] for p in pairs)
-    return {
-        "pointers": sorted({p[side] for p in pairs for side in ("src", "dst")}),
-        "model": pointer_path(model_spec(wc.model)) if att else [],
-        "truth": f"resources/demo/{wc.model}/truth.parquet",
-    }
-
-
-def summary_ablation(wc):
-    if is_demo(wc.model):
-        return f"results/model={wc.model}/variant={wc.variant}/demo/ablation.{wc.selection}.parquet"
-    return []
 
 
 def summary_prefix(model):
@@ -772,82 +611,6 @@ def _evaluated(wc):
         )
     pairs = cfg.pair_layers(config, wc.model)
     return sorted(set(pairs) | {L + 1 for L in pairs}), pairs
-
-
-def evaluate_input(wc):
-    """Per selected site its matches (one file per pair) and SAE pointers (one per layer), the
-    model's files and the text sample."""
-    layers, pairs = _evaluated(wc)
-    data = EVALUATE[wc.model]["data"]
-    dataset = cfg.dataset_spec(data)
-    inputs = {
-        "model": pointer_path(model_spec(wc.model)),
-        "data": pointer_path(dataset) if dataset else data["path"],
-    }
-    for site in config["sites"]:
-        inputs[f"matches_{site}"] = [
-            MATCHES.format(model=wc.model, variant=wc.variant, site=site, layer=L)
-            for L in pairs
-        ]
-        inputs[f"saes_{site}"] = [
-            pointer_path(sae_spec(wc.model, site, L)) for L in layers
-        ]
-    return inputs
-
-
-def verdict_matches(wc):
-    """Every pair of the run's selection (the evaluation reads them all): the refit's inputs."""
-    _evaluated(wc)
-    return matches_of(wc.model, wc.variant)
-
-
-def verdict_cuts(wc):
-    """Per site the verdict's cut (match.cut): persists on data = confidence ≥ it."""
-    return {site: options_of(wc.model, site)["cut"] for site in config["sites"]}
-
-
-def evaluate_params(wc):
-    """What changes an evaluation's numbers (batch size and device do not: read at run time)."""
-    layers, pairs = _evaluated(wc)
-    opts = EVALUATE[wc.model]
-    keep = ("data", "n_tokens", "loss_tokens", "context", "top_k", "dtype")
-    return {
-        "sites": list(config["sites"]),
-        "layers": layers,
-        "pairs": pairs,
-        "format": config["catalog"][wc.model]["format"],
-        **{k: opts[k] for k in keep},
-    }
-
-
-def evaluate_gpu(wc):
-    """1: the job runs the model on a GPU (auto: locally where there is one; on a cluster,
-    for a model large enough to need one: saematch.config.evaluate_resources)."""
-    device = EVALUATE[wc.model]["device"]
-    if device == "cpu":
-        return 0
-    if device == "auto":
-        if workflow.local_exec:
-            return int(saematch.devices.host_has_gpu())
-        return int(cfg.evaluate_resources(config, wc.model)["gpu_on_cluster"])
-    return 1
-
-
-def evaluate_threads(wc):
-    return cfg.evaluate_resources(config, wc.model)["threads"]
-
-
-def evaluate_runtime(wc):
-    """Minutes, estimated from the model's size and the tokens it passes."""
-    return cfg.evaluate_resources(config, wc.model)["runtime"]
-
-
-def evaluate_mem_mb(wc):
-    """Host memory: the model's weights loaded in float32 twice over (≈ 12·L·d² + 300k·d
-    parameters), plus 2 GB."""
-    entry = config["catalog"][wc.model]
-    params = 12 * entry["n_layers"] * entry["d_model"] ** 2 + 300_000 * entry["d_model"]
-    return int(8 * params / 1e6) + 2000
 
 
 def evaluation_targets():

@@ -21,6 +21,10 @@ rule make_tiny:
         "../../scripts/make_tiny.py"
 
 
+def dataset_download_spec(wc):
+    return _download(wc, "dataset")
+
+
 rule download_dataset:
     output:
         "resources/hub/dataset/{repo}/{revision}/{key}.json",
@@ -36,6 +40,71 @@ rule download_dataset:
         spec=dataset_download_spec,
     script:
         "../../scripts/download.py"
+
+
+def evaluate_input(wc):
+    """Per selected site its matches (one file per pair) and SAE pointers (one per layer), the
+    model's files and the text sample."""
+    layers, pairs = _evaluated(wc)
+    data = EVALUATE[wc.model]["data"]
+    dataset = cfg.dataset_spec(data)
+    inputs = {
+        "model": pointer_path(model_spec(wc.model)),
+        "data": pointer_path(dataset) if dataset else data["path"],
+    }
+    for site in config["sites"]:
+        inputs[f"matches_{site}"] = [
+            MATCHES.format(model=wc.model, variant=wc.variant, site=site, layer=L)
+            for L in pairs
+        ]
+        inputs[f"saes_{site}"] = [
+            pointer_path(sae_spec(wc.model, site, L)) for L in layers
+        ]
+    return inputs
+
+
+def evaluate_params(wc):
+    """What changes an evaluation's numbers (batch size and device do not: read at run time)."""
+    layers, pairs = _evaluated(wc)
+    opts = EVALUATE[wc.model]
+    keep = ("data", "n_tokens", "loss_tokens", "context", "top_k", "dtype")
+    return {
+        "sites": list(config["sites"]),
+        "layers": layers,
+        "pairs": pairs,
+        "format": config["catalog"][wc.model]["format"],
+        **{k: opts[k] for k in keep},
+    }
+
+
+def evaluate_gpu(wc):
+    """1: the job runs the model on a GPU (auto: locally where there is one; on a cluster,
+    for a model large enough to need one: saematch.config.evaluate_resources)."""
+    device = EVALUATE[wc.model]["device"]
+    if device == "cpu":
+        return 0
+    if device == "auto":
+        if workflow.local_exec:
+            return int(saematch.devices.host_has_gpu())
+        return int(cfg.evaluate_resources(config, wc.model)["gpu_on_cluster"])
+    return 1
+
+
+def evaluate_threads(wc):
+    return cfg.evaluate_resources(config, wc.model)["threads"]
+
+
+def evaluate_runtime(wc):
+    """Minutes, estimated from the model's size and the tokens it passes."""
+    return cfg.evaluate_resources(config, wc.model)["runtime"]
+
+
+def evaluate_mem_mb(wc):
+    """Host memory: the model's weights loaded in float32 twice over (≈ 12·L·d² + 300k·d
+    parameters), plus 2 GB."""
+    entry = config["catalog"][wc.model]
+    params = 12 * entry["n_layers"] * entry["d_model"] ** 2 + 300_000 * entry["d_model"]
+    return int(8 * params / 1e6) + 2000
 
 
 rule evaluate:
@@ -60,6 +129,17 @@ rule evaluate:
         algo_version=saematch.ALGO_VERSION,
     script:
         "../../scripts/evaluate.py"
+
+
+def verdict_matches(wc):
+    """Every pair of the run's selection (the evaluation reads them all): the refit's inputs."""
+    _evaluated(wc)
+    return matches_of(wc.model, wc.variant)
+
+
+def verdict_cuts(wc):
+    """Per site the verdict's cut (match.cut): persists on data = confidence ≥ it."""
+    return {site: options_of(wc.model, site)["cut"] for site in config["sites"]}
 
 
 rule verdict_data:

@@ -3,6 +3,56 @@
 # recomputes only the layers whose SAEs or flow options changed.
 
 
+def flow_input(wc):
+    """The residual SAE of layer L (``target``) and each predecessor module's SAE."""
+    L = int(wc.layer)
+    inputs = {"target": pointer_path(sae_spec(wc.model, "res", L))}
+    for module in wc.modules.split("+"):
+        layer = L - 1 if module == "res" else L
+        inputs[module] = pointer_path(sae_spec(wc.model, module, layer))
+        if projects_att(wc.model, module):
+            inputs["model"] = pointer_path(model_spec(wc.model))
+    return inputs
+
+
+def flow_options(wc):
+    check_variant(wc)
+    over = {int(k): v for k, v in config["flow"].get("per_layer", {}).items()}.get(
+        int(wc.layer), {}
+    )
+    high = {
+        **config["flow"]["high"],
+        **over.get("high", {}),
+    }  # what changes the flow files
+    return {
+        "top_k": config["flow"]["top_k"],
+        "high": high,
+    }  # the device is a resource, not a param
+
+
+def flow_neuronpedia(wc):
+    """Each SAE's Neuronpedia set (or why it has none): target (res L), res (L − 1), mlp, att."""
+    from saematch.neuronpedia import set_for
+
+    L, entry = int(wc.layer), config["catalog"][wc.model]
+    where = {"target": ("res", L)}
+    where.update({m: (m, L - 1 if m == "res" else L) for m in wc.modules.split("+")})
+    return {
+        key: set_for(entry, site, layer, sae_l0(wc.model, site, layer), model=wc.model)
+        for key, (site, layer) in where.items()
+    }
+
+
+def flow_gpu(wc):
+    """1: a flow job uses a GPU. Locally where the host has one (auto) or one is named (cuda);
+    on a cluster never: a layer is three F × F products, minutes on a node's CPUs at most, not
+    worth a GPU queue (profiles/slurm sends only match_pair to the GPU partition)."""
+    device = config["match"]["device"]
+    if device == "cpu" or not workflow.local_exec:
+        return 0
+    return int(saematch.devices.host_has_gpu()) if device == "auto" else 1
+
+
 rule flow:
     input:
         unpack(flow_input),
@@ -29,6 +79,15 @@ rule flow:
         algo_version=saematch.ALGO_VERSION,
     script:
         "../../scripts/flow.py"
+
+
+def flow_files(wc):
+    check_variant(wc)
+    return [flow_path(wc.model, L) for L in cfg.flow_layers(config, wc.model)]
+
+
+def flow_origins(wc):
+    return f"resources/demo/{wc.model}/origins.parquet" if is_demo(wc.model) else []
 
 
 # Cases per layer for a selection, and on the demo the planted origins recovered.

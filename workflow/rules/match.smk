@@ -3,6 +3,65 @@
 # once (saematch.logs.job), without reading the inputs again or asking for more memory.
 
 
+def match_options(wc):
+    check_variant(wc)
+    return options_of(wc.model, wc.site)
+
+
+def match_device(wc):
+    return cfg.site_options(config, wc.model, wc.site)["device"]
+
+
+def match_gpu(wc):
+    """1: the job runs on a GPU. `auto` asks for one on a cluster, and locally only where the
+    host has an NVIDIA GPU, so CPU-only runs are not serialised by a `gpu` cap."""
+    device = match_device(wc)
+    if device == "cpu":
+        return 0
+    if device == "auto" and workflow.local_exec:
+        return int(saematch.devices.host_has_gpu())
+    return 1
+
+
+def match_threads(wc):
+    """One core for small pairs (the demo's run side by side), four for real widths."""
+    return 1 if n_features(wc.model) < 8192 else 4
+
+
+def match_mem_mb(wc, attempt):
+    """Host memory of one pair, doubled on each retry after a resource failure (not after an
+    input error, which is not worth more memory: saematch.logs.failed_on_input)."""
+    F, d = n_features(wc.model), config["catalog"][wc.model]["d_model"]
+    opts = cfg.site_options(config, wc.model, wc.site)
+    dense = choose_solver(F, F, opts["solver"], opts["dense_max_gb"]) == "dense"
+    matrix = (
+        4 * F * F if dense else 40 * F * opts["k"] + 8 * F * d
+    )  # dense costs, or candidate edges + the sparse solver's float32 copy of Y
+    if opts["partial"]:  # the partial assignment's (2F)² problem, beside the costs
+        matrix += 4 * (2 * F) ** 2
+    need = matrix + 48 * F * d + 8 * opts["chunk_size"] * F + 2**30
+    if saematch.logs.failed_on_input(MATCH_LOG.format(**wc)):
+        attempt = 1
+    return int(1.25 * need / 1e6 * 2 ** (attempt - 1))
+
+
+def match_runtime(wc, attempt):
+    """Minutes: the CPU lapjv solve grows ≈ F^2.2 (about 6 s at 16k), plus loading."""
+    if saematch.logs.failed_on_input(MATCH_LOG.format(**wc)):
+        attempt = 1
+    return int((10 + 5 * (n_features(wc.model) / 16384) ** 2.2) * 2 ** (attempt - 1))
+
+
+def match_input(wc):
+    inputs = {
+        "src": pointer_path(sae_spec(wc.model, wc.site, int(wc.layer))),
+        "dst": pointer_path(sae_spec(wc.model, wc.site, int(wc.layer) + 1)),
+    }
+    if projects_att(wc.model, wc.site):
+        inputs["model"] = pointer_path(model_spec(wc.model))
+    return inputs
+
+
 rule match_pair:
     input:
         unpack(match_input),

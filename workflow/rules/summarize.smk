@@ -2,6 +2,18 @@
 # so a narrower run writes its own summary and never shrinks a wider one.
 
 
+def summary_truth(wc):
+    if is_demo(wc.model):
+        return f"resources/demo/{wc.model}/truth.parquet"
+    return []
+
+
+def summary_ablation(wc):
+    if is_demo(wc.model):
+        return f"results/model={wc.model}/variant={wc.variant}/demo/ablation.{wc.selection}.parquet"
+    return []
+
+
 rule summarize:
     input:
         matches=summary_matches,
@@ -66,6 +78,33 @@ rule lifetimes:
         "../../envs/pipeline.yaml"
     script:
         "../../scripts/lifetimes.py"
+
+
+def ablation_pairs(wc):
+    """Demo: every selected pair's pointers and options, for the ablation."""
+    check_variant(wc)
+    return [
+        {
+            "site": site,
+            "layer": L,
+            "src": pointer_path(sae_spec(wc.model, site, L)),
+            "dst": pointer_path(sae_spec(wc.model, site, L + 1)),
+            "project_att": projects_att(wc.model, site),
+            "options": options_of(wc.model, site),
+        }
+        for site in config["sites"]
+        for L in cfg.pair_layers(config, wc.model)
+    ]
+
+
+def ablation_input(wc):
+    pairs = ablation_pairs(wc)
+    att = any(p["project_att"] for p in pairs)
+    return {
+        "pointers": sorted({p[side] for p in pairs for side in ("src", "dst")}),
+        "model": pointer_path(model_spec(wc.model)) if att else [],
+        "truth": f"resources/demo/{wc.model}/truth.parquet",
+    }
 
 
 # Demo only: planted truth against folding (the demo plants JumpReLU's scale symmetry between
