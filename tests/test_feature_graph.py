@@ -1,0 +1,201 @@
+"""The one feature graph (saematch.edges): show, trace, lifetimes, the viewer's data, the exports,
+find and sql read the same edges, on a results folder built by hand where the relations
+disagree. Every expected edge and link is written down here, not computed by the code."""
+
+import json
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from saematch import graph as fg
+from saematch.cli import main, show_feature
+from saematch.edges import edge_table, edges_at, links
+from saematch.lifetimes import chains_of_files
+from saematch.query import find, sql, tables
+from saematch.write import write_flow, write_matches
+
+N = 4  # features per layer; res layers 0, 1, 2; mlp layers 0, 1
+
+# pair 0 → 1 of res: the assignment, the top-1 and Feature Flow's predecessor disagree
+RES0 = dict(match=[1, 0, 2, 3], conf=[0.9, 0.3, 0.8, 0.1], top1=[1, 2, 2, 0], top1_conf=[0.95, 0.6, 0.8, 0.05],
+            cos=[0.9, 0.5, 0.7, 0.2], top1_cos=[0.9, 0.55, 0.7, 0.3])
+# flow of layer 1 (res L predecessors in res 0): 1/res/0 ← 0/res/1, 1/res/1 ← 0/res/0, 1/res/2 ← 0/res/3 …
+FLOW1 = dict(res=[1, 0, 3, 3], s_res=[0.6, 0.9, 0.75, 0.2], res_conf=[0.2, 0.85, 0.45, 0.1],
+             mlp=[2, 0, 0, 1], s_mlp=[0.1, 0.3, 0.05, 0.2])
+RES1 = dict(match=[0, 1, 2, 3], conf=[0.7, 0.2, 0.9, 0.6], top1=[0, 1, 2, 3], top1_conf=[0.7, 0.2, 0.9, 0.6],
+            cos=[0.8, 0.4, 0.85, 0.6], top1_cos=[0.8, 0.4, 0.85, 0.6])
+FLOW2 = dict(res=[0, 1, 2, 3], s_res=[0.8, 0.4, 0.85, 0.6], res_conf=[0.75, 0.1, 0.9, 0.55],
+             mlp=[3, 3, 3, 3], s_mlp=[0.05, 0.05, 0.05, 0.05])
+MLP0 = dict(match=[3, 2, 1, 0], conf=[0.9, 0.9, 0.1, 0.1], top1=[3, 2, 1, 0], top1_conf=[0.9, 0.9, 0.1, 0.1],
+            cos=[0.9, 0.8, 0.2, 0.2], top1_cos=[0.9, 0.8, 0.2, 0.2])
+
+
+def matches(p):
+    conf, top1_conf = np.array(p["conf"], np.float32), np.array(p["top1_conf"], np.float32)
+    return {"feature": np.arange(N, dtype=np.int32), "match": np.array(p["match"], np.int32),
+            "top1": np.array(p["top1"], np.int32), "cosine": np.array(p["cos"], np.float32), "mse": np.zeros(N, np.float32),
+            "top1_cosine": np.array(p["top1_cos"], np.float32), "persists": conf >= 0.5, "confidence": conf,
+            "top1_persists": top1_conf >= 0.5, "top1_confidence": top1_conf, "unjudged": np.full(N, None, object),
+            "evidence": np.zeros((N, 7), np.float32), "top1_evidence": np.zeros((N, 7), np.float32)}
+
+
+def flow(p, layer):
+    cols = {"feature": np.arange(N, dtype=np.int32), "case": np.array(["A"] * N),
+            "res": np.array(p["res"], np.int32), "s_res": np.array(p["s_res"], np.float32),
+            "res_top": np.array(p["res"], np.int32)[:, None], "s_res_top": np.array(p["s_res"], np.float32)[:, None],
+            "mlp": np.array(p["mlp"], np.int32), "s_mlp": np.array(p["s_mlp"], np.float32),
+            "mlp_top": np.array(p["mlp"], np.int32)[:, None], "s_mlp_top": np.array(p["s_mlp"], np.float32)[:, None],
+            "res_confidence": np.array(p["res_conf"], np.float32), "res_unjudged": np.full(N, None, object)}
+    cols.update({"att": None, "s_att": None, "att_top": None, "s_att_top": None})
+    return cols
+
+
+@pytest.fixture
+def run(tmp_path):
+    root = tmp_path / "results" / "model=toy" / "variant=v"
+    for site, L, p in (("res", 0, RES0), ("res", 1, RES1), ("mlp", 0, MLP0)):
+        write_matches(root / f"matches/site={site}/layer={L}/part-0.parquet", matches(p), {"site": site, "layer": L, "n_dst": N})
+    for L, p in ((1, FLOW1), (2, FLOW2)):
+        write_flow(root / "flow" / "res+mlp" / f"layer={L}.parquet", flow(p, L), 1, {"layer": L})
+    (root / "lifetimes").mkdir()
+    chains_of_files([str(root / f"matches/site=res/layer={L}/part-0.parquet") for L in (0, 1)]).write_parquet(
+        root / "lifetimes" / "res.L0-2.parquet")  # as the lifetimes rule writes it
+    return tmp_path / "results", root
+
+
+def test_links_group_the_relations_that_propose_each_neighbour_best_confidence_first(run):
+    _, root = run
+    paths = fg.results_paths(root)
+    got = [(c["feature"], c["relations"], c["confidence"]) for c in links(edges_at(paths, 1, "res", 2, "back"), "back")]
+    # into 1/res/2: 0/res/2 is its assignment (0.8) and top-1 (0.8); 0/res/1's top-1 (0.6); Feature Flow's 0/res/3 (0.45)
+    assert got == [(2, "match+top1", pytest.approx(0.8)), (1, "top1", pytest.approx(0.6)), (3, "flow_res", pytest.approx(0.45))]
+    got = [(c["feature"], c["relations"], c["confidence"]) for c in links(edges_at(paths, 1, "res", 1, "back"), "back")]
+    assert got == [(0, "flow_res+match+top1", pytest.approx(0.95))]
+
+
+def test_the_verdict_trace_takes_the_most_confident_relation_and_the_flow_trace_the_papers_cosine(run):
+    _, root = run
+    paths = fg.results_paths(root)
+    G = fg.trace(paths, "2/res/2", "back")
+    res_edges = {(u, v): a for u, v, a in G.edges(data=True) if a["kind"] == "res"}
+    assert set(res_edges) == {("1/res/2", "2/res/2"), ("0/res/2", "1/res/2")}
+    assert res_edges[("0/res/2", "1/res/2")]["relations"] == "match+top1"
+    assert res_edges[("0/res/2", "1/res/2")]["confidence"] == pytest.approx(0.8)
+    assert G.graph["ends"] == [{"at": "0/res/2", "direction": "back", "why": "no layer -1 in this run"}]
+    # Feature Flow's rule takes the nearest decoder, 0/res/3 at s(R) 0.75, which the verdict doubts (0.45)
+    F = fg.trace(paths, "2/res/2", "back", mode="flow")
+    assert {(u, v) for u, v, a in F.edges(data=True) if a["kind"] == "res"} == {("1/res/2", "2/res/2"), ("0/res/3", "1/res/2")}
+    assert F.edges["0/res/3", "1/res/2"]["confidence"] == pytest.approx(0.45)
+    F = fg.trace(paths, "2/res/1", "back", mode="flow")  # s(R) 0.4 < 0.5
+    (end,) = F.graph["ends"]
+    assert end["at"] == "2/res/1" and end["best"] == "1/res/1" and end["score"] == pytest.approx(0.4)
+    assert end["confidence"] == pytest.approx(0.2) and end["why"] == "missed cosine ≥ 0.5"
+
+
+def test_a_trace_that_ends_says_which_candidate_missed_which_cut(run, capsys):
+    results, root = run
+    G = fg.trace(fg.results_paths(root), "1/res/0", "back")
+    assert list(G.edges) == []
+    (end,) = G.graph["ends"]
+    # into 1/res/0: 0/res/1 by the assignment (0.3) and Feature Flow (0.2); 0/res/3 by its top-1 (0.05)
+    assert (end["best"], end["relations"], end["confidence"]) == ("0/res/1", "flow_res+match", pytest.approx(0.3))
+    assert main(["--results", str(results), "trace", "toy", "1/res/0"]) == 0
+    out = capsys.readouterr().out
+    assert "back walk ends at 1/res/0: missed confidence ≥ 0.5 (best candidate 0/res/1 by flow_res+match" in out
+
+
+def test_an_mlp_feature_traces_forward_into_the_residual_features_it_feeds(run):
+    _, root = run
+    G = fg.trace(fg.results_paths(root), "1/mlp/0", "forward")
+    # 1/mlp/0 is the top-1 mlp predecessor of 1/res/1 (0.3) and of 1/res/2 (0.05 < 0.15: dropped)
+    assert ("1/mlp/0", "1/res/1") in G.edges and ("1/mlp/0", "1/res/2") not in G.edges
+    # from 1/res/1 the walk goes on: its partner 2/res/1 has confidence 0.2 (top-1, match) / 0.1 (flow): it ends
+    assert not any(u == "1/res/1" and G.nodes[v]["layer"] == 2 for u, v in G.edges)
+    assert any(e["at"] == "1/res/1" and e["best"] == "2/res/1" for e in G.graph["ends"])
+
+
+def test_show_trace_lifetimes_viewer_and_exports_give_the_same_edges(run, tmp_path):
+    results, root = run
+    paths = fg.results_paths(root)
+    cut = 0.5
+    # the links of every res feature of layer 1, back and forward, as show lists them
+    shown = {i: show_feature(root, 1, "res", i) for i in range(N)}
+    # trace (verdict) follows a link exactly where show's best candidate reaches the cut
+    for i in range(N):
+        G = fg.trace(paths, f"1/res/{i}", "both")
+        back = [(u, a["relations"]) for u, v, a in G.in_edges(f"1/res/{i}", data=True) if a["kind"] == "res"]
+        best = shown[i]["previous"][0]
+        assert back == ([(f"0/res/{best['feature']}", best["relations"])] if best["confidence"] >= cut else [])
+        fwd = [(v, a["relations"]) for u, v, a in G.out_edges(f"1/res/{i}", data=True)]
+        best = shown[i]["forward"][0]
+        assert fwd == ([(f"2/res/{best['feature']}", best["relations"])] if best["confidence"] >= cut else [])
+        # the viewer's data and the exports carry the same edges
+        data = fg.to_json(G)
+        assert {(e["source"], e["target"]) for e in data["links"]} == set(G.edges)
+        assert json.dumps(data["links"][0]["source"]) in fg.to_html(G) if data["links"] else True
+        fg.write_graphml(G, tmp_path / "g.graphml")
+        assert set(nx.read_graphml(tmp_path / "g.graphml").edges) == set(G.edges)
+    # lifetimes chain a feature into its assignment partner exactly where the edge table's match edge persists
+    long = chains_of_files([str(paths["sites"]["res"][L]) for L in (0, 1)])
+    res = long.filter(long["site"] == "res")
+    chained = set()
+    for chain in res.partition_by("chain"):
+        rows = sorted(zip(chain["layer"], chain["feature"]))
+        chained |= {(a, b) for a, b in zip(rows, rows[1:])}
+    edges = edge_table(paths).collect()
+    persisting = {((r["src_layer"], r["src_feature"]), (r["dst_layer"], r["dst_feature"]))
+                  for r in edges.iter_rows(named=True) if r["relation"] == "match" and r["src_site"] == "res"
+                  and r["confidence"] >= cut}
+    # written down: 0/0 → 1/1 (0.9), 0/2 → 1/2 (0.8), 1/0 → 2/0 (0.7), 1/2 → 2/2 (0.9), 1/3 → 2/3 (0.6)
+    assert chained == persisting == {((0, 0), (1, 1)), ((0, 2), (1, 2)), ((1, 0), (2, 0)), ((1, 2), (2, 2)), ((1, 3), (2, 3))}
+
+
+def test_the_edge_table_holds_every_relation_once_per_row_of_its_file(run):
+    _, root = run
+    edges = edge_table(fg.results_paths(root)).collect()
+    counts = dict(zip(*np.unique(edges["relation"].to_numpy(), return_counts=True)))
+    # match and top1: 4 rows × 3 matches files; flow_res and flow_mlp: 4 rows × 2 flow files; no att
+    assert counts == {"match": 12, "top1": 12, "flow_res": 8, "flow_mlp": 8}
+    row = edges.filter((edges["relation"] == "flow_res") & (edges["dst_layer"] == 1) & (edges["dst_feature"] == 2)).row(0, named=True)
+    assert (row["src_layer"], row["src_site"], row["src_feature"]) == (0, "res", 3)
+    assert row["score"] == pytest.approx(0.75) and row["confidence"] == pytest.approx(0.45)
+
+
+def test_find_filters_by_property_and_sql_reads_the_named_tables(run, capsys):
+    results, root = run
+    t = tables(fg.results_paths(root))
+    got = find(t, site="res", persists=True)
+    assert sorted(zip(got["layer"], got["feature"])) == [(0, 0), (0, 2), (1, 0), (1, 2), (1, 3)]
+    got = find(t, site="res", confidence=(0.25, 0.65))
+    assert sorted(zip(got["layer"], got["feature"])) == [(0, 1), (1, 3)]
+    # chains: 0/0 → 1/1 (2 layers); 0/2 → 1/2 → 2/2 (3 layers)
+    got = find(t, site="res", min_chain=3)
+    assert sorted(zip(got["layer"], got["feature"])) == [(0, 2), (1, 2)]
+    n = sql(t, "SELECT count(*) AS n FROM edges WHERE relation = 'flow_res' AND confidence >= 0.5")
+    assert n["n"][0] == 4  # 0.85 (layer 1); 0.75, 0.9, 0.55 (layer 2)
+    assert main(["--results", str(results), "find", "toy", "--site", "mlp", "--persists", "--json"]) == 0
+    assert [(r["layer"], r["feature"]) for r in json.loads(capsys.readouterr().out)] == [(0, 0), (0, 1)]
+    assert main(["--results", str(results), "sql", "toy", "SELECT nope FROM edges"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("saematch sql: ") and "tables: edges, feature_table, flow, lifetimes, matches" in err and "\n" not in err
+    assert main(["--results", str(results), "find", "toy", "--confidence", "0.5"]) == 2
+    assert "--confidence '0.5': give a range LOW:HIGH" in capsys.readouterr().err
+
+
+def test_the_backward_predecessor_gets_a_calibrated_verdict_on_a_planted_pair():
+    """saematch.flow: the verdict reversed (layer L's features as rows) on the planted inverse map."""
+    from verdict_pairs import synthetic_pair
+
+    from saematch.flow import flow_layer
+
+    src, dst, planted = synthetic_pair(F=600, d=128, persist=0.5, seed=5)
+    cols, stats = flow_layer(dst.W_dec, {"res": src.W_dec, "mlp": None, "att": None},
+                             encoders={"target": dst.W_enc, "res": src.W_enc})
+    inverse = np.full(600, -1)
+    inverse[planted[planted >= 0]] = np.flatnonzero(planted >= 0)
+    right = (inverse >= 0) & (cols["res"] == inverse)
+    declared = cols["res_confidence"] >= 0.5
+    assert (right & declared).sum() / declared.sum() >= 0.95  # precision
+    assert (right & declared).sum() / right.sum() >= 0.9  # recall
+    assert "res_verdict" in stats
