@@ -199,3 +199,21 @@ def test_the_backward_predecessor_gets_a_calibrated_verdict_on_a_planted_pair():
     assert (right & declared).sum() / declared.sum() >= 0.95  # precision
     assert (right & declared).sum() / right.sum() >= 0.9  # recall
     assert "res_verdict" in stats
+
+
+def test_summary_shows_the_evaluations_tables_beside_the_runs(run, capsys):
+    results, root = run
+    (root / "summary").mkdir()
+    (root / "summary" / "res.L0-2.flow.tsv").write_text("layer\tfeatures\tcase_A\tcase_B\tcase_C\tcase_D\n1\t4\t4\t0\t0\t0\n")
+    folder = root / "evaluation" / "text-abc" / "res.L0-2"
+    folder.mkdir(parents=True)
+    (folder / "summary.tsv").write_text("site\tlayer\ttokens\tmatching_score\tmatching_score_chance\tagree_match\n"
+                                        "res\t0\t8192\t0.517\t0.152\t0.2\n")
+    (folder / "verdict.tsv").write_text("site\tlabelled\tdead\tmatch_ece_before\tmatch_ece_after\nres\t167\t89\t0.171\t0.04\n")
+    assert main(["--results", str(results), "summary", "toy"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation/text-abc/res.L0-2/summary.tsv:" in out and "0.517" in out and "0.152" in out
+    assert "evaluation/text-abc/res.L0-2/verdict.tsv:" in out and "0.171" in out
+    assert main(["--results", str(results), "summary", "toy", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["evaluation/text-abc/res.L0-2/summary.tsv"][0]["matching_score"] == pytest.approx(0.517)

@@ -377,21 +377,34 @@ def cmd_lifetimes(args) -> None:
     _print_table(turnover.to_dicts())
 
 
+# the evaluation's summary columns `saematch summary` prints (all are in --json and the file)
+EVALUATION_COLUMNS = ["site", "layer", "tokens", "features_evaluated", "matching_score", "matching_score_chance",
+                      "agree_match", "agree_top1", "persists_correlated", "dies_correlated", "ev_permute_folded",
+                      "dl_permute_folded"]
+VERDICT_DATA_COLUMNS = ["site", "labelled", "dead", "match_ece_before", "match_ece_after", "top1_ece_before",
+                        "top1_ece_after", "match_unjudged"]
+
+
 def cmd_summary(args) -> None:
     root = run_dir(args.results, args.model, args.variant)
     tables = sorted((root / "summary").glob("*.tsv"))
     if not tables:
         raise CliError(f"{root}: no summary (…/summary/*.tsv): run the pipeline first")
+    evaluated = sorted(root.glob("evaluation/*/*/summary.tsv")) + sorted(root.glob("evaluation/*/*/verdict.tsv"))
     read = {}
-    for t in tables:
+    for t in tables + evaluated:
         with flowgraph.reading(t):
-            read[t] = pl.read_csv(t, separator="\t")
+            read[t] = pl.read_csv(t, separator="\t", infer_schema_length=None)
+    name = lambda t: t.name if t in tables else str(t.relative_to(root))  # noqa: E731
     if args.format == "json":
-        print(json.dumps({t.name: table.to_dicts() for t, table in read.items()}, indent=1))
+        print(json.dumps({name(t): table.to_dicts() for t, table in read.items()}, indent=1))
         return
     for t, table in read.items():
-        print(f"{t.name}:")
-        if t.name.endswith(".flow.tsv"):  # wide: the cases per layer, then the planted origins pooled
+        print(f"{name(t)}:")
+        if t in evaluated:  # on data: the matching score against chance, agreement with the Pearson partner, ΔL
+            cols = EVALUATION_COLUMNS if t.name == "summary.tsv" else VERDICT_DATA_COLUMNS
+            _print_table(table.select([c for c in cols if c in table.columns]).to_dicts())
+        elif t.name.endswith(".flow.tsv"):  # wide: the cases per layer, then the planted origins pooled
             _print_table(table.select("layer", "features", *(f"case_{c}" for c in "ABCD")).to_dicts())
             origins = [c[len("planted_"):] for c in table.columns if c.startswith("planted_")]
             if origins:
