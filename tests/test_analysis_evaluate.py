@@ -1,0 +1,128 @@
+"""The evaluation's per-partner correlations and ΔL against direct computations: numpy Pearson r
+on all tokens at once, and the model's loss with the replacement patched in by a forward hook
+written here (not saematch.lm's hooks), on each document alone."""
+
+import numpy as np
+import pytest
+import torch
+
+from saematch.evaluate import add_layer, add_pair, finish_pair, layer_stats, pair_stats
+
+
+def pearson_by_hand(a, b):
+    """Population Pearson r of every column of a with every column of b, float64 (0 where constant)."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a.T @ b) / np.outer(np.sqrt((a**2).sum(0)), np.sqrt((b**2).sum(0)))
+    return np.nan_to_num(r, nan=0.0)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_each_partners_r_is_from_its_own_co_activation_sums(dense):
+    """r_match and r_top1 of partners that differ for every feature: each the direct Pearson r
+    of the feature with its own partner over all tokens, NaN where there is none."""
+    g = torch.Generator().manual_seed(4)
+    fa = torch.relu(torch.randn(600, 12, generator=g) - 0.3)
+    fb = torch.relu(0.6 * fa[:, :10] + torch.randn(600, 10, generator=g) - 0.3)  # correlated with fa's first 10
+    match = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, -1, -1])
+    top1 = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 0, 3])  # never the assigned partner
+    st = pair_stats(match, top1, n_dst=10 if dense else None)
+    a, b = layer_stats(12, 2, "cpu"), layer_stats(10, 2, "cpu")
+    for part_a, part_b in zip(fa.split(128), fb.split(128)):
+        add_layer(a, part_a, torch.zeros(len(part_a), 2))
+        add_layer(b, part_b, torch.zeros(len(part_b), 2))
+        add_pair(st, part_a, part_b)
+    cols = finish_pair(st, a, b, k=2)
+    r = pearson_by_hand(fa.double().numpy(), fb.double().numpy())
+    np.testing.assert_allclose(cols["r_top1"], r[np.arange(12), top1.numpy()], atol=1e-9)
+    expect_match = np.where(match.numpy() >= 0, r[np.arange(12), match.clamp(min=0).numpy()], np.nan)
+    np.testing.assert_allclose(cols["r_match"], expect_match, atol=1e-9)
+    co = lambda p: ((fa.numpy() > 0) & (fb.numpy()[:, p] > 0)).sum(0)  # noqa: E731
+    assert (cols["coactive_top1"] == co(top1.numpy())).all()
+
+
+# --- ΔL: the replacement only at the valid tokens -----------------------------------------------
+
+def small_gemma2():
+    """A randomly initialised 2-layer Gemma-2 (vocabulary 40: pad 0, eos 1, bos 2) in float32."""
+    from transformers import Gemma2ForCausalLM
+
+    from saematch.tiny import gemma2_config
+
+    torch.manual_seed(0)
+    return Gemma2ForCausalLM(gemma2_config(40, 2, 32, 2)).eval()
+
+
+def random_sae(seed, d=32, F=48):
+    from saematch.sae import Sae
+
+    g = torch.Generator().manual_seed(seed)
+    return Sae(W_enc=torch.randn(d, F, generator=g) / d**0.5, b_enc=torch.zeros(F),
+               W_dec=torch.randn(F, d, generator=g) / F**0.5, b_dec=0.1 * torch.randn(d, generator=g),
+               threshold=torch.full((F,), 0.05))
+
+
+def documents():
+    """Six documents of 5–11 tokens, BOS first."""
+    g = torch.Generator().manual_seed(1)
+    return [torch.cat([torch.tensor([2]), torch.randint(3, 40, (int(n) - 1,), generator=g)])
+            for n in torch.randint(5, 12, (6,), generator=g)]
+
+
+def loss_by_hand(model, doc, layer=None, new_state=None):
+    """Summed next-token cross-entropy of one document alone (no padding) over its targets at
+    positions ≥ 1 (the valid tokens), with decoder layer ``layer``'s output replaced at positions
+    ≥ 1 by new_state(its output, layer 0's output); position 0 (BOS) kept."""
+    kept = {}
+    def keep0(mod, args, out):
+        kept[0] = out[0] if isinstance(out, tuple) else out
+    def swap(mod, args, out):
+        x = out[0] if isinstance(out, tuple) else out
+        x = torch.cat([x[:, :1], new_state(x, kept[0])[:, 1:]], 1)  # position 0 (BOS) untouched
+        return (x, *out[1:]) if isinstance(out, tuple) else x
+    layers = model.model.layers
+    handles = [layers[0].register_forward_hook(keep0)]
+    if layer is not None:
+        handles.append(layers[layer].register_forward_hook(swap))
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=doc[None], attention_mask=torch.ones(1, len(doc), dtype=torch.long)).logits[0]
+    finally:
+        for h in handles:
+            h.remove()
+    ce = torch.nn.functional.cross_entropy(logits[:-1].double(), doc[1:], reduction="sum")
+    return float(ce), len(doc) - 1
+
+
+def test_delta_loss_patches_the_replacement_only_at_valid_tokens_never_bos_position_0_or_padding():
+    """ΔL of layer_drop (x_0 in place of x_1) and encode_decode_current (SAE_0(x_0) in place of
+    x_0) on a right-padded batch, against each document alone with the replacement at positions ≥ 1."""
+    from saematch.evaluate import evaluate_sites
+
+    model, docs = small_gemma2(), documents()
+    saes = {0: random_sae(0), 1: random_sae(1)}
+    width = max(map(len, docs))
+    ids = torch.stack([torch.cat([d, torch.zeros(width - len(d), dtype=torch.long)]) for d in docs])
+    mask = torch.stack([(torch.arange(width) < len(d)).long() for d in docs])
+    valid = mask.bool() & (ids != 2)
+    valid[:, 0] = False
+    batches = lambda: iter([(ids[:3], mask[:3], valid[:3]), (ids[3:], mask[3:], valid[3:])])  # noqa: E731
+    pairs = {0: {"match": np.arange(48), "top1": np.arange(48)}}
+    rows, _ = evaluate_sites(model, "gemma-scope", batches, {"res": (saes, pairs)}, loss_tokens=10**6, top_k=2)
+    row = rows[0]
+
+    def jumprelu_reconstruction(x):
+        sae = saes[0]
+        pre = x @ sae.W_enc + sae.b_enc
+        return (pre * (pre > sae.threshold)) @ sae.W_dec + sae.b_dec
+
+    clean = [loss_by_hand(model, d) for d in docs]
+    drop = [loss_by_hand(model, d, 1, lambda x, x0: x0) for d in docs]
+    current = [loss_by_hand(model, d, 0, lambda x, x0: jumprelu_reconstruction(x)) for d in docs]
+    n = sum(c for _, c in clean)
+    assert row["loss_tokens"] == n == int(valid[:, 1:].sum())
+    assert row["loss_clean"] == pytest.approx(sum(ce for ce, _ in clean) / n, rel=1e-5)
+    for method, patched in (("layer_drop", drop), ("encode_decode_current", current)):
+        by_hand = (sum(ce for ce, _ in patched) - sum(ce for ce, _ in clean)) / n
+        assert abs(by_hand) > 1e-3, method  # the replacement matters on this model
+        assert row[f"dl_{method}"] == pytest.approx(by_hand, rel=1e-4, abs=1e-6), method
