@@ -273,3 +273,30 @@ def test_the_top1_margin_is_a_difference_of_scores_whatever_the_width(d):
     expected = np.clip(m[rows[:, 0], order[:, 0]] - m[rows, order[:, 1:]].max(1), -1, 1)
     assert EVIDENCE[4] == "margin"
     assert np.abs(cols["top1_evidence"][:, 4] - expected).max() < 1e-4
+
+
+def test_dead_features_are_marked_never_persist_and_stay_out_of_the_null():
+    """A feature whose decoder row is ~0 writes nothing: `dead`, unjudged, never persisting, and its
+    (zero) scores are not drawn into the rotation null (which would drag chance cosines to 0)."""
+    from saematch.verdict import DEAD_REASON, null_scores
+
+    src, dst, planted = synthetic_pair(F=400, d=64, persist=0.8, seed=9)
+    W_dec = src.W_dec.clone()
+    gone = np.arange(0, 400, 4)  # a quarter of layer L's features die, persisting ones among them
+    W_dec[gone] = 1e-9 * W_dec[gone]
+    U, E = directions(W_dec, src.W_enc)
+    V, W = directions(dst.W_dec, dst.W_enc)
+    cols, stats = verdict(U, E, V, W, np.where(planted >= 0, planted, -1))  # the planted map as the assignment
+    dead = np.zeros(400, bool)
+    dead[gone] = True
+    assert (cols["dead"] == dead).all() and stats["dead"] == 100 and stats["dead_dst"] == []
+    assert not cols["persists"][dead].any() and not cols["top1_persists"][dead].any()
+    assert np.isnan(cols["confidence"][dead]).all() and set(cols["unjudged"][dead]) == {DEAD_REASON}
+    alive = np.flatnonzero(~dead)
+    t_all, _ = null_scores(U, E, V, W, rows=300, seed=0)
+    t_alive, _ = null_scores(U, E, V, W, rows=300, seed=0, among=alive)
+    assert (t_all == 0).sum() >= 50 and (t_alive == 0).sum() == 0  # zero rows score 0 against everything
+    assert stats["null_samples"] == 600
+    # the living features keep their verdict: the persisting ones are still found
+    right = (planted >= 0) & ~dead
+    assert (cols["persists"] & right).sum() / right.sum() >= 0.9

@@ -24,9 +24,9 @@ def test_matches_file_has_the_documented_schema_and_provenance(tmp_path):
     write_matches(path, columns(), {"total_cost": 1.5, "src": {"repo_id": "r"}})
     schema = pq.read_schema(path)
     assert schema.names == ["feature", "match", "top1", "cosine", "mse", "top1_cosine", "persists", "confidence",
-                            "top1_persists", "top1_confidence", "unjudged", "evidence", "top1_evidence"]
+                            "top1_persists", "top1_confidence", "unjudged", "evidence", "top1_evidence", "dead"]
     assert [schema.field(c).type for c in schema.names] == [pa.int32()] * 3 + [pa.float32()] * 3 + [
-        pa.bool_(), pa.float32()] * 2 + [pa.string()] + [pa.list_(pa.float32(), 7)] * 2
+        pa.bool_(), pa.float32()] * 2 + [pa.string()] + [pa.list_(pa.float32(), 7)] * 2 + [pa.bool_()]
     df = pl.read_parquet(path)
     assert df["evidence"].to_list()[0] == [0.0] * 7 and df["top1_evidence"].to_list()[0] == [1.0] * 7
     assert read_provenance(path) == {"total_cost": 1.5, "src": {"repo_id": "r"}}

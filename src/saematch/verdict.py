@@ -60,15 +60,31 @@ VAR_COLUMNS = 1024  # columns of each null block that estimate the variance of c
 BLOCK = 1 << 25  # entries of a row block of scores (128 MiB of float32): memory O(n), never n²
 
 
+DEAD_NORM = 1e-6  # a decoder row shorter than this × the median row's writes nothing: a dead feature
+
+
 def directions(W_dec: torch.Tensor, W_enc: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Unit decoder rows (F, d) and unit encoder columns as rows (F, d_in) (None without an encoder);
-    contiguous, since gathering rows of a transposed view is 4× slower."""
+    contiguous, since gathering rows of a transposed view is 4× slower. A dead feature's rows
+    (decoder norm ≤ DEAD_NORM × the median's) are all zero: :func:`dead_rows` finds them."""
     def unit(A):
         B = A.float().contiguous()
         A = B.clone() if B.data_ptr() == A.data_ptr() else B  # a copy of its own: normalised in place
         return A.div_(torch.linalg.vector_norm(A, dim=1, keepdim=True).clamp_min_(1e-12))  # as F.normalize
 
-    return unit(W_dec), (None if W_enc is None else unit(W_enc.T))
+    norm = torch.linalg.vector_norm(W_dec.float(), dim=1)
+    dead = norm <= DEAD_NORM * norm.median() if len(norm) else norm > 0
+    U, E = unit(W_dec), (None if W_enc is None else unit(W_enc.T))
+    if bool(dead.any()):
+        U[dead] = 0
+        if E is not None:
+            E[dead.to(E.device)] = 0
+    return U, E
+
+
+def dead_rows(U: torch.Tensor) -> np.ndarray:
+    """(F,) bool: the features whose unit decoder row is zero (:func:`directions`: dead)."""
+    return (U.abs().amax(dim=1) == 0).cpu().numpy() if U.shape[0] else np.zeros(0, bool)
 
 
 def _score_block(U, E, V, W):
@@ -165,18 +181,20 @@ def random_rotation(d: int, gen: torch.Generator, device=None) -> torch.Tensor:
 
 
 def null_scores(U, E, V, W, rows: int = 1024, draws: int = 2, seed: int = 0,
-                chunk: int = 1024) -> tuple[np.ndarray, float]:
-    """The null: for ``draws`` random rotations Q and ``rows`` random features i of layer L each,
-    t0 = max_j m(Q·u_i, Q·e_i; v_j, w_j). Returns the t0 values (draws·rows,) and d_eff = 1 /
-    var of the null scores m against layer L+1's first VAR_COLUMNS features (the effective
-    dimension of chance cosines)."""
+                chunk: int = 1024, among: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """The null: for ``draws`` random rotations Q and ``rows`` random features i of layer L each
+    (drawn from the row indices ``among``, default all), t0 = max_j m(Q·u_i, Q·e_i; v_j, w_j).
+    Returns the t0 values (draws·rows,) and d_eff = 1 / var of the null scores m against layer
+    L+1's first VAR_COLUMNS features (the effective dimension of chance cosines)."""
     gen = torch.Generator().manual_seed(seed)
-    n_src = U.shape[0]
+    n_src = U.shape[0] if among is None else len(among)
     chunk = max(1, min(chunk, BLOCK // max(V.shape[0], 1)))
     t0, s1, s2, count = [], 0.0, 0.0, 0
     with torch.no_grad():
         for _ in range(draws):
             pick = torch.randperm(n_src, generator=gen)[:rows]
+            if among is not None:
+                pick = torch.as_tensor(np.asarray(among, np.int64))[pick]
             Q = random_rotation(U.shape[1], gen, U.device)
             Qe = Q if E is None or E.shape[1] == U.shape[1] else random_rotation(E.shape[1], gen, U.device)
             for s in range(0, len(pick), chunk):
@@ -305,6 +323,7 @@ def ambiguity_match(U, E, V, W, match, nb, d_eff, base, row_m) -> np.ndarray:
     return a
 
 
+DEAD_REASON = "dead: its decoder row is ~0, it writes nothing (not a feature; not persisting, not dying)"
 NEAR_DUPLICATE = 0.95  # score m between two features of one SAE beyond which their partners are arbitrary
 EVIDENCE = ["lfdr_logit", "log_ambiguity", "agree", "mutual", "margin", "mutual_margin", "column_margin"]
 MARGIN_CLIP = 1.0  # margins are differences of cosine scores; beyond 1 the partner is alone
@@ -384,7 +403,10 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
     seconds = {}
     with torch.no_grad():
         t = time.perf_counter()
-        t_null, d_eff = null_scores(U, E, V, W, rows=min(rows, U.shape[0]), draws=draws, seed=seed)
+        dead, dead_dst = dead_rows(U), dead_rows(V)  # left out of the null and of the lfdr fit
+        among = np.flatnonzero(~dead) if dead.any() and not dead.all() else None
+        t_null, d_eff = null_scores(U, E, V, W, rows=min(rows, U.shape[0] if among is None else len(among)),
+                                    draws=draws, seed=seed, among=among)
         seconds["null"] = time.perf_counter() - t
         t = time.perf_counter()
         matched = match >= 0
@@ -393,8 +415,8 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
         t_match = np.full(n, -1.0)
         t_match[matched] = scores_at(U, E, V, W, nb, row_m, np.flatnonzero(matched), match[matched])
         t_top1 = row_m[:, 0].astype(np.float64)  # top1 is each row's first neighbour
-        lfdr_match, pi0 = fit_lfdr(t_match[matched], t_null)
-        lfdr_top1, pi0_top1 = fit_lfdr(t_top1, t_null)
+        lfdr_match, pi0 = fit_lfdr(t_match[matched & ~dead], t_null)
+        lfdr_top1, pi0_top1 = fit_lfdr(t_top1[~dead], t_null)
         a_match = ambiguity_match(U, E, V, W, match, nb, d_eff, t_match, row_m)
         a_top1 = ambiguity_top1(top1, nb, d_eff, t_top1, row_m)
         others = np.where(nb["row_top"] == match[:, None], -np.inf, row_m)
@@ -414,6 +436,7 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
             unjudged[:] = "decoder only: no encoders in a shared space (e.g. attention SAEs mapped through W_O)"
         else:
             unjudged[near_duplicates(U, E, nb, top1)] = f"near-duplicate: another feature of this SAE scores ≥ {NEAR_DUPLICATE}"
+        unjudged[dead] = DEAD_REASON
         judged = np.equal(unjudged, None)
         conf = np.where(judged, conf, np.nan)
         conf_top1 = np.where(judged, conf_top1, np.nan)
@@ -427,8 +450,10 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
             "evidence": ev_match,
             "top1_evidence": ev_top1,
             "unjudged": unjudged,
+            "dead": dead,
         }
     stats = {"pi0": pi0, "pi0_top1": pi0_top1, "null_samples": int(len(t_null)), "d_eff": float(d_eff),
+             "dead": int(dead.sum()), "dead_dst": np.flatnonzero(dead_dst).tolist(),
              "encoders": E is not None, "cut": cut, "seconds": {k: round(v, 4) for k, v in seconds.items()},
              "share_persists": float(columns["persists"].mean()) if n else 0.0,
              "share_top1_persists": float(columns["top1_persists"].mean()) if n else 0.0,

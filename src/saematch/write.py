@@ -28,6 +28,7 @@ SCHEMA = pa.schema([
     pa.field("unjudged", pa.string()),  # why the weights cannot judge the feature (null: judged)
     pa.field("evidence", pa.list_(pa.float32(), 7)),  # saematch.verdict.EVIDENCE, for the assignment's partner
     pa.field("top1_evidence", pa.list_(pa.float32(), 7)),  # … for the top-1 partner
+    pa.field("dead", pa.bool_()),  # a dead feature (saematch.verdict.dead_rows): not persisting, not dying
 ])
 
 
@@ -40,7 +41,7 @@ def write_matches(path: str | Path, columns: dict[str, np.ndarray], provenance: 
     unmatched = match < 0
     arrays = []
     for field in SCHEMA:
-        values = columns[field.name]
+        values = columns[field.name] if field.name != "dead" else columns.get("dead", np.zeros(len(match), bool))
         if pa.types.is_fixed_size_list(field.type):
             flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1), type=field.type.value_type)
             arrays.append(pa.FixedSizeListArray.from_arrays(flat, field.type.list_size))
