@@ -28,16 +28,18 @@ RES1 = dict(match=[0, 1, 2, 3], conf=[0.7, 0.2, 0.9, 0.6], top1=[0, 1, 2, 3], to
 FLOW2 = dict(res=[0, 1, 2, 3], s_res=[0.8, 0.4, 0.85, 0.6], res_conf=[0.75, 0.1, 0.9, 0.55],
              mlp=[3, 3, 3, 3], s_mlp=[0.05, 0.05, 0.05, 0.05])
 MLP0 = dict(match=[3, 2, 1, 0], conf=[0.9, 0.9, 0.1, 0.1], top1=[3, 2, 1, 0], top1_conf=[0.9, 0.9, 0.1, 0.1],
-            cos=[0.9, 0.8, 0.2, 0.2], top1_cos=[0.9, 0.8, 0.2, 0.2])
+            cos=[0.9, 0.8, 0.2, 0.2], top1_cos=[0.9, 0.8, 0.2, 0.2], dead=[3])
 
 
 def matches(p):
     conf, top1_conf = np.array(p["conf"], np.float32), np.array(p["top1_conf"], np.float32)
+    dead = np.zeros(N, bool)
+    dead[p.get("dead", [])] = True
     return {"feature": np.arange(N, dtype=np.int32), "match": np.array(p["match"], np.int32),
             "top1": np.array(p["top1"], np.int32), "cosine": np.array(p["cos"], np.float32), "mse": np.zeros(N, np.float32),
             "top1_cosine": np.array(p["top1_cos"], np.float32), "persists": conf >= 0.5, "confidence": conf,
             "top1_persists": top1_conf >= 0.5, "top1_confidence": top1_conf, "unjudged": np.full(N, None, object),
-            "evidence": np.zeros((N, 7), np.float32), "top1_evidence": np.zeros((N, 7), np.float32)}
+            "evidence": np.zeros((N, 7), np.float32), "top1_evidence": np.zeros((N, 7), np.float32), "dead": dead}
 
 
 def flow(p, layer):
@@ -176,6 +178,8 @@ def test_find_filters_by_property_and_sql_reads_the_named_tables(run, capsys):
     assert n["n"][0] == 4  # 0.85 (layer 1); 0.75, 0.9, 0.55 (layer 2)
     assert main(["--results", str(results), "find", "toy", "--site", "mlp", "--persists", "--json"]) == 0
     assert [(r["layer"], r["feature"]) for r in json.loads(capsys.readouterr().out)] == [(0, 0), (0, 1)]
+    # dead features are not features: 0/mlp/3 (marked dead) is left out unless asked for
+    assert sorted(find(t, site="mlp")["feature"]) == [0, 1, 2] and find(t, site="mlp", dead=True)["feature"].to_list() == [3]
     assert main(["--results", str(results), "sql", "toy", "SELECT nope FROM edges"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("saematch sql: ") and "tables: edges, feature_table, flow, lifetimes, matches" in err and "\n" not in err

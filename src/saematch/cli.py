@@ -461,13 +461,19 @@ def _layers(text: str | None) -> list[int] | None:
     return out
 
 
+FIND_COLUMNS = ["site", "layer", "feature", "match", "confidence", "persists", "top1", "top1_confidence", "case",
+                "chain_length", "active", "r_match", "unjudged"]
+
+
 def cmd_find(args) -> None:
     from .query import find
 
     t = _run_tables(args)
     df = find(t, site=args.site, layers=_layers(args.layer), case=args.case, persists=args.persists,
               confidence=_range(args.confidence, "confidence"), min_chain=args.min_chain, r=_range(args.r, "r"),
-              limit=args.limit)
+              limit=args.limit, dead=args.dead)
+    if args.format != "json":  # the columns a person reads; --json has them all
+        df = df.select([c for c in FIND_COLUMNS if c in df.columns])
     _print_frame(df, args.format)
 
 
@@ -557,6 +563,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-chain", type=int, help="in a chain of persisting features at least this many layers long")
     p.add_argument("--r", help="on data: Pearson r with the SAE Match partner in a range LOW:HIGH (e.g. :0.2)")
     p.add_argument("--limit", type=int, help="at most this many rows")
+    p.add_argument("--dead", action="store_true", help="list the dead features instead (decoder row ~0, or never "
+                                                      "fired on an evaluation's text); left out otherwise")
 
     p = add("sql", "a SQL query (polars SQL) over the run's tables: matches, flow, lifetimes, features, edges, "
                    "feature_table (docs/graph.md)", cmd_sql)

@@ -63,11 +63,13 @@ def feature_table(t: dict[str, pl.LazyFrame]) -> pl.LazyFrame:
     """One row per (site, layer, feature) of the matches: its partners and verdict, the flow
     case (res), the length in layers of its chain (``chain_length``; lifetimes of the first
     selection that holds it) and, from the first evaluation that holds it, ``active`` tokens
-    and ``r_match`` (Pearson r with its SAE Match partner)."""
+    and ``r_match`` (Pearson r with its SAE Match partner). ``dead``: its decoder row is ~0
+    (the matches' ``dead``) or it never fired on the evaluation's text."""
     keys = ["site", "layer", "feature"]
+    names = t["matches"].collect_schema().names()
     df = t["matches"].select(*keys, "match", "cosine", "persists", "confidence", "top1", "top1_cosine",
-                             "top1_persists", "top1_confidence",
-                             *(["unjudged"] if "unjudged" in t["matches"].collect_schema().names() else []))
+                             "top1_persists", "top1_confidence", *(["unjudged"] if "unjudged" in names else []),
+                             dead=pl.col("dead").fill_null(False) if "dead" in names else pl.lit(False))
     if "flow" in t:
         df = df.join(t["flow"].select("layer", "feature", "case").with_columns(site=pl.lit("res")), on=keys, how="left")
     else:
@@ -84,6 +86,7 @@ def feature_table(t: dict[str, pl.LazyFrame]) -> pl.LazyFrame:
         f = t["features"]
         first = f.select(pl.col("data").min()).collect().item()
         df = df.join(f.filter(pl.col("data") == first).select(*keys, "active", "r_match"), on=keys, how="left")
+        df = df.with_columns(dead=pl.col("dead") | (pl.col("active") == 0).fill_null(False))  # never fires on the text
     else:
         df = df.with_columns(active=pl.lit(None, pl.Int64), r_match=pl.lit(None, pl.Float32))
     return df.sort(keys)
@@ -91,11 +94,13 @@ def feature_table(t: dict[str, pl.LazyFrame]) -> pl.LazyFrame:
 
 def find(t: dict[str, pl.LazyFrame], site: str | None = None, layers: list[int] | None = None,
          case: str | None = None, persists: bool | None = None, confidence: tuple | None = None,
-         min_chain: int | None = None, r: tuple | None = None, limit: int | None = None) -> pl.DataFrame:
+         min_chain: int | None = None, r: tuple | None = None, limit: int | None = None,
+         dead: bool = False) -> pl.DataFrame:
     """Rows of :func:`feature_table` that meet every filter given: ``confidence`` and ``r``
-    are (low, high) ranges, either end None for open; ``min_chain`` a chain length in layers."""
+    are (low, high) ranges, either end None for open; ``min_chain`` a chain length in layers.
+    Dead features are not features: left out, unless ``dead`` (then only they are listed)."""
     df = t["feature_table"]
-    conds = []
+    conds = [pl.col("dead") == dead]
     if site is not None:
         conds.append(pl.col("site") == site)
     if layers is not None:
