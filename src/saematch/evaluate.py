@@ -461,56 +461,108 @@ def summarize_evaluation(pairs, features, min_active: int, level: float):
 
 
 def plot_evaluation(table, calib, path: str, title: str, verdict=None, verdict_sites=None) -> None:
+    """Save :func:`_evaluation_figure` to ``path``."""
+    fig = _evaluation_figure(table, calib, title, verdict, verdict_sites)
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# a reliability bin with fewer features than this is pooled with its neighbour in the figure
+MIN_BIN_FEATURES = 5
+_BINS_NOTE = f"numbers: features per bin;\nbins of fewer than {MIN_BIN_FEATURES} features are merged into a neighbour"
+
+
+def _merged_bins(bins: list[dict], share: str, minimum: int = MIN_BIN_FEATURES) -> list[dict]:
+    """Reliability bins (dicts with features, mean_confidence and ``share``) in confidence order,
+    each pooled with the next until it holds ≥ ``minimum`` features; a short last run joins the
+    bin before it. Pooled means are weighted by features, as if binned together."""
+    def pool(run):
+        n = sum(b["features"] for b in run)
+        return {"features": n, "mean_confidence": sum(b["features"] * b["mean_confidence"] for b in run) / n,
+                share: sum(b["features"] * b[share] for b in run) / n}
+
+    out, run = [], []
+    for b in sorted(bins, key=lambda b: b["mean_confidence"]):
+        run.append(b)
+        if sum(r["features"] for r in run) >= minimum:
+            out.append(pool(run))
+            run = []
+    if run:
+        out = out[:-1] + [pool(out[-1:] + run)]
+    return out
+
+
+def _reliability_curve(ax, bins: list[dict], share: str, style: str, colour, label: str, below: bool = False,
+                       **kw) -> None:
+    """One reliability curve of :func:`_merged_bins`, each point labelled with its features."""
+    bins = _merged_bins(bins, share)
+    x, y = [b["mean_confidence"] for b in bins], [b[share] for b in bins]
+    ax.plot(x, y, style, color=colour, label=label, **kw)
+    for b in bins:
+        ax.annotate(str(b["features"]), (b["mean_confidence"], b[share]), xytext=(4, -9 if below else 4),
+                    textcoords="offset points", fontsize=6, color=colour)
+
+
+def _evaluation_figure(table, calib, title: str, verdict=None, verdict_sites=None):
     """Matching score and agreement per layer and site; EV of encode–permute–decode and the
-    baselines on the residual site; the verdict's calibration on data (marker area ∝ features);
-    with ``verdict`` (verdict.parquet) and ``verdict_sites`` (verdict.tsv), a fourth panel: the
-    data-free verdict's reliability against the on-data label, and the re-fitted one's (held out)."""
+    baselines on the residual site; the verdict's calibration on data; with ``verdict``
+    (verdict.parquet) and ``verdict_sites`` (verdict.tsv), a fourth panel: the data-free
+    verdict's reliability against the on-data label, and the re-fitted one's (held out).
+    Reliability points give their bin's features; bins of fewer than :data:`MIN_BIN_FEATURES`
+    features are pooled with a neighbour (:func:`_merged_bins`). Legends sit in a row below
+    their panels, inside the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     panels = 3 + (verdict is not None)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 5.2))
+    fig, (axes, keys) = plt.subplots(2, panels, figsize=(5 * panels, 6.6), height_ratios=(3.2, 1), layout="constrained")
+    for key in keys:  # a row of its own for the legends: the layout keeps them inside the figure
+        key.axis("off")
     colours = {"res": "C0", "mlp": "C1", "att": "C2"}
+    styles = {"matching score": "o-", "… by chance": ":", "partner = Pearson top-1": "s--"}
     for (site,), f in table.group_by("site", maintain_order=True):
         c = colours.get(site)
-        axes[0].plot(f["layer"], f["matching_score"], "o-", color=c, label=f"{site}: matching score")
-        axes[0].plot(f["layer"], f["matching_score_chance"], ":", color=c, label=f"{site}: … by chance")
-        axes[0].plot(f["layer"], f["agree_match"], "s--", color=c, label=f"{site}: partner = Pearson top-1")
+        for column, style in zip(("matching_score", "matching_score_chance", "agree_match"), styles.values()):
+            axes[0].plot(f["layer"], f[column], style, color=c)
+    handles = [Line2D([], [], color="black", linestyle=st.lstrip("os"), marker=st[0] if st[0] in "os" else None,
+                      label=name) for name, st in styles.items()]
+    handles += [Line2D([], [], color=colours.get(s), linewidth=6, label=s) for s in table["site"].unique(maintain_order=True)]
     axes[0].set(xlabel="pair (L, L+1)", ylabel="share", ylim=(0, 1.02), title="matches on data")
-    axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+    keys[0].legend(handles=handles, fontsize=7, loc="upper center", ncol=2)
     res = table.filter(table["site"] == "res")
     if len(res) and "ev_permute" in res.columns:
         for m, style in zip(METHODS, ("o-", "s--", "^-", "v:", "D-", "x--")):  # near-equal lines stay visible
             axes[1].plot(res["layer"], res[f"ev_{m}"].clip(-1, 1), style, label=m, markersize=6)
         axes[1].set(xlabel="pair (L, L+1)", ylabel="explained variance (clipped at −1)", ylim=(-1.05, 1.05),
                     title="residual: the replaced state's EV")
-        axes[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+        keys[1].legend(*axes[1].get_legend_handles_labels(), fontsize=7, loc="upper center", ncol=2)
     else:
         axes[1].axis("off")
     for ax in axes[:2]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for (site,), f in calib.group_by("site", maintain_order=True) if len(calib) else []:
-        axes[2].plot(f["mean_confidence"], f["share_correlated"], "-", color=colours.get(site), alpha=0.5)
-        axes[2].scatter(f["mean_confidence"], f["share_correlated"], s=8 + 4 * np.sqrt(f["features"].to_numpy()),
-                        color=colours.get(site), label=site)
+        _reliability_curve(axes[2], f.to_dicts(), "share_correlated", "o-", colours.get(site), site)
     axes[2].plot([0, 1], [0, 1], ":", color="grey")
-    axes[2].set(xlabel="verdict confidence (bin mean)", ylabel="share with partner r ≥ corr_level",
-                xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="the verdict on data")
-    axes[2].legend(fontsize=7)
+    axes[2].set(xlabel="verdict confidence (bin mean)\n" + _BINS_NOTE, ylabel="share with partner r ≥ corr_level",
+                xlim=(-0.02, 1.08), ylim=(-0.02, 1.08), title="the verdict on data")
+    keys[2].legend(*axes[2].get_legend_handles_labels(), fontsize=7, loc="upper center", ncol=3)
     if verdict is not None:
-        plot_verdict_on_data(axes[3], verdict, verdict_sites, colours)
+        plot_verdict_on_data(axes[3], verdict, verdict_sites, colours, keys[3])
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def plot_verdict_on_data(ax, verdict, sites, colours: dict) -> None:
+def plot_verdict_on_data(ax, verdict, sites, colours: dict, legend_ax=None) -> None:
     """Per site, on its labelled features: the data-free confidence's reliability (hollow,
-    dashed) and the re-fitted, cross-fitted one's (filled); a site not judged says why."""
+    dashed) and the re-fitted, cross-fitted one's (filled), each point labelled with its bin's
+    features (bins of fewer than :data:`MIN_BIN_FEATURES` pooled with a neighbour); a site not
+    judged says why. The legend goes in ``legend_ax`` (by default ``ax``)."""
     import polars as pl
 
     from .calibrate import reliability
@@ -520,18 +572,17 @@ def plot_verdict_on_data(ax, verdict, sites, colours: dict) -> None:
         free = f.filter(pl.col("data_free_confidence").is_not_null())  # null: not judged from the weights
         before = reliability(free["data_free_confidence"].to_numpy(), free["label"].to_numpy())
         c = colours.get(site)
-        ax.plot([b["mean_confidence"] for b in before], [b["share_partner"] for b in before], "o--", color=c,
-                mfc="none", alpha=0.7, label=f"{site} data-free: ECE {row['match_ece_before']:.3f}" if free.height
-                else f"{site} data-free: not judged from the weights")
+        _reliability_curve(ax, before, "share_partner", "o--", c, f"{site} data-free: ECE {row['match_ece_before']:.3f}"
+                           if free.height else f"{site} data-free: not judged from the weights",
+                           below=True, mfc="none", alpha=0.7)
         judged = f.filter(pl.col("confidence").is_not_null())
         if row["match_unjudged"] or not judged.height:
             ax.plot([], [], " ", label=f"{site} on data: not judged ({(row['match_unjudged'] or '').split(' (')[0]})")
             continue
         after = reliability(judged["confidence"].to_numpy(), judged["label"].to_numpy())
-        ax.plot([b["mean_confidence"] for b in after], [b["share_partner"] for b in after], "o-", color=c,
-                label=f"{site} on data (held out): ECE {row['match_ece_after']:.3f}")
+        _reliability_curve(ax, after, "share_partner", "o-", c, f"{site} on data (held out): ECE {row['match_ece_after']:.3f}")
     ax.plot([0, 1], [0, 1], ":", color="grey")
     tokens = sites["tokens"].max() if sites.height else 0
-    ax.set(xlabel="confidence (bin mean)", ylabel="share whose partner is its Pearson top-1",
-           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=f"the verdict re-fitted on {tokens} tokens")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
+    ax.set(xlabel="confidence (bin mean)\n" + _BINS_NOTE, ylabel="share whose partner is its Pearson top-1",
+           xlim=(-0.02, 1.08), ylim=(-0.02, 1.08), title=f"the verdict re-fitted on {tokens} tokens")
+    (legend_ax or ax).legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper center", ncol=1)
