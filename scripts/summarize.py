@@ -5,7 +5,8 @@ import logging
 import polars as pl
 
 from saematch import logs
-from saematch.summary import console_table, plot_cosines, read_matches, summarize
+from saematch.edges import read_matches
+from saematch.summary import console_table, plot_cosines, summarize
 
 with logs.job(snakemake):
     truth = pl.read_parquet(snakemake.input.truth) if snakemake.input.truth else None

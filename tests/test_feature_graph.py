@@ -221,3 +221,33 @@ def test_summary_shows_the_evaluations_tables_beside_the_runs(run, capsys):
     assert main(["--results", str(results), "summary", "toy", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["evaluation/text-abc/res.L0-2/summary.tsv"][0]["matching_score"] == pytest.approx(0.517)
+
+
+def test_dead_features_are_neither_born_nor_dying_and_stay_out_of_the_summarys_means(tmp_path):
+    """0/res/3 is dead (its own row), 2/res/1 dead (pair 1→2's provenance: dead_dst)."""
+    from saematch.lifetimes import births_deaths, survival
+    from saematch.summary import summarize
+
+    root = tmp_path / "results" / "model=toy" / "variant=v"
+    p0 = dict(RES0, dead=[3])
+    paths = []
+    for L, p, dead_dst in ((0, p0, []), (1, RES1, [1])):
+        path = root / f"matches/site=res/layer={L}/part-0.parquet"
+        write_matches(path, matches(p), {"site": "res", "layer": L, "n_dst": N, "total_cost": 0.0,
+                                         "certificate": {"certified": True, "gap_bound": 0.0, "solver": "x"},
+                                         "verdict": {"dead_dst": dead_dst}})
+        paths.append(str(path))
+    long = chains_of_files(paths)
+    assert sorted(long.filter(long["dead"])[["layer", "feature"]].iter_rows()) == [(0, 3), (2, 1)]
+    bd = {r["layer"]: r for r in births_deaths(long).iter_rows(named=True)}
+    # persisting links (confidence ≥ 0.5): 0/0 → 1/1, 0/2 → 1/2; 1/0 → 2/0, 1/2 → 2/2, 1/3 → 2/3
+    assert (bd[0]["features"], bd[1]["features"], bd[2]["features"]) == (3, 4, 3)
+    assert bd[0]["deaths"] == 1  # 0/1 (0/3 is dead: not a death)
+    assert bd[1]["births"] == 2 and bd[1]["deaths"] == 1  # 1/0 and 1/3 born; 1/1 dies
+    assert bd[2]["births"] == 0  # 2/1 is dead: not a birth
+    s0 = survival(long).filter((survival(long)["site"] == "res") & (survival(long)["k"] == 0))
+    assert s0["survival"][0] == pytest.approx(1.0)
+    table = summarize(paths).sort("layer")
+    assert table["n_dead"].to_list() == [1, 0] and table["n_features"].to_list() == [3, 4]
+    # layer 0's mean cosine over its living features 0, 1, 2: (0.9 + 0.5 + 0.7) / 3
+    assert table["cosine_mean"][0] == pytest.approx(0.7)

@@ -28,9 +28,12 @@ node, :func:`edge_table` for a whole run.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
+
+_KEYS = re.compile(r"model=([^/]+)/variant=([^/]+)/matches/site=([^/]+)/layer=(\d+)/")
 
 RESIDUAL = ("match", "top1", "flow_res")  # the relations that say "the same feature, one layer on"
 MODULE = ("flow_mlp", "flow_att")
@@ -42,6 +45,20 @@ SCHEMA = {"src_layer": pl.Int32, "src_site": pl.String, "src_feature": pl.Int32,
 def _frame(df: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
     df = df.lazy() if isinstance(df, pl.DataFrame) else df
     return df.select([pl.col(c).cast(t) for c, t in SCHEMA.items()])
+
+
+def read_matches(paths: list[str]) -> pl.DataFrame:
+    """All rows of the given matches files, with model/variant/site/layer from the hive path."""
+    if not paths:
+        raise ValueError("no matches files to summarise")
+    frames = []
+    for p in paths:
+        m = _KEYS.search(Path(p).as_posix())
+        if m is None:
+            raise ValueError(f"{p}: not a results/model=…/variant=…/matches/site=…/layer=…/ path")
+        frames.append(pl.read_parquet(p).with_columns(
+            model=pl.lit(m[1]), variant=pl.lit(m[2]), site=pl.lit(m[3]), layer=pl.lit(int(m[4]), pl.Int32)))
+    return pl.concat(frames)
 
 
 def match_edges(scan: pl.LazyFrame, site: str, layer: int) -> pl.LazyFrame:

@@ -47,10 +47,17 @@ def chains(pairs: dict[int, dict[str, np.ndarray]], n_features: dict[int, int], 
     return pl.concat(frames).sort("chain", "layer") if frames else pl.DataFrame(schema=SCHEMA)
 
 
+def alive(long: pl.DataFrame) -> pl.DataFrame:
+    """The rows of features that are features: without the dead ones (column ``dead``, where
+    :func:`chains_of_files` found any). A dead feature neither persists nor dies."""
+    return long.filter(~pl.col("dead").fill_null(False)) if "dead" in long.columns else long
+
+
 def births_deaths(long: pl.DataFrame) -> pl.DataFrame:
     """Per site and layer: features, births (chains starting there; null at the first layer of
     a run of consecutive layers, where nothing came before) and deaths (chains ending there;
-    null at a run's last layer, where nothing follows)."""
+    null at a run's last layer, where nothing follows). Dead features are left out."""
+    long = alive(long)
     spans = long.group_by("site", "chain").agg(start=pl.col("layer").min(), end=pl.col("layer").max())
     rows = []
     for site in long["site"].unique(maintain_order=True):
@@ -68,7 +75,9 @@ def births_deaths(long: pl.DataFrame) -> pl.DataFrame:
 
 def survival(long: pl.DataFrame) -> pl.DataFrame:
     """Per site and k ≥ 0: the share of layer-L features whose chain is still alive at L + k,
-    averaged over the layers L with L + k in the same run of consecutive layers."""
+    averaged over the layers L with L + k in the same run of consecutive layers (dead features
+    left out)."""
+    long = alive(long)
     end = long.group_by("site", "chain").agg(end=pl.col("layer").max())
     df = long.join(end, on=["site", "chain"])
     rows = []
@@ -87,8 +96,8 @@ def survival(long: pl.DataFrame) -> pl.DataFrame:
 
 def lengths(long: pl.DataFrame) -> pl.DataFrame:
     """Per site: how many chains span 1, 2, … layers (chains that touch the first or last
-    selected layer are cut off there: their length is a lower bound)."""
-    return (long.group_by("site", "chain").agg(length=pl.len()).group_by("site", "length")
+    selected layer are cut off there: their length is a lower bound; dead features left out)."""
+    return (alive(long).group_by("site", "chain").agg(length=pl.len()).group_by("site", "length")
             .agg(chains=pl.len()).sort("site", "length"))
 
 
@@ -125,12 +134,20 @@ def _survival_figure(surv: pl.DataFrame, title: str):
 
 
 def chains_of_files(paths: list[str]) -> pl.DataFrame:
-    """:func:`chains` of every site in the given matches files (results/…/site=S/layer=L/…)."""
-    from .summary import read_matches
+    """:func:`chains` of every site in the given matches files (results/…/site=S/layer=L/…), with
+    a ``dead`` column where any feature is dead (the matches' ``dead``; the last layer's from
+    its pair's provenance, ``verdict.dead_dst``)."""
+    from .edges import read_matches
     from .write import read_provenance
 
     rows = read_matches(paths)
-    n_dst = {(pv["site"], pv["layer"] + 1): pv["n_dst"] for pv in map(read_provenance, paths)}
+    provenance = [read_provenance(p) for p in paths]
+    n_dst = {(pv["site"], pv["layer"] + 1): pv["n_dst"] for pv in provenance}
+    dead = set()  # (site, layer, feature): a layer's own dead rows, and the last layer's from its pair's provenance
+    if "dead" in rows.columns:
+        dead |= set(rows.filter(pl.col("dead").fill_null(False)).select("site", "layer", "feature").iter_rows())
+    for pv in provenance:
+        dead |= {(pv["site"], pv["layer"] + 1, i) for i in pv.get("verdict", {}).get("dead_dst", [])}
     frames = []
     for site in rows["site"].unique(maintain_order=True):
         s = rows.filter(pl.col("site") == site).sort("layer", "feature")
@@ -143,4 +160,9 @@ def chains_of_files(paths: list[str]) -> pl.DataFrame:
             if site_ == site:
                 n.setdefault(L, count)
         frames.append(chains(pairs, n, site))
-    return pl.concat(frames)
+    long = pl.concat(frames)
+    if dead:
+        marks = pl.DataFrame(list(dead), schema={"site": pl.String, "layer": pl.Int32, "feature": pl.Int32}, orient="row")
+        long = long.join(marks.with_columns(dead=pl.lit(True)), on=["site", "layer", "feature"], how="left").with_columns(
+            pl.col("dead").fill_null(False))
+    return long

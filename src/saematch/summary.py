@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from .calibrate import ece
+from .edges import read_matches
 from .write import read_provenance
 
-_KEYS = re.compile(r"model=([^/]+)/variant=([^/]+)/matches/site=([^/]+)/layer=(\d+)/")
-
-
-def read_matches(paths: list[str]) -> pl.DataFrame:
-    """All rows of the given matches files, with model/variant/site/layer from the hive path."""
-    if not paths:
-        raise ValueError("no matches files to summarise")
-    frames = []
-    for p in paths:
-        m = _KEYS.search(Path(p).as_posix())
-        if m is None:
-            raise ValueError(f"{p}: not a results/model=…/variant=…/matches/site=…/layer=…/ path")
-        frames.append(pl.read_parquet(p).with_columns(
-            model=pl.lit(m[1]), variant=pl.lit(m[2]), site=pl.lit(m[3]), layer=pl.lit(int(m[4]), pl.Int32)))
-    return pl.concat(frames)
 
 
 def calibration_error(df: pl.DataFrame, confidence: str, correct: pl.Expr, by: list[str],
@@ -63,6 +47,10 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
     df = read_matches(paths) if df is None else df
     if truth is not None:
         df = df.join(truth, on=["site", "layer", "feature"], how="left")
+    keys = ["model", "variant", "site", "layer"]
+    dead = pl.col("dead").fill_null(False) if "dead" in df.columns else pl.lit(False)
+    n_dead = df.group_by(*keys).agg(n_dead=dead.sum().cast(pl.Int64))
+    df = df.filter(~dead)  # dead features are not features: out of every count and mean below
     aggs = [
         pl.len().alias("n_features"),
         pl.col("match").is_not_null().sum().alias("n_matched"),
@@ -92,8 +80,7 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
             right, declared = correct(partner), pl.col(f"{prefix}persists")
             aggs += [(right & declared).sum().truediv(declared.sum()).alias(f"{prefix}persists_precision"),
                      (right & declared).sum().truediv(right.sum()).alias(f"{prefix}persists_recall")]
-    keys = ["model", "variant", "site", "layer"]
-    out = df.group_by(*keys).agg(aggs)
+    out = df.group_by(*keys).agg(aggs).join(n_dead, on=keys, how="left")
     if truth is not None:
         for prefix, partner in (("", "match"), ("top1_", "top1")):
             out = out.join(calibration_error(df, f"{prefix}confidence", correct(partner), keys), on=keys, how="left")

@@ -215,9 +215,9 @@ def verdict_on_data(matches: pl.DataFrame, features: pl.DataFrame, min_active: i
 
 
 def read_matches(paths: list[str]) -> pl.DataFrame:
-    """Every pair's matches (saematch.summary.read_matches: site and layer from the path), the
+    """Every pair's matches (saematch.edges.read_matches: site and layer from the path), the
     columns the refit reads."""
-    from .summary import read_matches as read_all
+    from .edges import read_matches as read_all
 
     wanted = ["site", "layer", "feature", "match", "top1", "confidence", "top1_confidence", "evidence", "top1_evidence"]
     df = read_all(paths)
