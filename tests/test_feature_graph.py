@@ -59,7 +59,10 @@ def run(tmp_path):
     for site, L, p in (("res", 0, RES0), ("res", 1, RES1), ("mlp", 0, MLP0)):
         write_matches(root / f"matches/site={site}/layer={L}/part-0.parquet", matches(p), {"site": site, "layer": L, "n_dst": N})
     for L, p in ((1, FLOW1), (2, FLOW2)):
-        write_flow(root / "flow" / "res+mlp" / f"layer={L}.parquet", flow(p, L), 1, {"layer": L})
+        np_sets = {"target": {"model": "gemma-2-2b", "set": f"{L}-gemmascope-res-16k"},
+                   "res": {"model": "gemma-2-2b", "set": f"{L - 1}-gemmascope-res-16k"},
+                   "mlp": {"model": "gemma-2-2b", "set": f"{L}-gemmascope-mlp-16k"}}
+        write_flow(root / "flow" / "res+mlp" / f"layer={L}.parquet", flow(p, L), 1, {"layer": L, "neuronpedia": np_sets})
     (root / "lifetimes").mkdir()
     chains_of_files([str(root / f"matches/site=res/layer={L}/part-0.parquet") for L in (0, 1)]).write_parquet(
         root / "lifetimes" / "res.L0-2.parquet")  # as the lifetimes rule writes it
@@ -251,3 +254,24 @@ def test_dead_features_are_neither_born_nor_dying_and_stay_out_of_the_summarys_m
     assert table["n_dead"].to_list() == [1, 0] and table["n_features"].to_list() == [3, 4]
     # layer 0's mean cosine over its living features 0, 1, 2: (0.9 + 0.5 + 0.7) / 3
     assert table["cosine_mean"][0] == pytest.approx(0.7)
+
+
+def test_find_by_explanation_text_reads_the_local_neuronpedia_export(run, tmp_path, capsys):
+    import gzip
+
+    results, root = run
+    for set_id, rows in (("1-gemmascope-res-16k", [(0, "Wedding ceremonies"), (2, "legal contracts"), (3, "wedding cakes")]),
+                         ("0-gemmascope-res-16k", [(1, "weddings and marriage")])):
+        export = tmp_path / "np" / "v1" / "gemma-2-2b" / set_id / "explanations"
+        export.mkdir(parents=True)
+        with gzip.open(export / "batch-0.jsonl.gz", "wt") as fh:
+            for i, text in rows:
+                fh.write(json.dumps({"index": str(i), "description": text}) + "\n")
+    t = tables(fg.results_paths(root))
+    got = find(t, site="res", explanation="WEDDING", paths=fg.results_paths(root), explanations_root=tmp_path / "np")
+    # layer 0's SAE is layer 1's flow file's "res" set; layer 1's its "target" set
+    assert sorted(zip(got["layer"], got["feature"], got["explanation"])) == [
+        (0, 1, "weddings and marriage"), (1, 0, "Wedding ceremonies"), (1, 3, "wedding cakes")]
+    assert main(["--results", str(results), "--explanations", str(tmp_path / "np"), "find", "toy", "--explanation",
+                 "contracts", "--json"]) == 0
+    assert [(r["layer"], r["feature"]) for r in json.loads(capsys.readouterr().out)] == [(1, 2)]

@@ -417,14 +417,15 @@ def cmd_summary(args) -> None:
         print()
 
 
-def _run_tables(args) -> dict:
+def _run_tables(args) -> tuple[dict, dict]:
     from .query import tables
 
     root = run_dir(args.results, args.model, args.variant)
-    t = tables(flowgraph.results_paths(root))
+    paths = flowgraph.results_paths(root)
+    t = tables(paths)
     if "matches" not in t:
         raise CliError(f"{root}: no matches (…/matches/site=S/layer=L/part-0.parquet): run the pipeline first")
-    return t
+    return t, paths
 
 
 def _print_frame(df: pl.DataFrame, fmt: str) -> None:
@@ -462,16 +463,20 @@ def _layers(text: str | None) -> list[int] | None:
 
 
 FIND_COLUMNS = ["site", "layer", "feature", "match", "confidence", "persists", "top1", "top1_confidence", "case",
-                "chain_length", "active", "r_match", "unjudged"]
+                "chain_length", "active", "r_match", "unjudged", "explanation"]
 
 
 def cmd_find(args) -> None:
     from .query import find
 
-    t = _run_tables(args)
+    if args.explanation is not None and _explanations(args) is None:
+        raise CliError(f"--explanation needs a local copy of Neuronpedia's explanations: {args.explanations} "
+                       "does not exist (see docs/flow.md, Neuronpedia)")
+    t, paths = _run_tables(args)
     df = find(t, site=args.site, layers=_layers(args.layer), case=args.case, persists=args.persists,
               confidence=_range(args.confidence, "confidence"), min_chain=args.min_chain, r=_range(args.r, "r"),
-              limit=args.limit, dead=args.dead)
+              limit=args.limit, dead=args.dead, explanation=args.explanation, paths=paths,
+              explanations_root=_explanations(args))
     if args.format != "json":  # the columns a person reads; --json has them all
         df = df.select([c for c in FIND_COLUMNS if c in df.columns])
     _print_frame(df, args.format)
@@ -480,7 +485,7 @@ def cmd_find(args) -> None:
 def cmd_sql(args) -> None:
     from .query import sql
 
-    t = _run_tables(args)
+    t, _ = _run_tables(args)
     try:
         df = sql(t, args.query)
     except (pl.exceptions.PolarsError, ValueError) as exc:
@@ -563,6 +568,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-chain", type=int, help="in a chain of persisting features at least this many layers long")
     p.add_argument("--r", help="on data: Pearson r with the SAE Match partner in a range LOW:HIGH (e.g. :0.2)")
     p.add_argument("--limit", type=int, help="at most this many rows")
+    p.add_argument("--explanation", help="text one of its Neuronpedia explanations contains (any case), from "
+                                          "the local export (--explanations)")
     p.add_argument("--dead", action="store_true", help="list the dead features instead (decoder row ~0, or never "
                                                       "fired on an evaluation's text); left out otherwise")
 

@@ -95,9 +95,13 @@ def feature_table(t: dict[str, pl.LazyFrame]) -> pl.LazyFrame:
 def find(t: dict[str, pl.LazyFrame], site: str | None = None, layers: list[int] | None = None,
          case: str | None = None, persists: bool | None = None, confidence: tuple | None = None,
          min_chain: int | None = None, r: tuple | None = None, limit: int | None = None,
-         dead: bool = False) -> pl.DataFrame:
+         dead: bool = False, explanation: str | None = None, paths: dict | None = None,
+         explanations_root: str | Path | None = None) -> pl.DataFrame:
     """Rows of :func:`feature_table` that meet every filter given: ``confidence`` and ``r``
-    are (low, high) ranges, either end None for open; ``min_chain`` a chain length in layers.
+    are (low, high) ranges, either end None for open; ``min_chain`` a chain length in layers;
+    ``explanation``: text that one of the feature's Neuronpedia explanations contains (any
+    case), from the local export under ``explanations_root`` for the SAE the run recorded
+    (saematch.graph.neuronpedia_where, needs ``paths``), given in a column ``explanation``.
     Dead features are not features: left out, unless ``dead`` (then only they are listed)."""
     df = t["feature_table"]
     conds = [pl.col("dead") == dead]
@@ -121,7 +125,24 @@ def find(t: dict[str, pl.LazyFrame], site: str | None = None, layers: list[int] 
     for c in conds:
         df = df.filter(c)
     out = df.collect()
+    if explanation is not None:
+        out = _explained(out, explanation, paths, explanations_root)
     return out.head(limit) if limit else out
+
+
+def _explained(df: pl.DataFrame, text: str, paths: dict, root) -> pl.DataFrame:
+    """The rows of ``df`` with an explanation containing ``text``, and that explanation."""
+    from .graph import neuronpedia_where
+    from .neuronpedia import load_explanations
+
+    want, keep = text.casefold(), []
+    for (site, layer), g in df.group_by("site", "layer", maintain_order=True):
+        where = neuronpedia_where(paths, layer, site)
+        found = load_explanations(root, where["model"], where["set"]) if root and "set" in where else {}
+        hits = {i: next((e for e in found.get(i, []) if want in e.casefold()), None) for i in g["feature"].to_list()}
+        keep.append(g.with_columns(explanation=pl.Series([hits[i] for i in g["feature"].to_list()], dtype=pl.String))
+                    .filter(pl.col("explanation").is_not_null()))
+    return pl.concat(keep) if keep else df.with_columns(explanation=pl.lit(None, pl.String)).clear()
 
 
 def sql(t: dict[str, pl.LazyFrame], query: str) -> pl.DataFrame:
