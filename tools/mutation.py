@@ -1,6 +1,6 @@
 """Mutation testing of the core modules with mutmut; prints (and optionally writes) a table.
 
-    python tools/mutation.py [--modules fold cost solve certify sparse load] [--write docs/mutation.md]
+    python tools/mutation.py [--modules fold cost solve certify sparse load | verdict lifetimes flow graph evaluate summary cli] [--max-children N]
 
 mutmut 3 mutates functions in a copy of the project (mutants/) and runs, per mutant, the
 tests that cover the mutated function. This script makes that copy from the last commit (git
@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("fold", "cost", "solve", "certify", "sparse", "load")
+ANALYSIS = ("verdict", "lifetimes", "flow", "graph", "evaluate", "summary", "cli")
 
 
 def mutmut_config(modules: list[str]) -> str:
@@ -38,7 +39,10 @@ def mutmut_config(modules: list[str]) -> str:
         "do_not_mutate = [" + ", ".join(f'"src/saematch/{f}"' for f in others) + "]",
         'tests_dir = ["tests/"]',
         'also_copy = ["workflow/", "config/", "Snakefile", "scripts/", "envs/", "profiles/"]',
-        'pytest_add_cli_args = ["-m", "not workflow and not slow", "-x", "-q", "-p", "no:cacheprovider"]', "",
+        'pytest_add_cli_args = ["-m", "not workflow and not slow", "-x", "-q", "-p", "no:cacheprovider"]',
+        # a plain fork of the process that ran the tests hangs in polars (its thread pool is not
+        # forked): every polars mutant would time out and count as killed
+        'process_isolation = "forkserver"', "",
     ])
 
 
@@ -90,7 +94,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--modules", nargs="+", default=list(CORE), choices=CORE)
+    ap.add_argument("--modules", nargs="+", default=list(CORE), choices=CORE + ANALYSIS)
     ap.add_argument("--keep", help="run in this directory (kept; mutmut resumes there) instead of a temporary one")
     ap.add_argument("--max-children", type=int, default=os.cpu_count())
     args = ap.parse_args()
