@@ -416,11 +416,15 @@ def _trace_figure(G: nx.DiGraph):
 
 
 def to_html(G: nx.DiGraph, title: str | None = None) -> str:
-    """A self-contained viewer (one file: inline SVG drawing code and the graph as JSON; no
-    network): layers as rows, sites as columns, edge width by score; hovering a node shows its
-    scores, explanation and Neuronpedia link."""
+    """A self-contained viewer (one file: inline SVG drawing code and the graph as JSON with
+    :func:`layout`'s positions; no network): sites as headed columns, layers as rows, an arrow
+    per edge (width by score, dashed below the verdict's cut, its Pearson r on text where it has
+    one), the info panel beside the graph. Hovering an edge shows its relations, cosine,
+    confidence and r; hovering a node its flow scores, case, links with their confidence and r,
+    where the trace ended there, its explanation and Neuronpedia link."""
+    graph = to_json(G) | {"layout": layout(G)}
     # <, > and & as \u escapes: nothing in an explanation can end or reopen the script block
-    data = json.dumps(to_json(G)).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    data = json.dumps(graph).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     title = html.escape(title or f"saematch flow graph: {G.graph.get('root', '')}")
     return _VIEWER.replace("__TITLE__", title).replace("__DATA__", data)
 
@@ -429,19 +433,27 @@ _VIEWER = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
 body { font: 13px system-ui, sans-serif; margin: 12px; color: #222; }
-svg { border: 1px solid #ddd; background: #fff; }
+#main { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+svg { border: 1px solid #ddd; background: #fff; flex: none; }
 .node circle { stroke: #222; stroke-width: 0.5; cursor: pointer; }
 .node.root circle { stroke-width: 2.5; }
 .node text { font-size: 10px; }
-.link { stroke: #999; fill: none; }
-#info { position: fixed; right: 12px; top: 12px; width: 320px; padding: 8px; border: 1px solid #ccc;
-        background: #fafafa; white-space: pre-wrap; }
+.site-header { font-size: 13px; font-weight: bold; fill: #444; }
+.link { stroke: #888; fill: none; }
+.link.weak { stroke-dasharray: 5 3; }
+.hit { stroke: transparent; stroke-width: 12; fill: none; cursor: pointer; }
+.edge-r { font-size: 10px; fill: #a33; paint-order: stroke; stroke: #fff; stroke-width: 3px; }
+#info { flex: 0 0 340px; position: sticky; top: 12px; padding: 8px; border: 1px solid #ccc;
+        background: #fafafa; white-space: pre-wrap; overflow-wrap: anywhere; }
 </style></head>
 <body>
 <h3>__TITLE__</h3>
-<div>layers as rows, sites as columns (res · mlp · att); edge width: decoder cosine; hover a node</div>
+<div>layers as rows, sites as columns; an arrow u → v: u flows into v; width: decoder cosine;
+dashed: the verdict's confidence below the cut; red: Pearson r on text; hover a node or an edge</div>
+<div id="main">
 <svg id="graph"></svg>
-<div id="info">hover a node</div>
+<div id="info">hover a node or an edge</div>
+</div>
 <script id="graph-data" type="application/json">__DATA__</script>
 <script>
 "use strict";
@@ -449,36 +461,68 @@ window.addEventListener("error", e => document.body.setAttribute("data-error", S
 const graph = JSON.parse(document.getElementById("graph-data").textContent);
 const SITES = ["res", "mlp", "att"], COLOUR = {res: "#4c72b0", mlp: "#dd8452", att: "#55a868"};
 const svg = document.getElementById("graph"), NS = "http://www.w3.org/2000/svg";
+const cut = graph.graph.cut != null ? graph.graph.cut : 0.5;
 const layers = [...new Set(graph.nodes.map(n => n.layer))].sort((a, b) => a - b);
-const X = s => 80 + 170 * SITES.indexOf(s), Y = l => 40 + 60 * layers.indexOf(l);
-svg.setAttribute("width", 80 + 170 * 3 + 60);
-svg.setAttribute("height", 40 + 60 * layers.length);
+// positions from saematch.graph.layout: [column, row]; features sharing a cell sit on a diagonal
+const X = c => 110 + 190 * c, Y = r => 70 + 70 * (layers.indexOf(Math.round(r)) + r - Math.round(r));
+const at = n => graph.layout[n.id];
+svg.setAttribute("width", X(2) + 150);
+svg.setAttribute("height", Y(layers[layers.length - 1]) + 60);
 const byId = Object.fromEntries(graph.nodes.map(n => [n.id, n]));
+const num = v => v == null ? "none" : v.toFixed(3);
 function el(tag, attrs, parent) {
   const e = document.createElementNS(NS, tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
   parent.appendChild(e);
   return e;
 }
-for (const l of layers) {
-  const t = el("text", {x: 8, y: Y(l) + 4, "font-size": 11, fill: "#666"}, svg);
-  t.textContent = "L" + l;
+const marker = el("marker", {id: "head", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 9, markerHeight: 9,
+                             markerUnits: "userSpaceOnUse", orient: "auto"}, el("defs", {}, svg));
+el("path", {d: "M0,0 L10,5 L0,10 z", fill: "#666"}, marker);
+SITES.forEach((s, c) => { el("text", {class: "site-header", x: X(c), y: 22, "text-anchor": "middle"}, svg).textContent = s; });
+for (const l of layers) el("text", {x: 8, y: Y(l) + 4, "font-size": 11, fill: "#666"}, svg).textContent = "L" + l;
+const info = document.getElementById("info");
+function edgeText(link) {
+  return `${link.source} → ${link.target}: ${link.relations || link.kind}, cosine ${num(link.score)}, ` +
+    `confidence ${num(link.confidence)}, r ${num(link.r)}`;
 }
 for (const link of graph.links) {
-  const a = byId[link.source], b = byId[link.target];
-  const [x1, y1, x2, y2] = [X(a.site), Y(a.layer), X(b.site), Y(b.layer)];
-  const bend = y1 === y2 && Math.abs(x2 - x1) > 200 ? 28 : 0;  // att → res arcs over the mlp node
-  const line = el("path", {class: "link", d: `M${x1},${y1} Q${(x1 + x2) / 2},${(y1 + y2) / 2 - bend} ${x2},${y2}`,
-                           "stroke-width": 0.5 + 6 * Math.max(link.score, 0)}, svg);
-  const tip = el("title", {}, line);
-  tip.textContent = `${link.source} → ${link.target}: cosine ${link.score.toFixed(3)}` +
-    (link.confidence != null ? `, confidence ${link.confidence.toFixed(3)}` : "");
+  const [x1, y1] = at(byId[link.source]).map((v, i) => i ? Y(v) : X(v));
+  const [x2, y2] = at(byId[link.target]).map((v, i) => i ? Y(v) : X(v));
+  const bend = Math.abs(y1 - y2) < 30 && Math.abs(x2 - x1) > 200 ? 40 : 0;  // att → res arcs over the mlp node
+  const [cx, cy] = [(x1 + x2) / 2, (y1 + y2) / 2 - bend];
+  const ends = (ax, ay, bx, by, r) => { const d = Math.hypot(bx - ax, by - ay) || 1; return [ax + (bx - ax) * r / d, ay + (by - ay) * r / d]; };
+  const [sx, sy] = ends(x1, y1, cx, cy, 10), [tx, ty] = ends(x2, y2, cx, cy, 12);  // clear of the circles
+  const d = `M${sx},${sy} Q${cx},${cy} ${tx},${ty}`;
+  const g = el("g", {class: "edge", "data-edge": `${link.source}>${link.target}`}, svg);
+  el("path", {class: "link" + (link.confidence != null && link.confidence < cut ? " weak" : ""), d,
+              "stroke-width": 0.5 + 6 * Math.max(link.score, 0), "marker-end": "url(#head)"}, g);
+  el("path", {class: "hit", d}, g);
+  el("title", {}, g).textContent = edgeText(link);
+  if (link.r != null) {  // the on-data Pearson r, beside the curve's midpoint
+    const t = el("text", {class: "edge-r", x: (x1 + 2 * cx + x2) / 4 + 6, y: (y1 + 2 * cy + y2) / 4 - 4}, g);
+    t.textContent = "r " + link.r.toFixed(2);
+  }
+  g.addEventListener("mouseenter", () => {
+    info.textContent = [`${link.source} → ${link.target}`, `relations: ${link.relations || link.kind}`,
+      `cosine: ${num(link.score)}`, `confidence (verdict): ${num(link.confidence)}`,
+      `Pearson r on text: ${num(link.r)}`].join("\\n");
+  });
 }
-const info = document.getElementById("info");
+function links(n) {
+  const out = [];
+  for (const l of graph.links) {
+    const way = l.target === n.id ? "← " + l.source : l.source === n.id ? "→ " + l.target : null;
+    if (way) out.push(`${way} (${l.relations || l.kind}): confidence ${num(l.confidence)}, r ${num(l.r)}, cosine ${num(l.score)}`);
+  }
+  return out;
+}
 function describe(n) {
   const lines = [n.id];
   for (const k of ["case", "s_res", "s_mlp", "s_att"]) if (n[k] != null) lines.push(`${k}: ${typeof n[k] === "number" ? n[k].toFixed(3) : n[k]}`);
   lines.push(n.explanation ? `explanation: ${n.explanation}` : "explanation: none");
+  lines.push(...links(n));
+  for (const e of graph.graph.ends || []) if (e.at === n.id) lines.push(`ends ${e.direction}: ${e.why}` + (e.best ? ` (best ${e.best}, confidence ${num(e.confidence)})` : ""));
   info.textContent = lines.join("\\n") + "\\n";
   if (n.url) {
     const a = document.createElement("a");
@@ -489,10 +533,12 @@ function describe(n) {
   }
 }
 for (const n of graph.nodes) {
+  const [c, r] = at(n), left = n.site === "res";  // edges reach a residual feature from above and the right
   const g = el("g", {class: "node" + (n.id === graph.graph.root ? " root" : ""), "data-id": n.id}, svg);
-  el("circle", {cx: X(n.site), cy: Y(n.layer), r: 9, fill: COLOUR[n.site]}, g);
-  const t = el("text", {x: X(n.site) + 13, y: Y(n.layer) + 4}, g);
+  el("circle", {cx: X(c), cy: Y(r), r: 9, fill: COLOUR[n.site]}, g);
+  const t = el("text", {x: X(c) + (left ? -13 : 13), y: Y(r) + 4, "text-anchor": left ? "end" : "start"}, g);
   t.textContent = n.id;
+  el("title", {}, g).textContent = n.id + (n.case != null ? " · case " + n.case : "");
   g.addEventListener("mouseenter", () => describe(n));
 }
 const start = decodeURIComponent(location.hash.slice(1));  // viewer.html#12/res/4230 opens with that node described
