@@ -74,3 +74,91 @@ def test_the_console_table_shows_precision_and_recall_each_under_its_own_name(tm
     shown = console_columns(console_table(summarize(paths, truth=truth)))
     assert shown["precision"] == "0.5" and shown["recall"] == "0.667"
     assert shown["persists"] == "0.5" and shown["planted_recovered"] == "0.6"
+
+
+# --- the columns without truth, on three pairs given out of order -------------------------------
+
+def write(root, site, L, match, cosine, top1, persists, confidence, top1_persists, unjudged, pv):
+    n = len(match)
+    conf = np.array(confidence, np.float32)
+    cols = {"feature": np.arange(n, dtype=np.int32), "match": np.array(match, np.int32),
+            "top1": np.array(top1, np.int32), "cosine": np.array(cosine, np.float32),
+            "mse": np.array(cosine, np.float32) / 2, "top1_cosine": np.array(cosine, np.float32) + 0.1,
+            "persists": np.array(persists), "confidence": conf, "top1_persists": np.array(top1_persists),
+            "top1_confidence": conf, "unjudged": np.array(unjudged, object),
+            "evidence": np.zeros((n, 7), np.float32), "top1_evidence": np.zeros((n, 7), np.float32)}
+    path = root / f"results/model=toy/variant=v/matches/site={site}/layer={L}/part-0.parquet"
+    write_matches(path, cols, {"site": site, "layer": L, "total_cost": pv[0],
+                               "certificate": {"certified": pv[1], "gap_bound": pv[2], "solver": pv[3]}})
+    return str(path)
+
+
+def test_each_pairs_row_holds_its_own_statistics_sorted_res_before_mlp_then_by_layer(tmp_path):
+    nan = float("nan")
+    paths = [  # mlp first, res layer 1 before layer 0: the table is sorted anyway
+        write(tmp_path, "mlp", 0, [0, 1], [0.5, 0.8], [0, 0], [False, True], [0.1, 0.8], [True, True],
+              [None, None], (3.5, True, 0.0, "lapjv")),
+        write(tmp_path, "res", 1, [1, 0, 2], [0.7, 0.7, 0.1], [1, 0, 2], [True, True, False], [0.6, 0.9, 0.3],
+              [False, False, False], [None, None, None], (2.5, False, 0.01, "sparse")),
+        write(tmp_path, "res", 0, [1, 0, -1, 2], [0.9, 0.4, 0.5, 0.6], [1, 3, 2, 2], [True, False, False, True],
+              [0.9, 0.2, nan, 0.7], [True, True, True, False], [None, None, "near-duplicate", None],
+              (1.5, True, 0.0, "lapjv")),
+    ]
+    ablation = pl.DataFrame({"site": ["res", "mlp"], "layer": [0, 0], "planted_recovered_unfolded": [0.25, 0.5]},
+                            schema={"site": pl.String, "layer": pl.Int32, "planted_recovered_unfolded": pl.Float64})
+    # res chains over layers 0–2: chain 0 spans 0–2, 1 and 3 end at layer 0, 2 spans 0–1, 4 lives at
+    # layer 1 only, 5 and 6 start at layer 2. Layer 0: 2 deaths (1, 3); layer 1: 1 birth (4), 2 deaths (2, 4).
+    long = pl.DataFrame({"site": "res", "chain": [0, 0, 0, 1, 2, 2, 3, 4, 5, 6],
+                         "layer": [0, 1, 2, 0, 0, 1, 0, 1, 2, 2], "feature": [0, 1, 0, 1, 2, 2, 3, 0, 1, 2]},
+                        schema={"site": pl.String, "chain": pl.Int64, "layer": pl.Int32, "feature": pl.Int32})
+    table = summarize(paths, ablation=ablation, lifetimes=long)
+    rows = table.to_dicts()
+    assert [(r["site"], r["layer"]) for r in rows] == [("res", 0), ("res", 1), ("mlp", 0)]
+    res0, res1, mlp0 = rows
+    # res 0: f2 unmatched (its cosine and mse are null), f2 unjudged (confidence null)
+    assert (res0["n_features"], res0["n_matched"]) == (4, 3)
+    assert res0["cosine_mean"] == pytest.approx((0.9 + 0.4 + 0.6) / 3, rel=1e-6)
+    assert res0["cosine_median"] == pytest.approx(0.6, rel=1e-6)
+    assert res0["share_cosine_gt_0_5"] == pytest.approx(2 / 3)
+    assert res0["mse_mean"] == pytest.approx((0.45 + 0.2 + 0.3) / 3, rel=1e-6)
+    assert res0["top1_agreement"] == pytest.approx(2 / 3)  # f0 and f3 of the 3 matched
+    assert res0["top1_cosine_mean"] == pytest.approx((1.0 + 0.5 + 0.6 + 0.7) / 4, rel=1e-6)
+    assert res0["share_persists"] == pytest.approx(0.5) and res0["share_top1_persists"] == pytest.approx(0.75)
+    assert res0["confidence_mean"] == pytest.approx((0.9 + 0.2 + 0.7) / 3, rel=1e-6)
+    assert res0["share_unjudged"] == pytest.approx(0.25)
+    assert (res0["total_cost"], res0["certified"], res0["gap_bound"], res0["solver"]) == (1.5, True, 0.0, "lapjv")
+    assert res0["planted_recovered_unfolded"] == 0.25 and res0["births"] is None and res0["deaths"] == 2
+    # res 1: every feature matched, top-1 = match
+    assert (res1["n_features"], res1["n_matched"], res1["top1_agreement"]) == (3, 3, 1.0)
+    assert res1["cosine_median"] == pytest.approx(0.7, rel=1e-6) and res1["share_cosine_gt_0_5"] == pytest.approx(2 / 3)
+    assert res1["share_persists"] == pytest.approx(2 / 3) and res1["share_top1_persists"] == 0.0
+    assert res1["share_unjudged"] == 0.0
+    assert (res1["total_cost"], res1["certified"], res1["gap_bound"], res1["solver"]) == (2.5, False, 0.01, "sparse")
+    assert res1["planted_recovered_unfolded"] is None and (res1["births"], res1["deaths"]) == (1, 2)
+    # mlp 0: a cosine of exactly 0.5 is not above 0.5; no lifetimes for this site
+    assert mlp0["cosine_mean"] == pytest.approx(0.65, rel=1e-6) and mlp0["share_cosine_gt_0_5"] == 0.5
+    assert mlp0["top1_agreement"] == 0.5
+    assert (mlp0["total_cost"], mlp0["solver"], mlp0["planted_recovered_unfolded"]) == (3.5, "lapjv", 0.5)
+    assert mlp0["births"] is None and mlp0["deaths"] is None
+    assert "persists_precision" not in table.columns  # without truth: no scores against it
+
+
+def test_the_console_table_names_each_pair_and_rounds_its_numbers(tmp_path):
+    paths, truth = write_pair(tmp_path)
+    table = summarize(paths, truth=truth).with_columns(planted_recovered_unfolded=pl.lit(0.123456))  # top-1 = match: f0 f1 f3 f5 f6
+    shown = console_columns(console_table(table))
+    assert shown["site"] == "res" and shown["pair"] == "0→1" and shown["features"] == "8"
+    assert shown["cosine"] == "0.6" and shown["top1_agree"] == "0.625" and shown["certified"] == "true"
+    assert shown["unfolded"] == "0.1235" and shown["ece"] == "0.275" and shown["unjudged"] == "0.0"
+
+
+def test_summarising_no_files_or_a_path_outside_the_results_layout_is_an_error(tmp_path):
+    from saematch.summary import read_matches
+
+    with pytest.raises(ValueError, match="no matches files"):
+        read_matches([])
+    paths, _ = write_pair(tmp_path)
+    moved = tmp_path / "elsewhere.parquet"
+    (tmp_path / paths[0]).rename(moved)
+    with pytest.raises(ValueError, match=r"elsewhere\.parquet: not a results/model=…/variant=…/matches/site=…/layer=…/ path"):
+        read_matches([str(moved)])
