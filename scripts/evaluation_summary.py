@@ -6,6 +6,7 @@ import logging
 import polars as pl
 
 from saematch import logs
+from saematch.report import table_html
 from saematch.evaluate import plot_evaluation, summarize_evaluation
 
 with logs.job(snakemake):
@@ -13,6 +14,7 @@ with logs.job(snakemake):
     features = pl.read_parquet(snakemake.input.features)
     table, calib = summarize_evaluation(pairs, features, snakemake.params.min_active, snakemake.params.corr_level)
     table.write_csv(snakemake.output.table, separator="\t", float_precision=4)
+    table_html(table, snakemake.output.html, " · ".join(snakemake.wildcards) + ": on activations")
     calib.write_csv(snakemake.output.calibration, separator="\t", float_precision=4)
     logging.info("evaluation on data:\n%s\ncalibration:\n%s", table, calib)
     wc = snakemake.wildcards

@@ -1,6 +1,7 @@
 """Feature Flow's cases per layer, and on the demo the planted origins the scores recover."""
 
 from saematch import logs
+from saematch.report import table_html
 
 with logs.job(snakemake):
     import polars as pl
@@ -11,3 +12,4 @@ with logs.job(snakemake):
     table = summarize(list(snakemake.input.flow), origins)
     table.write_parquet(snakemake.output.table)
     table.write_csv(snakemake.output.text, separator="\t", float_precision=4)
+    table_html(table, snakemake.output.html, " · ".join(snakemake.wildcards) + ": Feature Flow cases")

@@ -3,6 +3,7 @@
 import logging
 
 from saematch import logs
+from saematch.report import table_html
 
 with logs.job(snakemake):
     from saematch.lifetimes import chains_of_files, lengths, plot_survival, survival
@@ -11,6 +12,7 @@ with logs.job(snakemake):
     long.write_parquet(snakemake.output.chains)
     surv = survival(long)
     surv.write_csv(snakemake.output.survival, separator="\t", float_precision=6)
+    table_html(surv, snakemake.output.html, " · ".join(snakemake.wildcards) + ": survival")
     lengths(long).write_csv(snakemake.output.lengths, separator="\t")
     wc = snakemake.wildcards
     plot_survival(surv, snakemake.output.figure, f"{wc.model} · {wc.variant} · {wc.selection}: survival")

@@ -6,6 +6,7 @@ import polars as pl
 
 from saematch import logs
 from saematch.edges import read_matches
+from saematch.report import table_html
 from saematch.summary import console_table, plot_cosines, summarize
 
 with logs.job(snakemake):
@@ -17,6 +18,7 @@ with logs.job(snakemake):
     table = summarize(matches, truth, rows, ablation, lifetimes)
     table.write_parquet(snakemake.output.table)
     table.write_csv(snakemake.output.text, separator="\t", float_precision=6)
+    table_html(table, snakemake.output.html, " · ".join(snakemake.wildcards) + ": summary")
     logging.info("summary of %s:\n%s", snakemake.output.table, console_table(table))
     wc = snakemake.wildcards
     plot_cosines(rows, snakemake.output.figure, f"{wc.model} · {wc.variant} · {wc.selection}")

@@ -6,6 +6,7 @@ import logging
 import polars as pl
 
 from saematch import logs
+from saematch.report import table_html
 from saematch.verdict_data import read_matches, tokens_per_site, verdict_on_data
 
 with logs.job(snakemake):
@@ -16,4 +17,5 @@ with logs.job(snakemake):
                                      tokens, snakemake.wildcards.data)
     table.write_parquet(snakemake.output.table)
     summary.write_csv(snakemake.output.summary, separator="\t", float_precision=4)
+    table_html(summary, snakemake.output.html, " · ".join(snakemake.wildcards) + ": the verdict re-fitted on data")
     logging.info("the verdict on data, per site:\n%s", summary)

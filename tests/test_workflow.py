@@ -426,17 +426,36 @@ def test_the_pipelines_matches_are_the_librarys_for_the_same_options(demo_run, o
             assert not np.allclose(table["mse"].to_numpy(), default["mse"].to_numpy())
 
 
-def test_the_report_carries_the_summary_table_and_figure(demo_run):
+def report_results(html: str) -> tuple[dict, dict]:
+    """The Snakemake report's categories ({category: {subcategory: [paths]}}) and results
+    ({path: entry with mime_type, labels, data_uri}), as its page embeds them."""
+    categories = json.loads(re.search(r"categories = (\{.*?\});?\n", html)[1])
+    results = {}
+    for m in re.finditer(r'"([^"]+)": (\{"name": )', html):
+        entry, _ = json.JSONDecoder().raw_decode(html, m.start(2))
+        results[m[1]] = entry
+    return categories, results
+
+
+def test_the_report_shows_every_table_as_a_table_and_reaches_every_figure(demo_run):
+    """The report offers a TSV only as a download and shows one result per distinct set of
+    labels in a category: every table is an HTML page, and no two results share their labels."""
     smk(demo_run, "--report", "report.html")
-    html = (demo_run / "report.html").read_text(errors="replace")
-    assert "res+mlp+att.L0-5.png" in html
-    # the summary table itself is embedded (as a TSV, which the report shows as a table)
-    data = re.search(r"res\+mlp\+att\.L0-5\.tsv;base64,([A-Za-z0-9+/=]+)", html)
-    assert data, "summary table not in the report"
-    table = pl.read_csv(base64.b64decode(data[1]), separator="\t")
-    assert table.height == 15 and {"site", "layer", "cosine_mean", "top1_agreement", "certified",
-                                   "persists_precision", "confidence_ece", "births", "deaths"} <= set(table.columns)
-    assert "res+mlp+att.L0-5.survival.png" in html
+    categories, results = report_results((demo_run / "report.html").read_text(errors="replace"))
+    assert all(not p.endswith((".tsv", ".csv")) for p in results), "a table offered as a download"
+    for category, subs in categories.items():
+        for paths in subs.values():
+            labels = [json.dumps(results[p]["labels"], sort_keys=True) for p in paths]
+            assert len(set(labels)) == len(labels), (category, paths)
+    figures = {p for p, r in results.items() if r["mime_type"] == "image/png"}
+    assert any(p.endswith("evaluation.png") for p in figures) and any(p.endswith("L0-5.survival.png") for p in figures)
+    # the summary table itself is in the report, as a table
+    (summary,) = [p for p in results if p.endswith("model=demo/variant=1k/summary/res+mlp+att.L0-5.html")]
+    assert results[summary]["mime_type"] == "text/html"
+    page = base64.b64decode(results[summary]["data_uri"].split("base64,")[1]).decode()
+    table = pl.read_csv(demo_run / "results/model=demo/variant=1k/summary/res+mlp+att.L0-5.tsv", separator="\t")
+    assert page.count("<tr>") == table.height + 1 and all(f"<th>{c}</th>" in page for c in table.columns)
+    assert {"site", "layer", "cosine_mean", "persists_precision", "confidence_ece", "births", "n_dead"} <= set(table.columns)
 
 
 def test_the_tiny_models_matches_are_checked_on_its_activations_in_the_same_run(demo_run):

@@ -65,3 +65,25 @@ def failures_message(log_dir: str, since: float) -> str:
     lines = [f"saematch: {len(failures)} job(s) failed:"]
     lines += [f"  {cause}\n    (log: {path})" for path, cause in failures]
     return "\n".join(lines)
+
+
+def table_html(table, path: str, title: str) -> None:
+    """A table as one self-contained HTML page (no scripts, no network), for the Snakemake
+    report, which shows HTML inline but offers a TSV only as a download. Floats with 4
+    significant digits, nulls as '–'; every value escaped."""
+    import html
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return "–"
+        return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = "\n".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in table.iter_rows())
+    Path(path).write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+        "body{font:13px system-ui,sans-serif;margin:12px}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}"
+        "th{background:#f0f0f0;position:sticky;top:0}td:first-child,th:first-child{text-align:left}"
+        f"</style></head><body><h3>{html.escape(title)}</h3><table><thead><tr>{head}</tr></thead><tbody>\n"
+        f"{body}\n</tbody></table></body></html>\n")

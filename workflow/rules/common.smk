@@ -415,15 +415,21 @@ def result_files(model):
     )
     files = [
         *matches_of(model, VARIANT[model]),
-        *(f"{prefix}.{ext}" for ext in ("parquet", "png", "tsv")),
+        *(f"{prefix}.{ext}" for ext in ("parquet", "png", "tsv", "html")),
         *(
             f"{lifetimes}{ext}"
-            for ext in (".parquet", ".survival.tsv", ".lengths.tsv", ".survival.png")
+            for ext in (
+                ".parquet",
+                ".survival.tsv",
+                ".survival.html",
+                ".lengths.tsv",
+                ".survival.png",
+            )
         ),
     ]
     if cfg.flow_layers(config, model):
         files += [flow_path(model, L) for L in cfg.flow_layers(config, model)]
-        files += [f"{prefix}.flow.parquet", f"{prefix}.flow.tsv"]
+        files += [f"{prefix}.flow.{ext}" for ext in ("parquet", "tsv", "html")]
     if is_demo(model):
         files.append(
             f"results/model={model}/variant={VARIANT[model]}/demo/ablation.{SELECTION[model]}.parquet"
@@ -436,10 +442,12 @@ def result_files(model):
                 "pairs.parquet",
                 "features.parquet",
                 "summary.tsv",
+                "summary.html",
                 "calibration.tsv",
                 "evaluation.png",
                 "verdict.parquet",
                 "verdict.tsv",
+                "verdict.html",
             )
         ]
     return files

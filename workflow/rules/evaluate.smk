@@ -149,8 +149,9 @@ rule verdict_data:
         features=f"{EVALUATION}/features.parquet",
     output:
         table=f"{EVALUATION}/verdict.parquet",
-        summary=report(
-            f"{EVALUATION}/verdict.tsv",
+        summary=f"{EVALUATION}/verdict.tsv",
+        html=report(
+            f"{EVALUATION}/verdict.html",
             caption="../report/evaluation.rst",
             category="Evaluation on activations",
             subcategory="The verdict re-fitted on data",
@@ -176,18 +177,29 @@ rule evaluation_summary:
         verdict=f"{EVALUATION}/verdict.parquet",
         verdict_sites=f"{EVALUATION}/verdict.tsv",
     output:
-        table=report(
-            f"{EVALUATION}/summary.tsv",
+        table=f"{EVALUATION}/summary.tsv",
+        html=report(
+            f"{EVALUATION}/summary.html",
             caption="../report/evaluation.rst",
             category="Evaluation on activations",
-            labels={"model": "{model}", "variant": "{variant}", "data": "{data}"},
+            labels={
+                "model": "{model}",
+                "variant": "{variant}",
+                "data": "{data}",
+                "view": "table",
+            },
         ),
         calibration=f"{EVALUATION}/calibration.tsv",
         figure=report(
             f"{EVALUATION}/evaluation.png",
             caption="../report/evaluation.rst",
             category="Evaluation on activations",
-            labels={"model": "{model}", "variant": "{variant}", "data": "{data}"},
+            labels={
+                "model": "{model}",
+                "variant": "{variant}",
+                "data": "{data}",
+                "view": "figure",
+            },
         ),
     log:
         "logs/evaluation_summary/model={model}/variant={variant}/{data}/{selection}.log",

@@ -97,8 +97,9 @@ rule flow_summary:
         origins=flow_origins,
     output:
         table=f"{SUMMARY}.flow.parquet",
-        text=report(
-            f"{SUMMARY}.flow.tsv",
+        text=f"{SUMMARY}.flow.tsv",
+        html=report(
+            f"{SUMMARY}.flow.html",
             caption="../report/flow.rst",
             category="Feature Flow",
             labels={

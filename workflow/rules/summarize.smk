@@ -22,8 +22,9 @@ rule summarize:
         chains=f"{LIFETIMES}.parquet",
     output:
         table=f"{SUMMARY}.parquet",
-        text=report(
-            f"{SUMMARY}.tsv",
+        text=f"{SUMMARY}.tsv",
+        html=report(
+            f"{SUMMARY}.html",
             caption="../report/summary.rst",
             category="Summary",
             labels={
@@ -59,6 +60,17 @@ rule lifetimes:
     output:
         chains=f"{LIFETIMES}.parquet",
         survival=f"{LIFETIMES}.survival.tsv",
+        html=report(
+            f"{LIFETIMES}.survival.html",
+            caption="../report/survival.rst",
+            category="Lifetimes",
+            labels={
+                "model": "{model}",
+                "variant": "{variant}",
+                "pairs": "{selection}",
+                "view": "table",
+            },
+        ),
         lengths=f"{LIFETIMES}.lengths.tsv",
         figure=report(
             f"{LIFETIMES}.survival.png",
@@ -68,6 +80,7 @@ rule lifetimes:
                 "model": "{model}",
                 "variant": "{variant}",
                 "pairs": "{selection}",
+                "view": "figure",
             },
         ),
     log:
