@@ -275,3 +275,25 @@ def test_find_by_explanation_text_reads_the_local_neuronpedia_export(run, tmp_pa
     assert main(["--results", str(results), "--explanations", str(tmp_path / "np"), "find", "toy", "--explanation",
                  "contracts", "--json"]) == 0
     assert [(r["layer"], r["feature"]) for r in json.loads(capsys.readouterr().out)] == [(1, 2)]
+
+
+def test_on_data_r_reaches_the_links_from_the_pearson_top_k(run):
+    """1/res/2's Pearson top-k in layer 2: 2/res/0 (r 0.9, its activation partner), 2/res/2 (0.8)."""
+    import polars as pl
+
+    _, root = run
+    folder = root / "evaluation" / "text-abc" / "res.L0-2"
+    folder.mkdir(parents=True)
+    top = [[-1, -1]] * N
+    top[2] = [0, 2]
+    r = [[0.0, 0.0]] * N
+    r[2] = [0.9, 0.8]
+    pl.DataFrame({"site": ["res"] * N, "layer": [1] * N, "feature": list(range(N)), "active": [50] * N,
+                  "r_match": [0.1] * N, "pearson_top": top, "pearson_r": r},
+                 schema_overrides={"layer": pl.Int32, "feature": pl.Int32, "pearson_top": pl.Array(pl.Int32, 2),
+                                   "pearson_r": pl.Array(pl.Float32, 2)}).write_parquet(folder / "features.parquet")
+    got = {c["feature"]: (c["relations"], c["r"]) for c in links(edges_at(fg.results_paths(root), 1, "res", 2, "forward"), "forward")}
+    # 2/res/2: its assignment, top-1 (RES1) and Feature Flow successor (FLOW2), second in the Pearson list; 2/res/0 the activation partner
+    assert got[2] == ("flow_res+match+top1", pytest.approx(0.8)) and got[0] == ("pearson", pytest.approx(0.9))
+    G = fg.trace(fg.results_paths(root), "1/res/2", "forward")
+    assert G.edges["1/res/2", "2/res/2"]["r"] == pytest.approx(0.8)

@@ -12,6 +12,7 @@ flow_res  L−1/res/p → L/res/r        s(R), Feature Flow's backward top-1    
 flow_mlp  L/mlp/m → L/res/r          s(M)                                       –
 flow_att  L/att/a → L/res/r          s(A)                                       –
 pearson   L/s/i → L+1/s/j            Pearson r of the codes on text (top-1)     –
+pearson_k L/s/i → L+1/s/j            the same, ranks 2…k of the Pearson top-k    –
 ========  =========================  ========================================  =======================
 
 The three residual relations (match, top1, flow_res) answer one question, "is this the same
@@ -37,6 +38,7 @@ _KEYS = re.compile(r"model=([^/]+)/variant=([^/]+)/matches/site=([^/]+)/layer=(\
 
 RESIDUAL = ("match", "top1", "flow_res")  # the relations that say "the same feature, one layer on"
 MODULE = ("flow_mlp", "flow_att")
+ON_DATA = ("pearson", "pearson_k")  # the activation partner, and the rest of the Pearson top-k
 SCHEMA = {"src_layer": pl.Int32, "src_site": pl.String, "src_feature": pl.Int32, "dst_layer": pl.Int32,
           "dst_site": pl.String, "dst_feature": pl.Int32, "relation": pl.String, "score": pl.Float32,
           "confidence": pl.Float32, "unjudged": pl.String}
@@ -92,12 +94,18 @@ def flow_edges(scan: pl.LazyFrame, layer: int) -> pl.LazyFrame:
 
 
 def pearson_edges(scan: pl.LazyFrame) -> pl.LazyFrame:
-    """The pearson rows of an evaluation's features.parquet: each feature's Pearson top-1
-    partner in the next layer and its r (none for a feature without one)."""
-    return _frame(scan.filter(pl.col("pearson_top").arr.first() >= 0).with_columns(
+    """The on-data rows of an evaluation's features.parquet: ``pearson`` to each feature's
+    Pearson top-1 partner in the next layer (its activation partner), ``pearson_k`` to the rest
+    of its Pearson top-k, each with its r (none where the list ends: index −1)."""
+    k = scan.collect_schema()["pearson_top"].size
+    rows = scan.select("layer", "site", "feature", dst=pl.col("pearson_top").arr.to_list(),
+                       r=pl.col("pearson_r").arr.to_list(), rank=pl.lit(list(range(k)), pl.List(pl.Int32)))
+    rows = rows.explode("dst", "r", "rank").filter(pl.col("dst") >= 0)
+    return _frame(rows.with_columns(
         src_layer=pl.col("layer"), src_site=pl.col("site"), src_feature=pl.col("feature"), dst_layer=pl.col("layer") + 1,
-        dst_site=pl.col("site"), dst_feature=pl.col("pearson_top").arr.first(), relation=pl.lit("pearson"),
-        score=pl.col("pearson_r").arr.first(), confidence=pl.lit(None, pl.Float32), unjudged=pl.lit(None, pl.String)))
+        dst_site=pl.col("site"), dst_feature=pl.col("dst"),
+        relation=pl.when(pl.col("rank") == 0).then(pl.lit("pearson")).otherwise(pl.lit("pearson_k")),
+        score=pl.col("r"), confidence=pl.lit(None, pl.Float32), unjudged=pl.lit(None, pl.String)))
 
 
 def evaluation_files(root: str | Path) -> list[Path]:
@@ -155,17 +163,19 @@ def links(edges: pl.DataFrame, direction: str) -> list[dict]:
     """One candidate link per neighbour of a node from its residual relations (RESIDUAL) and
     its Pearson top-1 on data in ``edges`` (:func:`edges_at`): the neighbour, the relations that
     propose it, the best confidence among them (None where none has one), the decoder cosine
-    (None for a Pearson partner alone), and r where it is the Pearson top-1. Best first:
-    confidence, then cosine."""
+    (None for a Pearson partner alone), and its r on data where it is among the Pearson top-k
+    (a neighbour only in ranks 2…k is not listed). Best first: confidence, then cosine."""
     other = ("src" if direction == "back" else "dst")
     key = [f"{other}_layer", f"{other}_site", f"{other}_feature"]
-    res = edges.filter(pl.col("relation").is_in(RESIDUAL + ("pearson",)))
+    res = edges.filter(pl.col("relation").is_in(RESIDUAL + ON_DATA))
     if not len(res):
         return []
-    weights = pl.col("relation") != "pearson"
+    weights = ~pl.col("relation").is_in(ON_DATA)
     grouped = (res.sort("relation").group_by(key).agg(
-        relations=pl.col("relation"), confidence=pl.col("confidence").max(), score=pl.col("score").filter(weights).max(),
-        unjudged=pl.col("unjudged").drop_nulls().first(), r=pl.col("score").filter(~weights).first())
+        relations=pl.col("relation").filter(pl.col("relation") != "pearson_k"), confidence=pl.col("confidence").max(),
+        score=pl.col("score").filter(weights).max(), unjudged=pl.col("unjudged").drop_nulls().first(),
+        r=pl.col("score").filter(~weights).first())
+        .filter(pl.col("relations").list.len() > 0)  # a neighbour only in the Pearson top-k is not a candidate
         .sort(["confidence", "score"], descending=True, nulls_last=True))
     return [{"layer": d[key[0]], "site": d[key[1]], "feature": d[key[2]], "relations": "+".join(d["relations"]),
              "confidence": d["confidence"], "score": d["score"], "r": d["r"], "unjudged": d["unjudged"]}
