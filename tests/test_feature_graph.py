@@ -35,10 +35,12 @@ def matches(p):
     conf, top1_conf = np.array(p["conf"], np.float32), np.array(p["top1_conf"], np.float32)
     dead = np.zeros(N, bool)
     dead[p.get("dead", [])] = True
+    unjudged = np.full(N, None, object)
+    unjudged[p.get("unjudged", [])] = "near-duplicate: test"
     return {"feature": np.arange(N, dtype=np.int32), "match": np.array(p["match"], np.int32),
             "top1": np.array(p["top1"], np.int32), "cosine": np.array(p["cos"], np.float32), "mse": np.zeros(N, np.float32),
             "top1_cosine": np.array(p["top1_cos"], np.float32), "persists": conf >= 0.5, "confidence": conf,
-            "top1_persists": top1_conf >= 0.5, "top1_confidence": top1_conf, "unjudged": np.full(N, None, object),
+            "top1_persists": top1_conf >= 0.5, "top1_confidence": top1_conf, "unjudged": unjudged,
             "evidence": np.zeros((N, 7), np.float32), "top1_evidence": np.zeros((N, 7), np.float32), "dead": dead}
 
 
@@ -297,3 +299,22 @@ def test_on_data_r_reaches_the_links_from_the_pearson_top_k(run):
     assert got[2] == ("flow_res+match+top1", pytest.approx(0.8)) and got[0] == ("pearson", pytest.approx(0.9))
     G = fg.trace(fg.results_paths(root), "1/res/2", "forward")
     assert G.edges["1/res/2", "2/res/2"]["r"] == pytest.approx(0.8)
+
+
+def test_a_link_the_verdict_did_not_judge_is_neither_a_death_nor_a_birth(tmp_path):
+    """0/res/1's link onward is unjudged: it does not die at 0, and its partner 1/res/0 is not born at 1."""
+    from saematch.lifetimes import births_deaths, survival
+
+    root = tmp_path / "results" / "model=toy" / "variant=v"
+    paths = []
+    for L, p in ((0, dict(RES0, unjudged=[1], conf=[0.9, np.nan, 0.8, 0.1])), (1, RES1)):
+        path = root / f"matches/site=res/layer={L}/part-0.parquet"
+        write_matches(path, matches(p), {"site": "res", "layer": L, "n_dst": N})
+        paths.append(str(path))
+    long = chains_of_files(paths)
+    bd = {r["layer"]: r for r in births_deaths(long).iter_rows(named=True)}
+    assert bd[0]["deaths"] == 1  # 0/3 only (0/1 not judged)
+    assert bd[1]["births"] == 1  # 1/3 only (1/0 is 0/1's partner, whose link was not judged)
+    s1 = survival(long).filter(survival(long)["k"] == 1)["survival"][0]
+    # k = 1: layer 0 without 0/1: 0/0, 0/2 live on, 0/3 dies (2/3); layer 1: 1/0, 1/2, 1/3 live on, 1/1 dies (3/4)
+    assert s1 == pytest.approx((2 / 3 + 3 / 4) / 2)

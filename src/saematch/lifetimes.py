@@ -53,41 +53,59 @@ def alive(long: pl.DataFrame) -> pl.DataFrame:
     return long.filter(~pl.col("dead").fill_null(False)) if "dead" in long.columns else long
 
 
+def _ends(long: pl.DataFrame) -> pl.DataFrame:
+    """Per chain: its first and last layer, and whether its end is unknown (``open``: its last
+    feature's link onward was not judged, column ``unjudged``: it may live on)."""
+    last = pl.col("unjudged").sort_by("layer").last() if "unjudged" in long.columns else pl.lit(False)
+    first = pl.col("unjudged_in").sort_by("layer").first() if "unjudged_in" in long.columns else pl.lit(False)
+    return long.group_by("site", "chain").agg(start=pl.col("layer").min(), end=pl.col("layer").max(),
+                                              open=last.fill_null(False), open_start=first.fill_null(False))
+
+
 def births_deaths(long: pl.DataFrame) -> pl.DataFrame:
     """Per site and layer: features, births (chains starting there; null at the first layer of
     a run of consecutive layers, where nothing came before) and deaths (chains ending there;
-    null at a run's last layer, where nothing follows). Dead features are left out."""
+    null at a run's last layer, where nothing follows). Dead features are left out; a chain
+    whose end was not judged (``open``) is not a death, nor one whose start is the partner of
+    a feature whose link was not judged a birth; a layer whose every feature went unjudged has
+    no deaths (null), and the layer after it no births (null)."""
     long = alive(long)
-    spans = long.group_by("site", "chain").agg(start=pl.col("layer").min(), end=pl.col("layer").max())
+    spans = _ends(long)
     rows = []
     for site in long["site"].unique(maintain_order=True):
         s = spans.filter(pl.col("site") == site)
-        layer_counts = long.filter(pl.col("site") == site).group_by("layer").len()
+        at_site = long.filter(pl.col("site") == site)
+        layer_counts = at_site.group_by("layer").len()
         count = dict(zip(layer_counts["layer"].to_list(), layer_counts["len"].to_list()))
+        judged = set(at_site.filter(~pl.col("unjudged").fill_null(False))["layer"].to_list()) \
+            if "unjudged" in at_site.columns else set(count)
         for block in layer_runs(count):
             for L in block:
                 rows.append({"site": site, "layer": L, "features": count[L],
-                             "births": None if L == block[0] else int((s["start"] == L).sum()),
-                             "deaths": None if L == block[-1] else int((s["end"] == L).sum())})
+                             "births": None if L == block[0] or L - 1 not in judged
+                             else int(((s["start"] == L) & ~s["open_start"]).sum()),
+                             "deaths": None if L == block[-1] or L not in judged
+                             else int(((s["end"] == L) & ~s["open"]).sum())})
     return pl.DataFrame(rows, schema={"site": pl.String, "layer": pl.Int32, "features": pl.Int64,
                                       "births": pl.Int64, "deaths": pl.Int64})
 
 
 def survival(long: pl.DataFrame) -> pl.DataFrame:
     """Per site and k ≥ 0: the share of layer-L features whose chain is still alive at L + k,
-    averaged over the layers L with L + k in the same run of consecutive layers (dead features
-    left out)."""
+    averaged over the layers L with L + k in the same run of consecutive layers. Dead features
+    are left out, and so is a feature whose chain ended before L + k at a link that was not
+    judged (alive or not is unknown); a site with no such share for k has no row."""
     long = alive(long)
-    end = long.group_by("site", "chain").agg(end=pl.col("layer").max())
-    df = long.join(end, on=["site", "chain"])
+    df = long.join(_ends(long).drop("start"), on=["site", "chain"])
     rows = []
     for site in df["site"].unique(maintain_order=True):
         s = df.filter(pl.col("site") == site)
         for block in layer_runs(s["layer"].unique().to_list()):
             for k in range(len(block)):
                 for L in block[: len(block) - k]:
-                    at = s.filter(pl.col("layer") == L)
-                    rows.append({"site": site, "k": k, "alive": float((at["end"] >= L + k).mean())})
+                    at = s.filter((pl.col("layer") == L) & ~((pl.col("end") < L + k) & pl.col("open")))
+                    if at.height:
+                        rows.append({"site": site, "k": k, "alive": float((at["end"] >= L + k).mean())})
     if not rows:
         return pl.DataFrame(schema={"site": pl.String, "k": pl.Int32, "survival": pl.Float64, "layers": pl.Int64})
     return (pl.DataFrame(rows).group_by("site", "k").agg(survival=pl.col("alive").mean(), layers=pl.len())
@@ -136,7 +154,8 @@ def _survival_figure(surv: pl.DataFrame, title: str):
 def chains_of_files(paths: list[str]) -> pl.DataFrame:
     """:func:`chains` of every site in the given matches files (results/…/site=S/layer=L/…), with
     a ``dead`` column where any feature is dead (the matches' ``dead``; the last layer's from
-    its pair's provenance, ``verdict.dead_dst``)."""
+    its pair's provenance, ``verdict.dead_dst``) and ``unjudged`` (its link onward was not
+    judged: the matches' ``unjudged`` is set)."""
     from .edges import read_matches
     from .write import read_provenance
 
@@ -161,6 +180,13 @@ def chains_of_files(paths: list[str]) -> pl.DataFrame:
                 n.setdefault(L, count)
         frames.append(chains(pairs, n, site))
     long = pl.concat(frames)
+    if "unjudged" in rows.columns:  # a feature whose link onward the verdict did not judge, and its partner
+        out = rows.filter(pl.col("unjudged").is_not_null())
+        into = out.filter(pl.col("match").is_not_null()).select("site", layer=pl.col("layer") + 1,
+                                                                 feature=pl.col("match").cast(pl.Int32))
+        for col, marks in (("unjudged", out.select("site", "layer", "feature")), ("unjudged_in", into)):
+            long = long.join(marks.unique().with_columns(**{col: pl.lit(True)}), on=["site", "layer", "feature"],
+                             how="left").with_columns(pl.col(col).fill_null(False))
     if dead:
         marks = pl.DataFrame(list(dead), schema={"site": pl.String, "layer": pl.Int32, "feature": pl.Int32}, orient="row")
         long = long.join(marks.with_columns(dead=pl.lit(True)), on=["site", "layer", "feature"], how="left").with_columns(
