@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("fold", "cost", "solve", "certify", "sparse", "load")
-ANALYSIS = ("verdict", "lifetimes", "flow", "graph", "evaluate", "summary", "cli")
+ANALYSIS = ("verdict", "lifetimes", "flow", "graph", "evaluate", "summary", "cli", "edges", "query")
 
 
 def mutmut_config(modules: list[str]) -> str:
