@@ -61,3 +61,14 @@ def test_the_lifetimes_command_lists_the_longest_chains_first(tmp_path, capsys):
     assert main(["--results", str(tmp_path / "results"), "lifetimes", "toy", "--top", "1"]) == 0
     text = capsys.readouterr().out.split("births and deaths")[0]
     assert "1 → 0 → 2" in text and "0 → 1" not in text
+
+
+def test_chains_are_of_site_res_unless_named_and_empty_without_pairs():
+    from saematch.lifetimes import chains
+
+    pairs = {L: {"match": np.array(p["match"]), "persists": np.array(p["confidence"]) >= 0.5,
+                 "confidence": np.array(p["confidence"])} for L, p in PAIRS.items()}
+    assert chains(pairs, {0: N, 1: N, 2: N})["site"].unique().to_list() == ["res"]
+    assert chains(pairs, {0: N, 1: N, 2: N}, "mlp")["site"].unique().to_list() == ["mlp"]
+    empty = chains({}, {})
+    assert empty.height == 0 and empty.schema == SCHEMA
