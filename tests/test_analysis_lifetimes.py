@@ -72,3 +72,41 @@ def test_chains_are_of_site_res_unless_named_and_empty_without_pairs():
     assert chains(pairs, {0: N, 1: N, 2: N}, "mlp")["site"].unique().to_list() == ["mlp"]
     empty = chains({}, {})
     assert empty.height == 0 and empty.schema == SCHEMA
+
+
+def open_ended_chains(site="res"):
+    """Layers 0–2 of one site, by hand. unjudged: the feature's link onward was not judged (its
+    chain may live on: an open end). A: 0.f0 → 1.f0, open at 1 (its rows given layer 1 first);
+    B: 0.f1 dies; C: 0.f2, open at 0; D: 1.f1 → 2.f0; E: 1.f2 dies; F, G: born at 2; H: dead."""
+    rows = [("A", 1, 0, True), ("A", 0, 0, False), ("B", 0, 1, False), ("C", 0, 2, True), ("D", 1, 1, False),
+            ("D", 2, 0, False), ("E", 1, 2, False), ("F", 2, 1, False), ("G", 2, 2, False), ("H", 2, 3, False)]
+    ids = {c: i for i, c in enumerate("ABCDEFGH")}
+    return pl.DataFrame({"site": site, "chain": [ids[r[0]] for r in rows], "layer": [r[1] for r in rows],
+                         "feature": [r[2] for r in rows], "unjudged": [r[3] for r in rows],
+                         "dead": [None] * 9 + [True]},  # null: not dead
+                        schema={"site": pl.String, "chain": pl.Int64, "layer": pl.Int32, "feature": pl.Int32,
+                                "unjudged": pl.Boolean, "dead": pl.Boolean})
+
+
+def test_an_open_chain_end_is_neither_a_death_nor_counted_dead_in_survival():
+    from saematch.lifetimes import births_deaths, lengths, survival
+
+    long = pl.concat([open_ended_chains("res"), open_ended_chains("att")])
+    bd = births_deaths(long).filter(pl.col("site") == "res")
+    # deaths: layer 0 B (C is open), layer 1 E (A is open); births: layer 1 D, E; layer 2 F, G (H is dead)
+    assert bd.select("layer", "features", "births", "deaths").rows() == [(0, 3, None, 1), (1, 3, 2, 1), (2, 3, 2, None)]
+    # k = 1: of layer 0 A alive, B not (C open before 1: left out); of layer 1 D alive, E not (A left out)
+    # k = 2: of layer 0 only B is known (A, C open before 2): not alive
+    s = survival(long)
+    assert s.rows() == [("att", 0, 1.0, 3), ("att", 1, 0.5, 2), ("att", 2, 0.0, 1),
+                        ("res", 0, 1.0, 3), ("res", 1, 0.5, 2), ("res", 2, 0.0, 1)]
+    assert (s.schema["k"], s.schema["survival"]) == (pl.Int32, pl.Float64)
+    assert lengths(long).rows() == [("att", 1, 5), ("att", 2, 2), ("res", 1, 5), ("res", 2, 2)]
+
+
+def test_the_survival_of_no_chains_is_an_empty_table_with_its_columns():
+    from saematch.lifetimes import survival
+
+    empty = survival(open_ended_chains().clear())
+    assert empty.height == 0
+    assert empty.schema == {"site": pl.String, "k": pl.Int32, "survival": pl.Float64, "layers": pl.Int64}
