@@ -146,3 +146,95 @@ def test_read_matches_takes_model_variant_site_and_layer_from_the_path(run):
     with pytest.raises(ValueError) as e:
         read_matches([str(bad)])
     assert str(e.value) == f"{bad}: not a results/model=…/variant=…/matches/site=…/layer=…/ path"
+
+
+# --- saematch.query -----------------------------------------------------------------------------
+
+def evaluation(root, data, active, r_match):
+    """An evaluation's features.parquet for res layers 0 and 1 (4 features each), no Pearson partners."""
+    folder = root / "evaluation" / data / "res.L0-2"
+    folder.mkdir(parents=True)
+    pl.DataFrame({"site": ["res"] * 2 * N, "layer": [0] * N + [1] * N, "feature": list(range(N)) * 2, "active": active,
+                  "r_match": r_match, "pearson_top": [[-1]] * 2 * N, "pearson_r": [[0.0]] * 2 * N},
+                 schema_overrides={"layer": pl.Int32, "feature": pl.Int32, "active": pl.Int64, "r_match": pl.Float32,
+                                   "pearson_top": pl.Array(pl.Int32, 1), "pearson_r": pl.Array(pl.Float32, 1)}
+                 ).write_parquet(folder / "features.parquet")
+
+
+def test_tables_name_each_source_and_leave_out_those_the_run_has_no_files_for(run, tmp_path):
+    from saematch.query import tables
+
+    _, root = run
+    t = tables(fg.results_paths(root))
+    assert set(t) == {"matches", "flow", "lifetimes", "edges", "feature_table"}
+    m = t["matches"].collect()
+    assert "evidence" not in m.columns and "top1_evidence" not in m.columns and len(m) == 3 * N
+    assert sorted(set(zip(m["site"], m["layer"]))) == [("mlp", 0), ("res", 0), ("res", 1)]
+    f = t["flow"].collect()
+    assert f["layer"].to_list() == [1] * N + [2] * N and f["res"].to_list() == [1, 0, 3, 3, 0, 1, 2, 3]
+    assert t["lifetimes"].collect()["selection"].unique().to_list() == ["res.L0-2"]
+    evaluation(root, "text-abc", [1] * 2 * N, [0.5] * 2 * N)
+    t = tables(fg.results_paths(root))
+    assert t["features"].collect()["data"].unique().to_list() == ["text-abc/res.L0-2"]
+    empty = tables(fg.results_paths(tmp_path / "nothing"))
+    assert set(empty) == {"edges"} and len(empty["edges"].collect()) == 0
+
+
+def test_the_feature_table_holds_each_features_partners_flow_case_and_chain(run):
+    from saematch.query import tables
+
+    _, root = run
+    ft = tables(fg.results_paths(root))["feature_table"].collect()
+    assert ft.select("site", "layer", "feature").rows() == (
+        [("mlp", 0, i) for i in range(N)] + [("res", 0, i) for i in range(N)] + [("res", 1, i) for i in range(N)])
+    row = {(r["site"], r["layer"], r["feature"]): r for r in ft.iter_rows(named=True)}
+    # 0/res/1 (RES0): assignment 0 (cos 0.5, conf 0.3), top-1 2 (0.55, 0.6); no flow file of layer 0; a chain of its own
+    a = row[("res", 0, 1)]
+    assert (a["match"], a["persists"], a["top1"], a["top1_persists"], a["case"], a["chain_length"], a["dead"]) == (
+        0, False, 2, True, None, 1, False)
+    assert (a["cosine"], a["confidence"], a["top1_cosine"], a["top1_confidence"]) == pytest.approx((0.5, 0.3, 0.55, 0.6))
+    # 1/res/2 (RES1): 2 both ways (0.85, 0.9); FLOW1's case A; the chain 0/res/2 → 1/res/2 → 2/res/2
+    b = row[("res", 1, 2)]
+    assert (b["match"], b["top1"], b["case"], b["chain_length"], b["active"], b["r_match"]) == (2, 2, "A", 3, None, None)
+    # the flow case is the residual stream's: 0/mlp/0 has none; 0/mlp/3 is dead (its matches row)
+    assert row[("mlp", 0, 0)]["case"] is None and row[("mlp", 0, 3)]["dead"] and not row[("mlp", 0, 0)]["dead"]
+    assert [row[("res", L, i)]["chain_length"] for L in (0, 1) for i in range(N)] == [2, 1, 3, 1, 2, 2, 3, 2]
+
+
+def test_the_feature_table_takes_the_first_selection_and_the_first_evaluation_and_text_can_kill(run):
+    from saematch.lifetimes import chains_of_files
+    from saematch.query import find, tables
+
+    _, root = run
+    chains_of_files([str(root / "matches/site=res/layer=0/part-0.parquet")]).write_parquet(root / "lifetimes/res.L0-1.parquet")
+    evaluation(root, "text-xyz", [0] * 2 * N, [-1.0] * 2 * N)  # never read: text-abc comes first
+    evaluation(root, "text-abc", [10, 0, 5, 7, 3, 3, 3, 3], [0.875, 0.125, 0.625, 0.25, 0.25, 0.375, 0.75, 0.5])
+    t = tables(fg.results_paths(root))
+    ft = t["feature_table"].filter(pl.col("site") == "res").collect()
+    # res.L0-1 (before res.L0-2): 0/0 → 1/1 and 0/2 → 1/2 only, so 1/res/0 and 1/res/3 stand alone
+    assert ft["chain_length"].to_list() == [2, 1, 2, 1, 1, 2, 2, 1]
+    assert ft["active"].to_list() == [10, 0, 5, 7, 3, 3, 3, 3]
+    assert ft["dead"].to_list() == [False, True] + [False] * 6  # 0/res/1 never fired on text-abc
+    keys = lambda df: list(zip(df["layer"], df["feature"]))  # noqa: E731
+    assert keys(find(t, site="res", r=(0.5, None))) == [(0, 0), (0, 2), (1, 2), (1, 3)]
+    assert keys(find(t, site="res", r=(None, 0.25))) == [(0, 3), (1, 0)]  # 0/res/1 (0.125) is dead
+    assert keys(find(t, site="res", dead=True)) == [(0, 1)]
+
+
+def test_find_filters_by_layer_case_persistence_one_sided_ranges_and_limit(run):
+    from saematch.query import find, sql, tables
+
+    _, root = run
+    t = tables(fg.results_paths(root))
+    at = lambda df: list(zip(df["site"], df["layer"], df["feature"]))  # noqa: E731
+    # layer 0 of both sites, sorted by site: 0/mlp/3 is dead
+    assert at(find(t, layers=[0])) == [("mlp", 0, 0), ("mlp", 0, 1), ("mlp", 0, 2)] + [("res", 0, i) for i in range(N)]
+    assert at(find(t, case="A")) == [("res", 1, i) for i in range(N)]  # only layer 1 has a flow file among the pairs
+    assert find(t, case="B").is_empty()
+    assert at(find(t, site="res", persists=False)) == [("res", 0, 1), ("res", 0, 3), ("res", 1, 1)]
+    assert at(find(t, site="res", confidence=(0.85, None))) == [("res", 0, 0), ("res", 1, 2)]
+    assert at(find(t, site="res", confidence=(None, 0.25))) == [("res", 0, 3), ("res", 1, 1)]
+    assert at(find(t, site="res", limit=2)) == [("res", 0, 0), ("res", 0, 1)]
+    assert at(find(t, site="res", min_chain=2, layers=[1])) == [("res", 1, 0), ("res", 1, 1), ("res", 1, 2), ("res", 1, 3)]
+    got = sql(t, "SELECT layer, feature FROM feature_table WHERE site = 'mlp' AND dead ORDER BY feature")
+    assert isinstance(got, pl.DataFrame) and got.rows() == [(0, 3)]
