@@ -238,3 +238,117 @@ def test_find_filters_by_layer_case_persistence_one_sided_ranges_and_limit(run):
     assert at(find(t, site="res", min_chain=2, layers=[1])) == [("res", 1, 0), ("res", 1, 1), ("res", 1, 2), ("res", 1, 3)]
     got = sql(t, "SELECT layer, feature FROM feature_table WHERE site = 'mlp' AND dead ORDER BY feature")
     assert isinstance(got, pl.DataFrame) and got.rows() == [(0, 3)]
+
+
+# --- saematch.graph: trace, _walk, _flow_candidate, check_feature, results_paths -----------------
+
+F32 = lambda x: float(np.float32(x))  # noqa: E731  (a cut exactly at a stored float32 value)
+
+
+def test_results_paths_lists_each_sites_pairs_the_widest_flow_file_and_the_selections_files(run):
+    _, root = run
+    narrow = root / "flow/res/layer=1.parquet"  # scored against res only: res+mlp's file of layer 1 is preferred
+    narrow.parent.mkdir()
+    narrow.write_bytes((root / "flow/res+mlp/layer=1.parquet").read_bytes())
+    wide = root / "flow/res+mlp+att/layer=2.parquet"
+    wide.parent.mkdir()
+    wide.write_bytes((root / "flow/res+mlp/layer=2.parquet").read_bytes())
+    m = lambda site, L: root / f"matches/site={site}/layer={L}/part-0.parquet"  # noqa: E731
+    assert fg.results_paths(root) == {
+        "root": root, "flow": {1: root / "flow/res+mlp/layer=1.parquet", 2: wide},
+        "matches": {0: m("res", 0), 1: m("res", 1)}, "sites": {"res": {0: m("res", 0), 1: m("res", 1)}, "mlp": {0: m("mlp", 0)}, "att": {}},
+        "expected": {m("res", 0): "res.L0-2", m("res", 1): "res.L0-2", root / "flow/res/layer=1.parquet": "res.L0-2",
+                     root / "flow/res/layer=2.parquet": "res.L0-2"}}
+
+
+def test_check_feature_names_the_layers_the_run_has_and_the_range_of_indices(run):
+    _, root = run
+    paths = fg.results_paths(root)
+    for layer, site, index in ((0, "res", 3), (1, "res", 0), (2, "res", 3), (0, "mlp", 3), (1, "mlp", 0)):
+        fg.check_feature(paths, layer, site, index)  # res 0–2 (flow 1, 2; pairs 0, 1), mlp 0–1, four features each
+    bad = {(3, "res", 0): f"3/res/0: layer 3 is not in this run's results for site res ({root}): layers 0–2",
+           (2, "mlp", 0): f"2/mlp/0: layer 2 is not in this run's results for site mlp ({root}): layers 0–1",
+           (0, "att", 0): f"0/att/0: layer 0 is not in this run's results for site att ({root}): layers none",
+           (1, "res", 4): "1/res/4: layer 1 has features 0–3", (0, "res", -1): "0/res/-1: layer 0 has features 0–3",
+           (0, "mlp", 4): "0/mlp/4: layer 0 has features 0–3", (1, "mlp", 4): "1/mlp/4: layer 1 has features 0–3",
+           (1, "mlp", -1): "1/mlp/-1: layer 1 has features 0–3"}
+    for (layer, site, index), message in bad.items():
+        with pytest.raises(fg.ResultsError) as e:
+            fg.check_feature(paths, layer, site, index)
+        assert str(e.value) == message
+    # the last layer's size comes from its pair's provenance; without n_dst any index is taken
+    write_matches(root / "matches/site=mlp/layer=0/part-0.parquet", matches(dict(RES0)), {"site": "mlp", "layer": 0})
+    fg.check_feature(fg.results_paths(root), 1, "mlp", 99)
+
+
+def test_a_trace_records_its_settings_and_walks_both_ways_to_the_ends_of_the_run(run):
+    _, root = run
+    G = fg.trace(fg.results_paths(root), "1/res/2", "both")
+    assert {k: v for k, v in G.graph.items() if k != "ends"} == {
+        "root": "1/res/2", "direction": "both", "mode": "verdict", "res_cut": 0.5, "module_cut": 0.15, "cut": 0.5}
+    # back: 0/res/2 by match+top1 (0.8); forward: 2/res/2 by all three (0.9, cosine 0.85); no module above 0.15
+    assert set(G.edges) == {("0/res/2", "1/res/2"), ("1/res/2", "2/res/2")}
+    e = G.edges["1/res/2", "2/res/2"]
+    assert (e["kind"], e["relations"], e["r"]) == ("res", "flow_res+match+top1", None)
+    assert (e["score"], e["confidence"]) == pytest.approx((0.85, 0.9))
+    assert G.graph["ends"] == [{"at": "0/res/2", "direction": "back", "why": "no layer -1 in this run"},
+                               {"at": "2/res/2", "direction": "forward", "why": "no layer 3 in this run"}]
+    assert G.nodes["2/res/2"] == {"layer": 2, "site": "res", "index": 2, "s_res": pytest.approx(0.85),
+                                  "s_mlp": pytest.approx(0.05), "case": "A"}
+
+
+def test_an_end_names_the_best_candidate_with_its_cosine_and_a_cut_exactly_at_its_confidence_is_met(run):
+    _, root = run
+    paths = fg.results_paths(root)
+    (end,) = fg.trace(paths, "1/res/0", "back").graph["ends"]
+    # into 1/res/0: 0/res/1 by match (cos 0.5, conf 0.3) and flow_res (s 0.6, conf 0.2): cosine 0.6, confidence 0.3
+    assert end == {"at": "1/res/0", "direction": "back", "best": "0/res/1", "relations": "flow_res+match",
+                   "score": pytest.approx(0.6), "confidence": pytest.approx(0.3), "why": "missed confidence ≥ 0.5"}
+    G = fg.trace(paths, "1/res/0", "back", cut=F32(0.3))
+    assert list(G.edges) == [("0/res/1", "1/res/0")]
+    assert G.graph["ends"] == [{"at": "0/res/1", "direction": "back", "why": "no layer -1 in this run"}]
+
+
+def test_a_module_feature_is_traced_only_forward_into_what_it_feeds(run):
+    _, root = run
+    paths = fg.results_paths(root)
+    G = fg.trace(paths, "1/mlp/0", "back")
+    assert list(G.nodes) == ["1/mlp/0"] and G.graph["ends"] == []
+    # both: forward only; 1/res/1 (fed at s 0.3) is not walked back to 0/res/0 (its 0.95 link)
+    G = fg.trace(paths, "1/mlp/0", "both")
+    assert set(G.edges) == {("1/mlp/0", "1/res/1")}
+    assert G.graph["ends"] == [{"at": "1/res/1", "direction": "forward", "best": "2/res/1", "relations": "flow_res+match+top1",
+                                "score": pytest.approx(0.4), "confidence": pytest.approx(0.2),
+                                "why": "missed confidence ≥ 0.5"}]
+    # a module cut exactly at s 0.3 keeps 1/res/1; above it nothing is fed
+    assert ("1/mlp/0", "1/res/1") in fg.trace(paths, "1/mlp/0", "forward", module_cut=F32(0.3)).edges
+    G = fg.trace(paths, "1/mlp/0", "forward", module_cut=0.31)
+    assert list(G.nodes) == ["1/mlp/0"]
+    assert G.graph["ends"] == [{"at": "1/mlp/0", "direction": "forward", "why": "feeds no residual feature at s ≥ 0.31"}]
+    G = fg.trace(paths, "0/mlp/2", "forward")  # no flow file of layer 0
+    assert G.graph["ends"] == [{"at": "0/mlp/2", "direction": "forward", "why": "feeds no residual feature at s ≥ 0.15"}]
+
+
+def test_the_flow_mode_follows_the_top1_forward_with_the_relations_that_agree(run):
+    _, root = run
+    paths = fg.results_paths(root)
+    G = fg.trace(paths, "0/res/1", "forward", mode="flow", res_cut=F32(0.55))
+    # 0/res/1's top-1 is 1/res/2 at cosine 0.55 (exactly the cut), proposed by top1 alone (0.6);
+    # 1/res/2's top-1 is 2/res/2 at 0.85, proposed by all three (0.9)
+    got = {(u, v): (a["relations"], round(a["score"], 3), round(a["confidence"], 3)) for u, v, a in G.edges(data=True)}
+    assert got == {("0/res/1", "1/res/2"): ("top1", 0.55, 0.6), ("1/res/2", "2/res/2"): ("flow_res+match+top1", 0.85, 0.9)}
+    assert G.graph["ends"] == [{"at": "2/res/2", "direction": "forward", "why": "no layer 3 in this run"}]
+    with pytest.raises(fg.ResultsError, match="trace mode 'nope': expected one of verdict, flow"):
+        fg.trace(paths, "0/res/1", mode="nope")
+
+
+def test_the_flow_mode_says_no_candidate_where_a_layer_has_no_predecessor_scores(run):
+    from saematch.write import write_flow
+    from test_feature_graph import FLOW2, flow
+
+    _, root = run
+    cols = flow(FLOW2, 2)
+    cols.update({"res": None, "s_res": None, "res_top": None, "s_res_top": None, "res_confidence": None, "res_unjudged": None})
+    write_flow(root / "flow/res+mlp/layer=2.parquet", cols, 1, {"layer": 2})
+    G = fg.trace(fg.results_paths(root), "2/res/0", "back", mode="flow")
+    assert G.graph["ends"] == [{"at": "2/res/0", "direction": "back", "why": "no candidate"}]
