@@ -352,3 +352,19 @@ def test_the_flow_mode_says_no_candidate_where_a_layer_has_no_predecessor_scores
     write_flow(root / "flow/res+mlp/layer=2.parquet", cols, 1, {"layer": 2})
     G = fg.trace(fg.results_paths(root), "2/res/0", "back", mode="flow")
     assert G.graph["ends"] == [{"at": "2/res/0", "direction": "back", "why": "no candidate"}]
+
+
+@pytest.mark.xfail(strict=True, reason="_walk returns on reaching a node already in the graph before adding the link "
+                   "it followed, so a second walk that joins the first loses its edge")
+def test_two_walks_from_one_module_feature_that_join_keep_both_links(run):
+    from saematch.write import write_flow
+    from test_feature_graph import FLOW1, RES1, flow
+
+    _, root = run
+    # 1/mlp/0 feeds 1/res/1 and 1/res/2 (s 0.3 each); 1/res/1's top-1 is now 2/res/2 (0.7), 1/res/2's link too (0.9)
+    write_flow(root / "flow/res+mlp/layer=1.parquet", flow(dict(FLOW1, s_mlp=[0.1, 0.3, 0.3, 0.2]), 1), 1, {"layer": 1})
+    write_matches(root / "matches/site=res/layer=1/part-0.parquet",
+                  matches(dict(RES1, top1=[0, 2, 2, 3], top1_conf=[0.7, 0.7, 0.9, 0.6])), {"site": "res", "layer": 1, "n_dst": N})
+    G = fg.trace(fg.results_paths(root), "1/mlp/0", "forward")
+    assert {("1/mlp/0", "1/res/1"), ("1/mlp/0", "1/res/2"), ("1/res/1", "2/res/2")} <= set(G.edges)
+    assert ("1/res/2", "2/res/2") in G.edges
