@@ -354,8 +354,6 @@ def test_the_flow_mode_says_no_candidate_where_a_layer_has_no_predecessor_scores
     assert G.graph["ends"] == [{"at": "2/res/0", "direction": "back", "why": "no candidate"}]
 
 
-@pytest.mark.xfail(strict=True, reason="_walk returns on reaching a node already in the graph before adding the link "
-                   "it followed, so a second walk that joins the first loses its edge")
 def test_two_walks_from_one_module_feature_that_join_keep_both_links(run):
     from saematch.write import write_flow
     from test_feature_graph import FLOW1, RES1, flow

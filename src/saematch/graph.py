@@ -304,12 +304,14 @@ def _walk(G, paths, L, i, way, mode, cut, res_cut, module_cut) -> None:
             G.graph["ends"].append(end)
             return
         nxt = node_name(best["layer"], "res", best["feature"])
-        if nxt in G:  # already walked (a 'both' trace meets itself)
-            return
-        _add_residual(G, paths, best["layer"], best["feature"], module_cut)
+        joined = nxt in G  # another walk of this trace got there first: link to it, then stop
+        if not joined:
+            _add_residual(G, paths, best["layer"], best["feature"], module_cut)
         u, v = (nxt, here) if way == "back" else (here, nxt)
         G.add_edge(u, v, kind="res", relations=best.get("relations"), score=best["score"],
                    confidence=best["confidence"], r=best.get("r"))
+        if joined:
+            return
         L, i = best["layer"], best["feature"]
 
 
