@@ -366,3 +366,24 @@ def test_two_walks_from_one_module_feature_that_join_keep_both_links(run):
     G = fg.trace(fg.results_paths(root), "1/mlp/0", "forward")
     assert {("1/mlp/0", "1/res/1"), ("1/mlp/0", "1/res/2"), ("1/res/1", "2/res/2")} <= set(G.edges)
     assert ("1/res/2", "2/res/2") in G.edges
+
+
+def test_the_edge_table_holds_each_evaluations_pearson_partners(run):
+    _, root = run
+    folder = root / "evaluation" / "text-abc" / "res.L0-2"
+    folder.mkdir(parents=True)
+    top, r = [[-1, -1]] * N, [[0.0, 0.0]] * N
+    top[2], r[2] = [0, 2], [0.9, 0.8]  # 1/res/2's Pearson top-2 in layer 2
+    pl.DataFrame({"site": ["res"] * N, "layer": [1] * N, "feature": list(range(N)), "pearson_top": top, "pearson_r": r},
+                 schema_overrides={"layer": pl.Int32, "feature": pl.Int32, "pearson_top": pl.Array(pl.Int32, 2),
+                                   "pearson_r": pl.Array(pl.Float32, 2)}).write_parquet(folder / "features.parquet")
+    edges = edge_table(fg.results_paths(root)).collect()
+    assert rows(edges.filter(pl.col("relation").is_in(["pearson", "pearson_k"]))) == {
+        ("1/res/2", "2/res/0", "pearson", 0.9, None), ("1/res/2", "2/res/2", "pearson_k", 0.8, None)}
+
+
+def test_an_mlp_features_edges_back_do_not_need_the_residual_flow_file(run):
+    _, root = run
+    (root / "flow/res+mlp/layer=1.parquet").unlink()  # lost: the selection's flow file of layer 1
+    got = edges_at(fg.results_paths(root), 1, "mlp", 2, "back")
+    assert rows(got) == {("0/mlp/1", "1/mlp/2", "match", 0.8, 0.9), ("0/mlp/1", "1/mlp/2", "top1", 0.8, 0.9)}
