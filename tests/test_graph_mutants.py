@@ -387,3 +387,19 @@ def test_an_mlp_features_edges_back_do_not_need_the_residual_flow_file(run):
     (root / "flow/res+mlp/layer=1.parquet").unlink()  # lost: the selection's flow file of layer 1
     got = edges_at(fg.results_paths(root), 1, "mlp", 2, "back")
     assert rows(got) == {("0/mlp/1", "1/mlp/2", "match", 0.8, 0.9), ("0/mlp/1", "1/mlp/2", "top1", 0.8, 0.9)}
+
+
+def test_an_unreadable_results_file_is_named_when_a_features_edges_are_read(run):
+    _, root = run
+    path = root / "matches/site=res/layer=1/part-0.parquet"
+    path.write_text("not parquet")
+    with pytest.raises(fg.ResultsError) as e:
+        edges_at(fg.results_paths(root), 1, "res", 2, "forward")
+    assert str(e.value).startswith(f"{path}: cannot be read (")
+    assert str(e.value).endswith("): delete it and rerun snakemake to rebuild it")
+    folder = root / "evaluation" / "text-abc" / "res.L0-2"
+    folder.mkdir(parents=True)
+    (folder / "features.parquet").write_text("not parquet either")
+    with pytest.raises(fg.ResultsError) as e:
+        edges_at(fg.results_paths(root), 0, "mlp", 0, "forward")
+    assert str(e.value).startswith(f"{folder / 'features.parquet'}: cannot be read (")
