@@ -403,3 +403,18 @@ def test_an_unreadable_results_file_is_named_when_a_features_edges_are_read(run)
     with pytest.raises(fg.ResultsError) as e:
         edges_at(fg.results_paths(root), 0, "mlp", 0, "forward")
     assert str(e.value).startswith(f"{folder / 'features.parquet'}: cannot be read (")
+
+
+def test_the_reversed_verdicts_unjudged_note_reaches_only_the_flow_res_edge(run):
+    from saematch.write import write_flow
+    from test_feature_graph import FLOW1, flow
+
+    _, root = run
+    cols = flow(FLOW1, 1)
+    cols["res_unjudged"] = np.array([None, None, "near-duplicate: flow", None], object)
+    write_flow(root / "flow/res+mlp/layer=1.parquet", cols, 1, {"layer": 1})
+    got = edges_at(fg.results_paths(root), 1, "res", 2, "back")
+    notes = {(r["src_site"], r["src_feature"], r["relation"]): r["unjudged"] for r in got.iter_rows(named=True)}
+    # FLOW1 row 2: res 3 (its note), mlp 0 (none: the note is the residual verdict's); RES0's rows have none
+    assert notes == {("res", 2, "match"): None, ("res", 1, "top1"): None, ("res", 2, "top1"): None,
+                     ("res", 3, "flow_res"): "near-duplicate: flow", ("mlp", 0, "flow_mlp"): None}
