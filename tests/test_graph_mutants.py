@@ -418,3 +418,46 @@ def test_the_reversed_verdicts_unjudged_note_reaches_only_the_flow_res_edge(run)
     # FLOW1 row 2: res 3 (its note), mlp 0 (none: the note is the residual verdict's); RES0's rows have none
     assert notes == {("res", 2, "match"): None, ("res", 1, "top1"): None, ("res", 2, "top1"): None,
                      ("res", 3, "flow_res"): "near-duplicate: flow", ("mlp", 0, "flow_mlp"): None}
+
+
+def test_the_feature_table_reads_older_files_and_runs_without_flow_or_lifetimes(run):
+    import shutil
+
+    from saematch.query import find, tables
+
+    _, root = run
+    path = root / "matches/site=mlp/layer=0/part-0.parquet"
+    pl.read_parquet(path).drop("unjudged", "dead").write_parquet(path)  # written before those columns existed
+    t = tables(fg.results_paths(root))
+    assert find(t, site="mlp")["feature"].to_list() == [0, 1, 2, 3]  # no dead column: none dead
+    ft = t["feature_table"].collect()
+    assert ft.filter(pl.col("site") == "mlp")["unjudged"].null_count() == N
+    shutil.rmtree(root / "flow")
+    shutil.rmtree(root / "lifetimes")
+    t = tables(fg.results_paths(root))
+    assert set(t) == {"matches", "edges", "feature_table"}
+    ft = t["feature_table"].collect()
+    assert ft["case"].null_count() == ft["chain_length"].null_count() == ft["chain"].null_count() == 3 * N
+    assert find(t, case="A").is_empty() and find(t, min_chain=1).is_empty()
+    assert len(find(t, site="res")) == 2 * N
+
+
+def test_features_without_an_evaluation_row_keep_their_own_dead_flag(run):
+    from saematch.query import find, tables
+
+    _, root = run
+    evaluation(root, "text-abc", [1] * 2 * N, [0.5] * 2 * N)  # res rows only
+    t = tables(fg.results_paths(root))
+    assert find(t, site="mlp")["feature"].to_list() == [0, 1, 2]  # 0/mlp/3 dead by its matches row only
+    assert find(t, site="mlp", dead=True)["feature"].to_list() == [3]
+
+
+def test_an_explanation_search_without_an_export_or_features_finds_nothing_and_keeps_the_column(run):
+    from saematch.query import find, tables
+
+    _, root = run
+    paths = fg.results_paths(root)
+    t = tables(paths)
+    for got in (find(t, site="res", explanation="wedding", paths=paths, explanations_root=None),
+                find(t, site="att", explanation="wedding", paths=paths, explanations_root=root / "np")):
+        assert got.is_empty() and "explanation" in got.columns and got.schema["explanation"] == pl.String
