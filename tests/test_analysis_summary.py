@@ -174,9 +174,6 @@ def test_an_unmatched_feature_is_never_correct(tmp_path):
     assert row["persists_recall"] == pytest.approx(2 / 2)  # correct: f0, f1 only
 
 
-@pytest.mark.xfail(strict=True, reason="planted_recovered is (match == planted).mean() over planted features: "
-                   "an unmatched one (match null, from a partial assignment) is skipped instead of counted as "
-                   "not recovered, so the share is overstated (here 2/4 instead of 2/5)")
 def test_an_unmatched_planted_feature_counts_as_not_recovered(tmp_path):
     paths, truth = write_pair(tmp_path, match=[1, 0, 4, -1, 3, 5, 6, 7])
     row = summarize(paths, truth=truth).row(0, named=True)

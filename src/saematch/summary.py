@@ -73,8 +73,9 @@ def summarize(paths: list[str], truth: pl.DataFrame | None = None, df: pl.DataFr
         persists = pl.col("planted") >= 0
         aggs += [
             persists.sum().alias("n_planted"),
-            (pl.col("match") == pl.col("planted")).filter(persists).mean().alias("planted_recovered"),
-            (pl.col("top1") == pl.col("planted")).filter(persists).mean().alias("planted_top1"),
+            # an unmatched planted feature (partial assignment: match null) was not recovered
+            (pl.col("match") == pl.col("planted")).fill_null(False).filter(persists).mean().alias("planted_recovered"),
+            (pl.col("top1") == pl.col("planted")).fill_null(False).filter(persists).mean().alias("planted_top1"),
         ]
         for prefix, partner in (("", "match"), ("top1_", "top1")):
             right, declared = correct(partner), pl.col(f"{prefix}persists")
