@@ -461,3 +461,18 @@ def test_an_explanation_search_without_an_export_or_features_finds_nothing_and_k
     for got in (find(t, site="res", explanation="wedding", paths=paths, explanations_root=None),
                 find(t, site="att", explanation="wedding", paths=paths, explanations_root=root / "np")):
         assert got.is_empty() and "explanation" in got.columns and got.schema["explanation"] == pl.String
+
+
+def test_the_flow_table_reads_an_older_flow_file_beside_a_new_one_and_selections_keep_their_whole_name(run):
+    import shutil
+
+    from saematch.query import tables
+
+    _, root = run
+    path = root / "flow/res+mlp/layer=2.parquet"
+    pl.read_parquet(path).drop("res_confidence", "res_unjudged").write_parquet(path)  # written before the reversed verdict
+    shutil.copy(root / "lifetimes/res.L0-2.parquet", root / "lifetimes/res.L0-1_2.parquet")
+    t = tables(fg.results_paths(root))
+    f = t["flow"].collect()
+    assert f["layer"].to_list() == [1] * N + [2] * N and f["res_confidence"].null_count() == N
+    assert sorted(t["lifetimes"].collect()["selection"].unique().to_list()) == ["res.L0-1_2", "res.L0-2"]
