@@ -30,5 +30,5 @@ test: install
 
 MODULES ?= fold cost solve certify sparse load
 mutation: install
-	$(PY) -m pip install -q "mutmut>=3.3,<4"
+	$(PY) -m pip install -q "mutmut>=3.8.1,<4"
 	$(PY) tools/mutation.py --modules $(MODULES)
