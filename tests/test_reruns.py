@@ -72,9 +72,10 @@ FLOWS = {0: "mlp", 1: "res+mlp", 2: "res+mlp", 3: "res+mlp", 4: "res+mlp"}
 def summary(selection: str = "res+mlp.L0-4", variant: str = "1k") -> list[str]:
     """A selection's summary files (Feature Flow's cases too), its lifetimes and, the demo's, its ablation."""
     lifetimes = f"results/model=demo/variant={variant}/lifetimes/{selection}"
-    return sorted([*(summary_path("demo", variant, selection, ext) for ext in ("parquet", "png", "tsv")),
-                   *(summary_path("demo", variant, selection, ext) for ext in ("flow.parquet", "flow.tsv")),
-                   *(f"{lifetimes}{ext}" for ext in (".parquet", ".survival.tsv", ".lengths.tsv", ".survival.png")),
+    return sorted([*(summary_path("demo", variant, selection, ext) for ext in ("parquet", "png", "tsv", "html")),
+                   *(summary_path("demo", variant, selection, ext) for ext in ("flow.parquet", "flow.tsv", "flow.html")),
+                   *(f"{lifetimes}{ext}" for ext in (".parquet", ".survival.tsv", ".survival.html", ".lengths.tsv",
+                                                     ".survival.png")),
                    f"results/model=demo/variant={variant}/demo/ablation.{selection}.parquet"])
 
 
