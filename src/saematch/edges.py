@@ -117,7 +117,7 @@ def edges_at(paths: dict, layer: int, site: str, index: int, direction: str) -> 
     """Every edge into (``direction`` 'back') or out of ('forward') feature layer/site/index,
     read from the files that can hold one (saematch.graph.results_paths). A file the run's
     summaries say it made but that is gone is named (saematch.graph.ResultsError)."""
-    from .graph import check_not_lost, matches_path, reading
+    from .graph import check_not_lost, flow_path, matches_path, reading
 
     root = paths["root"]
     matches = paths.get("sites", {}).get(site, {})
@@ -130,14 +130,10 @@ def edges_at(paths: dict, layer: int, site: str, index: int, direction: str) -> 
         wanted += [("matches", layer), ("flow", layer + 1 if site == "res" else layer)]
     frames = []
     for kind, L in wanted:
-        path = (matches if kind == "matches" else paths["flow"]).get(L)
+        path = matches.get(L) if kind == "matches" else flow_path(paths, L)  # flow_path names a lost file
         if path is None:
             if kind == "matches":
                 check_not_lost(paths, matches_path(root, site, L))
-            else:
-                for lost in paths.get("expected", {}):
-                    if lost.parent.parent.name == "flow" and lost.name == f"layer={L}.parquet":
-                        check_not_lost(paths, lost)
             continue
         with reading(path):
             scan = pl.scan_parquet(path)
