@@ -6,8 +6,9 @@ import logging
 import polars as pl
 
 from saematch import logs
+from saematch.evaluate import summarize_evaluation
+from saematch.figures import plot_evaluation
 from saematch.report import table_html
-from saematch.evaluate import plot_evaluation, summarize_evaluation
 
 with logs.job(snakemake):
     pairs = pl.read_parquet(snakemake.input.pairs)

@@ -6,7 +6,8 @@ from saematch import logs
 from saematch.report import table_html
 
 with logs.job(snakemake):
-    from saematch.lifetimes import chains_of_files, lengths, plot_survival, survival
+    from saematch.figures import plot_survival
+    from saematch.lifetimes import chains_of_files, lengths, survival
 
     long = chains_of_files(list(snakemake.input.matches))
     long.write_parquet(snakemake.output.chains)

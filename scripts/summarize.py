@@ -6,8 +6,9 @@ import polars as pl
 
 from saematch import logs
 from saematch.edges import read_matches
+from saematch.figures import plot_cosines
 from saematch.report import table_html
-from saematch.summary import console_table, plot_cosines, summarize
+from saematch.summary import console_table, summarize
 
 with logs.job(snakemake):
     truth = pl.read_parquet(snakemake.input.truth) if snakemake.input.truth else None

@@ -19,10 +19,9 @@ from matplotlib.patches import FancyArrowPatch  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
 from saematch import graph as fg  # noqa: E402
-from saematch import evaluate
-from saematch.evaluate import METHODS, _evaluation_figure  # noqa: E402
-from saematch.lifetimes import _survival_figure  # noqa: E402
-from saematch.summary import _cosines_figure  # noqa: E402
+from saematch import figures  # noqa: E402
+from saematch.evaluate import METHODS  # noqa: E402
+from saematch.figures import _cosines_figure, _evaluation_figure, _survival_figure, _trace_figure  # noqa: E402
 
 
 def texts(fig) -> list[str]:
@@ -112,7 +111,7 @@ def test_the_reliability_panels_merge_bins_under_the_minimum_and_show_each_bins_
     # verdict: 40 | 3 | 25, two curves (data-free, on data) with two bins each
     counts = [int(t.get_text()) for t in refit.texts if t.get_text().isdigit()]
     assert len(counts) == 4 and sum(counts) == 2 * 68 and min(counts) >= 5, counts
-    assert evaluate.MIN_BIN_FEATURES == 5 and f"bins of fewer than {evaluate.MIN_BIN_FEATURES} features are merged" in " ".join(texts(fig))
+    assert figures.MIN_BIN_FEATURES == 5 and f"bins of fewer than {figures.MIN_BIN_FEATURES} features are merged" in " ".join(texts(fig))
 
 
 # --- lifetimes -------------------------------------------------------------------------------
@@ -153,7 +152,7 @@ def trace_graph() -> nx.DiGraph:
 
 def test_the_trace_figure_draws_arrowheads_and_keeps_every_label_and_edge_inside_the_frame():
     G = trace_graph()
-    fig = fg._trace_figure(G)
+    fig = _trace_figure(G)
     fig.set_dpi(150)  # as draw saves it
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from saematch import graph as fg
+from saematch.figures import plot_trace
 from saematch.cli import main
 from saematch.neuronpedia import load_explanations, set_for
 from saematch.write import write_flow, write_matches
@@ -105,7 +106,7 @@ def test_exports_are_node_link_json_and_graphml_that_read_back_as_the_same_graph
     fg.write_graphml(G, tmp_path / "g.graphml")
     H = nx.read_graphml(tmp_path / "g.graphml")
     assert set(H.edges) == set(G.edges) and float(H.edges["2/res/1", "3/res/2"]["score"]) == pytest.approx(0.9)
-    fg.draw(G, tmp_path / "g.png")
+    plot_trace(G, tmp_path / "g.png")
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

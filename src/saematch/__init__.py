@@ -6,6 +6,8 @@ files → :class:`~saematch.sae.Sae`) → ``fold`` → ``cost`` → ``solve`` (+
 model fitted on ``realmodels``: real SAEs with activation truth) → ``match`` (one pair end to
 end) → ``write`` (Parquet + provenance) → ``lifetimes`` (chains across layers) → ``summary``;
 on data, ``evaluate`` → ``verdict_data`` (the verdict re-fitted on an evaluation's labels).
+Reading the results: ``edges`` (the one graph of every relation between features) → ``graph``
+(traces) and ``query`` (find, SQL) → ``cli``; ``figures`` draws every figure from those tables.
 """
 
 __version__ = "0.1.0"

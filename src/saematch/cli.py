@@ -153,7 +153,9 @@ def cmd_trace(args) -> None:
         print(args.output)
         return
     else:
-        write_output(args.output, lambda tmp: flowgraph.draw(G, tmp, fmt))
+        from .figures import plot_trace
+
+        write_output(args.output, lambda tmp: plot_trace(G, tmp, fmt))
         print(args.output)
         return
     if args.output:

@@ -369,54 +369,6 @@ def layout(G: nx.DiGraph) -> dict[str, tuple[float, float]]:
     return pos
 
 
-def draw(G: nx.DiGraph, path: str | Path, format: str | None = None) -> None:
-    """Save :func:`_trace_figure` (``format`` png or svg; by default the suffix's)."""
-    fig = _trace_figure(G)
-    import matplotlib.pyplot as plt
-
-    try:
-        fig.savefig(path, dpi=150, format=format)
-    finally:
-        plt.close(fig)
-
-
-def _trace_figure(G: nx.DiGraph):
-    """The graph as a figure (:func:`layout`): an arrow u → v per edge, its width by score;
-    att → res arcs bend over the mlp column; residual labels on the left of their node, module
-    labels on the right; labels, arcs and arrows inside the axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pos = layout(G)
-    layers = sorted({a["layer"] for _, a in G.nodes(data=True)})
-    crowd = max([sum(1 for m in pos.values() if m[0] == x and round(m[1]) == round(y)) for x, y in pos.values()] or [1])
-    fig, ax = plt.subplots(figsize=(6.4, 1.4 + 0.6 * len(layers) * max(1.0, 0.5 * crowd)))
-    colour = {"res": "#4c72b0", "mlp": "#dd8452", "att": "#55a868"}
-    for u, v, a in G.edges(data=True):
-        (x0, y0), (x1, y1) = pos[u], pos[v]
-        bend = 0.15 if abs(y0 - y1) < 0.5 and abs(x1 - x0) > 1 else 0.0  # att → res arcs over the mlp node
-        width = 0.5 + 4 * max(a["score"], 0)
-        ax.annotate("", (x1, y1), (x0, y0), zorder=1, arrowprops=dict(
-            arrowstyle="-|>", mutation_scale=8 + 2 * width, shrinkA=7, shrinkB=7, color="#888", lw=width,
-            connectionstyle=f"arc3,rad={bend}"))
-    for n, a in G.nodes(data=True):
-        x, y = pos[n]
-        ax.scatter([x], [y], s=140, color=colour[a["site"]], zorder=2, edgecolor="black" if n == G.graph.get("root") else "none")
-        left = a["site"] == "res"  # edges reach a residual feature from above and from the right
-        ax.annotate(n, (x, y), xytext=(-8 if left else 8, -3), textcoords="offset points", fontsize=7,
-                    ha="right" if left else "left")
-    ax.set_xticks(range(3), SITES)
-    ax.set_yticks(layers)
-    ax.set_ylabel("layer")
-    ax.set_xlim(-0.85, 2.85)
-    ax.set_ylim(layers[-1] + 0.6, layers[0] - 0.75)  # inverted: layer 0 at the top, room for the arcs above a row
-    ax.set_title(f"{G.graph.get('root', '')} ({G.graph.get('direction', '')})", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def to_html(G: nx.DiGraph, title: str | None = None) -> str:
     """A self-contained viewer (one file: inline SVG drawing code and the graph as JSON with
     :func:`layout`'s positions; no network): sites as headed columns, layers as rows, an arrow

@@ -119,38 +119,6 @@ def lengths(long: pl.DataFrame) -> pl.DataFrame:
             .agg(chains=pl.len()).sort("site", "length"))
 
 
-def plot_survival(surv: pl.DataFrame, out: str, title: str) -> None:
-    """Save :func:`_survival_figure` to ``out``."""
-    fig = _survival_figure(surv, title)
-    import matplotlib.pyplot as plt
-
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def _survival_figure(surv: pl.DataFrame, title: str):
-    """Survival curves, one line per site; whole numbers of layers on the k axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for site in surv["site"].unique(maintain_order=True):
-        s = surv.filter(pl.col("site") == site)
-        ax.plot(s["k"].to_numpy(), s["survival"].to_numpy(), marker="o", label=site)
-    ax.set_xlabel("k (layers later)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # k counts layers: no 1.5
-    ax.set_ylabel("share of layer-L features still alive")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
 def chains_of_files(paths: list[str]) -> pl.DataFrame:
     """:func:`chains` of every site in the given matches files (results/…/site=S/layer=L/…), with
     a ``dead`` column where any feature is dead (the matches' ``dead``; the last layer's from

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import textwrap
 
-import numpy as np
 import polars as pl
 
 from .calibrate import ece
 from .edges import read_matches
 from .write import read_provenance
-
 
 
 def calibration_error(df: pl.DataFrame, confidence: str, correct: pl.Expr, by: list[str],
@@ -121,82 +118,3 @@ def console_table(table: pl.DataFrame) -> str:
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_column_data_types=True,
                    tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
         return str(table.select(cols))
-
-
-def plot_cosines(df: pl.DataFrame, out: str, title: str) -> None:
-    """Save :func:`_cosines_figure` to ``out``."""
-    fig = _cosines_figure(df, title)
-    import matplotlib.pyplot as plt
-
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-# the summary figure's groups of features: label, colour
-_GROUPS = {"persists": "#4c72b0", "dies": "#c44e52", "not judged": "#999999"}
-
-
-def _group_of(df: pl.DataFrame) -> pl.Expr:
-    """Each feature's group: 'not judged' (``unjudged`` holds why), else 'persists' or 'dies'."""
-    judged = pl.col("unjudged").is_null() if "unjudged" in df.columns else pl.lit(True)
-    return (pl.when(~judged).then(pl.lit("not judged"))
-            .when(pl.col("persists").fill_null(False)).then(pl.lit("persists")).otherwise(pl.lit("dies")))
-
-
-def _cosines_figure(df: pl.DataFrame, title: str):
-    """One row per site (df: :func:`read_matches`): left, per pair L → L+1 the matched decoder
-    cosine of the features the verdict declares persisting, of those it declares dying, and of
-    those it did not judge (``unjudged``), side by side; right, how many features fall in each
-    group (stacked). The legend gives each group's total over the pairs and why features were
-    not judged."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import MaxNLocator
-
-    df = df.with_columns(_group=_group_of(df))
-    sites = sorted(df["site"].unique())
-    fig, axes = plt.subplots(len(sites), 2, figsize=(13, 2.9 * len(sites)), squeeze=False, sharex=True,
-                             width_ratios=(3, 2), layout="constrained")
-    offset = {"persists": -0.27, "dies": 0.0, "not judged": 0.27}
-    for (ax, bars), site in zip(axes, sites):
-        sub = df.filter(pl.col("site") == site)
-        layers = sorted(sub["layer"].unique())
-        bottom = np.zeros(len(layers))
-        handles, low = [], -0.1
-        for group, colour in _GROUPS.items():
-            g = sub.filter(pl.col("_group") == group)
-            counts = np.array([g.filter(pl.col("layer") == L).height for L in layers])
-            if not g.height:
-                continue
-            cos = g.filter(pl.col("cosine").is_not_null())
-            data = [(L + offset[group], cos.filter(pl.col("layer") == L)["cosine"].to_numpy()) for L in layers]
-            data = [(x, d) for x, d in data if len(d)]
-            if data:
-                ax.boxplot([d for _, d in data], positions=[x for x, _ in data], widths=0.24, showfliers=False,
-                           patch_artist=True, boxprops=dict(facecolor=colour, alpha=0.6),
-                           medianprops=dict(color="black"), manage_ticks=False)
-                low = min(low, float(np.nanmin(np.concatenate([d for _, d in data]))))
-            bars.bar(layers, counts, bottom=bottom, color=colour, alpha=0.8, width=0.7)
-            bottom += counts
-            label = f"{group} ({g.height})"
-            if group == "not judged":
-                why = g.group_by("unjudged", maintain_order=True).len()
-                label = textwrap.fill("not judged: " + "; ".join(f"{str(w).split(' (')[0]} ({n})"
-                                                                 for w, n in why.iter_rows()), 34)
-            handles.append(Patch(facecolor=colour, alpha=0.7, label=label))
-        ax.set_ylabel(f"{site}\nmatched cosine")
-        ax.set_ylim(low, 1.02)
-        ax.grid(alpha=0.3)
-        bars.set_ylabel("features")
-        bars.grid(alpha=0.3, axis="y")
-        bars.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    for ax in axes[-1]:
-        ax.set_xlabel("layer L (pair L → L+1)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0, 0].set_title("matched cosine: persisting, dying, not judged")
-    axes[0, 1].set_title("features per pair")
-    fig.suptitle(title)
-    return fig
