@@ -132,7 +132,8 @@ def summarize(paths: list[str], origins=None):
     """One row per layer: features, the count of each case, and with the demo's planted
     ``origins`` (layer, feature, origin, source, res_source) per origin: how many there are,
     the share whose case is the expected one (EXPECTED_CASE; look-alikes are left out) and
-    the share whose top-1 predecessor in the origin's module is the planted one."""
+    the share whose top-1 predecessor in the origin's module is the planted one (res+mlp and
+    res+att: the module's, ``source``; res: the residual one, ``res_source``)."""
     import polars as pl
 
     df = pl.concat([pl.read_parquet(p, columns=["feature", "res", "mlp", "att", "case"])
@@ -153,7 +154,7 @@ def summarize(paths: list[str], origins=None):
         *[((pl.col("case") == expected) & (pl.col("origin") == o)).sum().truediv(pl.col("origin").eq(o).sum())
           .alias(f"case_recovered_{_name(o)}") for o in EXPECTED_CASE],
         *[(index_ok.fill_null(False) & (pl.col("origin") == o)).sum().truediv(pl.col("origin").eq(o).sum())
-          .alias(f"source_recovered_{_name(o)}") for o in ("res", "mlp", "att")])
+          .alias(f"source_recovered_{_name(o)}") for o in ("res", "res+mlp", "res+att", "mlp", "att")])
     return table.join(recovered, on="layer", how="left")
 
 
