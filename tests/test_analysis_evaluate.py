@@ -126,3 +126,54 @@ def test_delta_loss_patches_the_replacement_only_at_valid_tokens_never_bos_posit
         by_hand = (sum(ce for ce, _ in patched) - sum(ce for ce, _ in clean)) / n
         assert abs(by_hand) > 1e-3, method  # the replacement matters on this model
         assert row[f"dl_{method}"] == pytest.approx(by_hand, rel=1e-4, abs=1e-6), method
+
+
+def test_the_folded_permutation_rescales_each_code_by_its_partners_threshold_over_its_own():
+    """methods.md §1.5: permute_folded decodes f_i·θ'_π(i)/θ_i at π(i); permute decodes f_i there;
+    unmatched features (π = −1) are dropped. Oracle: explicit loops over tokens and features."""
+    from saematch.evaluate import replacement
+    from saematch.sae import Sae
+
+    g = torch.Generator().manual_seed(7)
+    d, F = 6, 5
+    make = lambda: Sae(W_enc=torch.randn(d, F, generator=g), b_enc=0.1 * torch.randn(F, generator=g),  # noqa: E731
+                       W_dec=torch.randn(F, d, generator=g), b_dec=torch.randn(d, generator=g),
+                       threshold=0.05 + torch.rand(F, generator=g))
+    a, b = make(), make()
+    match = torch.tensor([3, 0, -1, 4, 1])
+    x = 2 * torch.randn(4, d, generator=g)
+    pre = (x @ a.W_enc + a.b_enc).numpy()
+    for method, folded in (("permute", False), ("permute_folded", True)):
+        want = np.tile(b.b_dec.numpy().astype(np.float64), (4, 1))
+        for n in range(4):
+            for i in range(F):
+                j = int(match[i])
+                if j < 0 or pre[n, i] <= float(a.threshold[i]):
+                    continue
+                code = pre[n, i] * (float(b.threshold[j]) / float(a.threshold[i]) if folded else 1.0)
+                want[n] += code * b.W_dec[j].numpy()
+        got = replacement(method, a, b, match, x).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_replacement_method_is_refused_naming_the_known_ones():
+    from saematch.evaluate import METHODS, replacement
+
+    sae = random_sae(1)
+    with pytest.raises(ValueError) as err:
+        replacement("permuted", sae, sae, torch.arange(48), torch.zeros(2, 32))
+    assert str(err.value) == "unknown method 'permuted'; known: " + ", ".join(METHODS)
+    assert "permute_folded, permute, layer_drop" in str(err.value)
+
+
+def test_only_pairs_that_fired_together_are_pearson_candidates():
+    """Σxy = 0: the two never fired on the same token (JumpReLU codes are ≥ 0), so no partner, even
+    where the formula gives a finite (negative) r."""
+    from saematch.evaluate import dense_pearson_top
+
+    S = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    a = (torch.tensor([0.5, 0.4], dtype=torch.float64), torch.tensor([1.0, 1.2], dtype=torch.float64))
+    b = (torch.tensor([0.3, 0.3, 0.3], dtype=torch.float64), torch.tensor([0.9, 0.9, 0.9], dtype=torch.float64))
+    top, val = dense_pearson_top(S, 10, a, b, k=3)
+    assert top.tolist() == [[0, -1, -1], [2, 1, -1]]  # larger Σxy at equal moments: larger r
+    assert np.isfinite(val[0, 0]) and np.isnan(val[0, 1:]).all() and np.isnan(val[1, 2])

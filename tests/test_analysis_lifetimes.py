@@ -24,7 +24,8 @@ CHAINS = [(0, 0, 0), (0, 1, 1),            # breaks: 1.f1 dies
           (4, 2, 1)]                        # born at layer 2
 
 
-def write_pairs(root):
+def write_pairs(root, extra=None):
+    """The pairs as matches files; ``extra[L]``: columns that replace or add to layer L's."""
     paths = []
     for L, p in PAIRS.items():
         conf = np.array(p["confidence"], np.float32)
@@ -33,7 +34,8 @@ def write_pairs(root):
                 "mse": np.zeros(N, np.float32), "top1_cosine": np.full(N, 0.7, np.float32),
                 "persists": conf >= 0.5, "confidence": conf, "top1_persists": np.ones(N, bool),
                 "top1_confidence": np.full(N, 0.9, np.float32), "unjudged": np.full(N, None, object),
-                "evidence": np.zeros((N, 7), np.float32), "top1_evidence": np.zeros((N, 7), np.float32)}
+                "evidence": np.zeros((N, 7), np.float32), "top1_evidence": np.zeros((N, 7), np.float32),
+                **(extra or {}).get(L, {})}
         path = root / f"matches/site=res/layer={L}/part-0.parquet"
         write_matches(path, cols, {"site": "res", "layer": L, "n_dst": N})
         paths.append(str(path))
@@ -110,3 +112,35 @@ def test_the_survival_of_no_chains_is_an_empty_table_with_its_columns():
     empty = survival(open_ended_chains().clear())
     assert empty.height == 0
     assert empty.schema == {"site": pl.String, "k": pl.Int32, "survival": pl.Float64, "layers": pl.Int64}
+
+
+def test_a_wholly_unjudged_layer_has_no_deaths_and_the_next_no_births_while_null_marks_are_judged():
+    """Layers 0–3, by hand. A: 0.f0 → 1.f0; B: 0.f1 dies; C: born at 1. Layer 1 wholly unjudged
+    (A and C may live on). D: 2.f0 → 3.f0; E: 2.f1 dies; F: born at 3. Null unjudged and
+    unjudged_in entries mean judged."""
+    from saematch.lifetimes import births_deaths
+
+    rows = [("A", 0, 0, None), ("B", 0, 1, None), ("A", 1, 0, True), ("C", 1, 1, True),
+            ("D", 2, 0, False), ("E", 2, 1, False), ("D", 3, 0, None), ("F", 3, 1, None)]
+    ids = {c: i for i, c in enumerate("ABCDEF")}
+    long = pl.DataFrame({"site": "res", "chain": [ids[r[0]] for r in rows], "layer": [r[1] for r in rows],
+                         "feature": [r[2] for r in rows], "unjudged": [r[3] for r in rows], "unjudged_in": [None] * 8},
+                        schema={"site": pl.String, "chain": pl.Int64, "layer": pl.Int32, "feature": pl.Int32,
+                                "unjudged": pl.Boolean, "unjudged_in": pl.Boolean})
+    bd = births_deaths(long)
+    # L0: B dies; L1: C born, deaths unknown; L2: births unknown, E dies; L3: F born
+    assert bd.select("layer", "births", "deaths").rows() == [(0, None, 1), (1, 1, None), (2, None, 1), (3, 1, None)]
+    assert bd.schema == {"site": pl.String, "layer": pl.Int32, "features": pl.Int64, "births": pl.Int64,
+                         "deaths": pl.Int64}
+
+
+def test_chains_of_files_mark_unjudged_links_and_dead_features_and_nothing_else(tmp_path):
+    # layer 0: f2 dead, f0's dead unknown (null); layer 1: f1's link onward not judged
+    paths = write_pairs(tmp_path / "results/model=toy/variant=v", {
+        0: {"dead": np.array([None, False, True], object)},
+        1: {"dead": np.zeros(N, bool), "unjudged": np.array([None, "near-duplicate", None], object)}})
+    long = chains_of_files(paths)
+    marked = lambda col: sorted(long.filter(pl.col(col)).select("layer", "feature").rows())  # noqa: E731
+    assert marked("dead") == [(0, 2)]
+    assert marked("unjudged") == [(1, 1)] and marked("unjudged_in") == [(2, 1)]  # 1.f1's partner: 2.f1
+    assert long.select(pl.col("dead", "unjudged", "unjudged_in").null_count()).row(0) == (0, 0, 0)

@@ -215,3 +215,42 @@ def test_the_console_table_rounds_each_share_and_shows_every_row_without_a_shape
     pairs = [line.split("|")[2].strip() for line in text.splitlines() if line.startswith("| res")]
     assert pairs == [f"{L}→{L + 1}" for L in range(25)]  # all 25, none elided
     assert "shape" not in text and "…" not in text
+
+
+def test_sites_sort_res_mlp_att_then_any_other_and_each_sites_layers_in_order(tmp_path):
+    pv = (1.0, True, 0.0, "lapjv")
+    one = dict(match=[0], cosine=[0.5], top1=[0], persists=[True], confidence=[0.9], top1_persists=[True],
+               unjudged=[None], pv=pv)
+    order = [("emb", 0), ("att", 1), ("att", 0), ("mlp", 1)] + [("res", L) for L in (7, 2, 9, 0, 5, 3, 8, 1, 6, 4)]
+    paths = [write(tmp_path, site, L, **one) for site, L in order]
+    rows = summarize(paths).select("site", "layer").rows()
+    assert rows == [("res", L) for L in range(10)] + [("mlp", 1), ("att", 0), ("att", 1), ("emb", 0)]
+
+
+def test_a_group_the_verdict_never_judged_gets_a_null_ece_and_the_others_their_own():
+    from saematch.summary import calibration_error
+
+    df = pl.DataFrame({"layer": [0, 0, 1, 1, 2, 2], "conf": [0.9, 0.9, None, None, 0.2, 0.2],
+                       "ok": [True, False, True, True, False, False]},
+                      schema={"layer": pl.Int32, "conf": pl.Float64, "ok": pl.Boolean})
+    out = calibration_error(df, "conf", pl.col("ok"), ["layer"])
+    assert out.schema == {"layer": pl.Int32, "conf_ece": pl.Float64}
+    got = dict(out.rows())
+    assert got[0] == pytest.approx(0.4) and got[1] is None and got[2] == pytest.approx(0.2)  # |½ − 0.9|, |0 − 0.2|
+    none = calibration_error(df.filter(pl.col("layer") == 1), "conf", pl.col("ok"), ["layer"])
+    assert none.schema == {"layer": pl.Int32, "conf_ece": pl.Float64} and none.rows() == [(1, None)]
+
+
+def test_the_certificate_columns_keep_their_types_when_every_gap_bound_is_unknown(tmp_path):
+    one = dict(match=[0], cosine=[0.5], top1=[0], persists=[True], confidence=[0.9], top1_persists=[True],
+               unjudged=[None])
+    paths = [write(tmp_path, "res", L, **one, pv=(1.0, True, None, "lapjv")) for L in (0, 1)]
+    table = summarize(paths)
+    assert table.schema["gap_bound"] == pl.Float64 and table.schema["total_cost"] == pl.Float64
+    assert table.schema["certified"] == pl.Boolean and table["gap_bound"].to_list() == [None, None]
+
+
+def test_the_console_table_rounds_the_ece_to_three_decimals(tmp_path):
+    paths, truth = write_pair(tmp_path)
+    table = summarize(paths, truth=truth).with_columns(confidence_ece=pl.lit(0.123456))
+    assert console_columns(console_table(table))["ece"] == "0.123"
