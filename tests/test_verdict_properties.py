@@ -608,3 +608,49 @@ def test_the_null_rotates_encoders_of_another_width_with_their_own_rotation():
     assert t0.shape == (40,) and np.isfinite(t0).all() and d_eff > 1
     np.testing.assert_array_equal(t0, again)
     assert d_eff == d_again
+
+
+@pytest.mark.parametrize("F_src, F_dst", [(0, 5), (5, 0)])
+def test_a_verdict_against_a_layer_without_features_is_refused_with_both_widths_named(F_src, F_dst):
+    U, E = directions(torch.randn(F_src, 16), torch.randn(8, F_src))
+    V, W = directions(torch.randn(F_dst, 16), torch.randn(8, F_dst))
+    with pytest.raises(ValueError, match=f"layer L has {F_src} features and layer L\\+1 has {F_dst}"):
+        verdict(U, E, V, W, np.full(F_src, -1), rows=8, draws=1)
+
+
+@pytest.mark.parametrize("F_dst", [1, 2, 3])
+def test_the_margins_over_a_layer_of_fewer_features_than_neighbours_are_over_all_its_other_features(F_dst):
+    """Layer L+1 has fewer features than the 4 nearest columns kept per row: every row's second
+    best is the best of all its other columns (none with one feature: the margin is the clip, 1)."""
+    F = 30
+    g = torch.Generator().manual_seed(F_dst)
+    U, E = directions(torch.randn(F, 16, generator=g), torch.randn(8, F, generator=g))
+    V, W = directions(torch.randn(F_dst, 16, generator=g), torch.randn(8, F_dst, generator=g))
+    match = np.full(F, -1)
+    match[:F_dst] = np.arange(F_dst)[::-1]
+    cols, _ = verdict(U, E, V, W, match, rows=16, draws=1)
+    D = (U.double() @ V.double().T).numpy()
+    M = np.minimum(D, (E.double() @ W.double().T).numpy())
+    top1 = D.argmax(1)
+
+    def best_other(i, j):
+        return max((M[i, c] for c in range(F_dst) if c != j), default=-np.inf)
+
+    margin_top1 = [M[i, top1[i]] - best_other(i, top1[i]) for i in range(F)]
+    np.testing.assert_allclose(cols["top1_evidence"][:, 4], np.clip(margin_top1, -1, 1), atol=1e-5)
+    margin = [M[i, match[i]] - best_other(i, match[i]) for i in range(F_dst)]
+    np.testing.assert_allclose(cols["evidence"][:F_dst, 4], np.clip(margin, -1, 1), atol=1e-5)
+    if F_dst == 1:
+        assert (cols["top1_evidence"][:, 4] == 1).all()
+
+
+def test_the_verdict_names_a_feature_near_duplicate_only_where_its_encoder_agrees_too():
+    """Feature 1 repeats feature 0's decoder with another encoder: a different feature, judged.
+    Feature 3 repeats feature 2's decoder and encoder: the same feature twice, unjudged (both)."""
+    U, E, V, W, planted = verdict_inputs(F=80)
+    U, E = U.clone(), E.clone()
+    U[1], E[1] = U[0], unit_rows(1, E.shape[1], 99)[0]
+    U[3], E[3] = U[2], E[2]
+    cols, _ = verdict(U, E, V, W, planted, rows=32)
+    dup = [u is not None and u.startswith("near-duplicate") for u in cols["unjudged"]]
+    assert not dup[0] and not dup[1] and dup[2] and dup[3]

@@ -353,7 +353,7 @@ def column_rival_scores(nb, row_m, partner) -> np.ndarray:
     rows, pos = nb["col_top"][part], nb["col_pos"][part]
     rival = (rows >= 0) & (rows != np.arange(n)[:, None]) & (partner >= 0)[:, None]
     m = np.where(rival, row_m[np.maximum(rows, 0), np.maximum(pos, 0)], -np.inf)
-    return m.max(1) if m.shape[1] else np.full(n, -np.inf)
+    return m.max(1)  # col_top has k ≥ 1 columns
 
 
 def near_duplicates(U, E, nb, top1) -> np.ndarray:
@@ -395,6 +395,9 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
     from .calibrate import load_model, logistic_predict
 
     model = model or load_model()
+    if not (len(U) and len(V)):
+        raise ValueError(f"verdict: layer L has {len(U)} features and layer L+1 has {len(V)}; "
+                         "a verdict needs at least one in each")
     if (E is None) != (W is None) or (E is not None and E.shape[1] != W.shape[1]):
         E = W = None  # no encoders in a shared space: decoder directions alone
     nb = nb if nb is not None else neighbours(U, V)
@@ -420,7 +423,7 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
         a_match = ambiguity_match(U, E, V, W, match, nb, d_eff, t_match, row_m)
         a_top1 = ambiguity_top1(top1, nb, d_eff, t_top1, row_m)
         others = np.where(nb["row_top"] == match[:, None], -np.inf, row_m)
-        second = others.max(1) if others.shape[1] else np.full(n, -np.inf)
+        second = others.max(1)  # row_m has min(k, F_dst) ≥ 1 columns
         second_top1 = row_m[:, 1:].max(1) if row_m.shape[1] > 1 else np.full(n, -np.inf)
         agree = match == top1
         mutual_top1 = nb["col_top"][top1, 0] == np.arange(n)
@@ -455,9 +458,9 @@ def verdict(U, E, V, W, match, nb=None, cut: float = 0.5, rows: int = 1024, draw
     stats = {"pi0": pi0, "pi0_top1": pi0_top1, "null_samples": int(len(t_null)), "d_eff": float(d_eff),
              "dead": int(dead.sum()), "dead_dst": np.flatnonzero(dead_dst).tolist(),
              "encoders": E is not None, "cut": cut, "seconds": {k: round(v, 4) for k, v in seconds.items()},
-             "share_persists": float(columns["persists"].mean()) if n else 0.0,
-             "share_top1_persists": float(columns["top1_persists"].mean()) if n else 0.0,
-             "share_unjudged": float((~judged).mean()) if n else 0.0}
+             "share_persists": float(columns["persists"].mean()),
+             "share_top1_persists": float(columns["top1_persists"].mean()),
+             "share_unjudged": float((~judged).mean())}
     log.info("verdict: %.1f%% of features persist (top1 %.1f%%), %.1f%% unjudged; π0 %.3f, null %d samples, d_eff %.0f%s",
              100 * stats["share_persists"], 100 * stats["share_top1_persists"], 100 * stats["share_unjudged"], pi0,
              stats["null_samples"], d_eff, "" if E is not None else " (decoders only)")
