@@ -128,6 +128,15 @@ def test_the_survival_axis_counts_layers_in_whole_numbers():
         [t.get_text() for t in ax.get_xticklabels()]
 
 
+
+def test_a_site_without_survival_beyond_k_0_is_named_not_judged_and_not_drawn():
+    surv = pl.DataFrame({"site": ["att", "res", "res", "res"], "k": [0, 0, 1, 2], "survival": [1.0, 1.0, 0.7, 0.4]})
+    fig = _survival_figure(surv, "toy")
+    ax = fig.axes[0]
+    drawn = {ln.get_label(): len(ln.get_xdata()) for ln in ax.get_lines()}
+    assert drawn == {"res": 3, "att: not judged (no link beyond k = 0)": 0}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["att: not judged (no link beyond k = 0)", "res"]
+
 # --- trace graph -----------------------------------------------------------------------------
 
 def trace_graph() -> nx.DiGraph:

@@ -107,7 +107,9 @@ def plot_survival(surv: pl.DataFrame, out: str, title: str) -> None:
 
 
 def _survival_figure(surv: pl.DataFrame, title: str):
-    """Survival curves, one line per site; whole numbers of layers on the k axis."""
+    """Survival curves, one line per site; whole numbers of layers on the k axis. A site with no
+    survival beyond k = 0 (no link its verdict judged, e.g. the demo's att) is named in the legend
+    as not judged instead of drawn as a lone point under the others."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +119,10 @@ def _survival_figure(surv: pl.DataFrame, title: str):
     fig, ax = plt.subplots(figsize=(7, 4))
     for site in surv["site"].unique(maintain_order=True):
         s = surv.filter(pl.col("site") == site)
-        ax.plot(s["k"].to_numpy(), s["survival"].to_numpy(), marker="o", label=site)
+        if (s["k"] > 0).any():
+            ax.plot(s["k"].to_numpy(), s["survival"].to_numpy(), marker="o", label=site)
+        else:
+            ax.plot([], [], " ", label=f"{site}: not judged (no link beyond k = 0)")
     ax.set_xlabel("k (layers later)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # k counts layers: no 1.5
     ax.set_ylabel("share of layer-L features still alive")
