@@ -318,3 +318,20 @@ def test_a_link_the_verdict_did_not_judge_is_neither_a_death_nor_a_birth(tmp_pat
     s1 = survival(long).filter(survival(long)["k"] == 1)["survival"][0]
     # k = 1: layer 0 without 0/1: 0/0, 0/2 live on, 0/3 dies (2/3); layer 1: 1/0, 1/2, 1/3 live on, 1/1 dies (3/4)
     assert s1 == pytest.approx((2 / 3 + 3 / 4) / 2)
+
+
+def test_a_themes_feature_set_is_the_union_of_its_seeds_traces_both_ways(run):
+    from saematch.steer import feature_set
+
+    _, root = run
+    paths = fg.results_paths(root)
+    got = feature_set(paths, ["2/res/2", "1/mlp/0"])
+    # 2/res/2 back along the verdict: 1/res/2, 0/res/2 (no module predecessor at s ≥ 0.15, no layer 3);
+    # 1/mlp/0 forward: the residual feature it feeds, 1/res/1, whose onward link (0.2) fails
+    assert got.rows() == [("0/res/2", 0, "res", 2, ["2/res/2"]), ("1/mlp/0", 1, "mlp", 0, ["1/mlp/0"]),
+                          ("1/res/1", 1, "res", 1, ["1/mlp/0"]), ("1/res/2", 1, "res", 2, ["2/res/2"]),
+                          ("2/res/2", 2, "res", 2, ["2/res/2"])]
+    # the paper's rule: the nearest decoder, 0/res/3 at s(R) 0.75; a feature two seeds reach lists both
+    got = feature_set(paths, ["2/res/2", "1/res/2"], mode="flow")
+    assert got.rows() == [("0/res/3", 0, "res", 3, ["2/res/2", "1/res/2"]), ("1/res/2", 1, "res", 2, ["2/res/2", "1/res/2"]),
+                          ("2/res/2", 2, "res", 2, ["2/res/2", "1/res/2"])]

@@ -46,13 +46,8 @@ def hooks(model, fmt: str, read: dict[str, list[int]], replace: dict[int, callab
     layers = decoder_layers(model)
     try:
         for site, Ls in read.items():
-            path, side = HOOKS[fmt][site]
             for L in Ls:
-                try:
-                    module = layers[L].get_submodule(path) if path else layers[L]
-                except AttributeError:
-                    raise SaeError(f"{type(model).__name__} layer {L} has no module {path!r}, where {fmt} "
-                                   f"reads its {site} SAEs: the model and the SAE format do not fit") from None
+                module, side = _site_module(model, fmt, site, L)
                 if side == "input":
                     handles.append(module.register_forward_pre_hook(
                         lambda mod, args, s=site, L=L: caps[s].__setitem__(L, args[0])))
@@ -69,6 +64,40 @@ def hooks(model, fmt: str, read: dict[str, list[int]], replace: dict[int, callab
         for h in handles:
             h.remove()
 
+
+
+def _site_module(model, fmt: str, site: str, L: int):
+    """(module, side) where ``fmt`` reads its ``site`` SAEs at decoder layer L."""
+    path, side = HOOKS[fmt][site]
+    layer = decoder_layers(model)[L]
+    try:
+        return (layer.get_submodule(path) if path else layer), side
+    except AttributeError:
+        raise SaeError(f"{type(model).__name__} layer {L} has no module {path!r}, where {fmt} "
+                       f"reads its {site} SAEs: the model and the SAE format do not fit") from None
+
+
+@contextmanager
+def edits(model, fmt: str, edit: dict[tuple[str, int], callable]):
+    """Within the block, the activation x (B, T, d) at each hook point (site, L) of ``edit``
+    (the point the SAEs read, :data:`HOOKS`) becomes ``edit[site, L](x)`` for the rest of the
+    forward pass (steering: saematch.steer)."""
+    handles = []
+    try:
+        for (site, L), fn in edit.items():
+            module, side = _site_module(model, fmt, site, L)
+            if side == "input":
+                handles.append(module.register_forward_pre_hook(
+                    lambda mod, args, fn=fn: (fn(args[0]).to(args[0].dtype), *args[1:])))
+            else:
+                def swap(mod, args, out, fn=fn):
+                    new = fn(_tensor(out)).to(_tensor(out).dtype)
+                    return (new, *out[1:]) if isinstance(out, tuple) else new
+                handles.append(module.register_forward_hook(swap))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 def read_sites(model, fmt: str, input_ids, attention_mask, read: dict[str, list[int]]) -> dict[str, dict[int, torch.Tensor]]:
     """One forward pass; the activations at ``read`` (site → layers), as site → layer → (B, T, d)."""

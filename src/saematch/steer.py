@@ -1,0 +1,197 @@
+"""Steering along flow graphs: switch a theme off or on across layers (Feature Flow, Laptev et
+al., ICML 2025, §3.5, §5.3, App. B; methods.md §2.6–2.7).
+
+:func:`feature_set` (the theme: every seed feature traced both ways through the one feature
+graph, saematch.graph) → :func:`steering_edits` (one edit per SAE hook point, saematch.lm.edits)
+→ :func:`generate` (sampled, seeded) → the offline scores (:func:`presence`, :func:`perplexity`,
+:func:`distinct_n`, :func:`loss_change`).
+
+- **activation** at every token: h ← h + s_l · Σ_i c_i · v_i over the set's features i of the
+  hook point, v_i the decoder row, s_l the strength at layer l (:func:`layer_strengths`), and
+  c_i = θ_i (the JumpReLU threshold) with ``fold`` (the default; methods.md §2.7, our reading
+  of the paper's "we also employ folding to distribute the coefficient": the folded decoder row
+  θ_i·v_i, so s counts thresholds, the least activation the feature ever has) or 1 without.
+- **deactivation** at every token: h ← h + (r − 1) · Σ_i a_i · v_i, a_i the feature's own
+  JumpReLU activation on h (r = 0 deletes the features, r < 0 reverses them).
+- **single** steers the set's features of one layer l; **cumulative** those of layers ≤ l.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import polars as pl
+import torch
+
+from .graph import MODULE_CUT, RES_CUT, parse_node, trace
+from .lm import edits
+from .sae import Sae
+
+SCHEDULES = ("constant", "linear", "exponential")
+ALPHA = -0.05  # the exponential schedule's rate per layer (the paper's)
+TOP_P, TEMPERATURE = 0.7, 1.27  # the paper's sampling
+
+
+def feature_set(paths: dict, seeds: list[str], mode: str = "verdict", cut: float = 0.5,
+                res_cut: float = RES_CUT, module_cut: float = MODULE_CUT) -> pl.DataFrame:
+    """The theme's features: the union of each seed's trace both ways (mode 'verdict': links
+    whose confidence ≥ ``cut``; 'flow': the paper's rule, residual links with s ≥ ``res_cut``),
+    module features where s ≥ ``module_cut`` (the paper's 0.15). One row per feature: node,
+    layer, site, feature, seeds (the seeds whose graph holds it), sorted by layer, site, feature."""
+    rows: dict[str, dict] = {}
+    for seed in seeds:
+        G = trace(paths, seed, "both", res_cut, module_cut, mode, cut)
+        for node in G.nodes:
+            L, site, i = parse_node(node)
+            rows.setdefault(node, {"node": node, "layer": L, "site": site, "feature": i, "seeds": []})["seeds"].append(seed)
+    schema = {"node": pl.String, "layer": pl.Int32, "site": pl.String, "feature": pl.Int64, "seeds": pl.List(pl.String)}
+    return pl.DataFrame(list(rows.values()), schema=schema).sort("layer", "site", "feature")
+
+
+def steered_layers(layers, layer: int, cumulative: bool) -> list[int]:
+    """The layers steered at ``layer``: itself (single) or every layer of ``layers`` ≤ it (cumulative)."""
+    return sorted({L for L in layers if L <= layer}) if cumulative else [layer]
+
+
+def layer_strengths(layers, s: float, schedule: str = "constant", alpha: float = ALPHA,
+                    s_end: float = 1.0) -> dict[int, float]:
+    """The strength s_l at each layer l of ``layers`` (the paper's schedules over the graph's span
+    l_start … l_end): constant s; linear from s at l_start to ``s_end`` (1) at l_end, s_l = k·l + b
+    with k = (s_end − s)/(l_end − l_start), b = s − k·l_start (s at every layer of a one-layer span);
+    exponential s·e^{αl}."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    layers = sorted(set(layers))
+    if schedule == "constant" or not layers:
+        return {L: float(s) for L in layers}
+    if schedule == "exponential":
+        return {L: float(s * math.exp(alpha * L)) for L in layers}
+    l_start, l_end = layers[0], layers[-1]
+    k = (s_end - s) / (l_end - l_start) if l_end > l_start else 0.0
+    b = s - k * l_start
+    return {L: float(k * L + b) for L in layers}
+
+
+def steering_vector(sae: Sae, features, fold: bool = True) -> torch.Tensor:
+    """(d,) Σ_i c_i·v_i over ``features`` of ``sae``: c_i = θ_i with ``fold``, else 1."""
+    idx = torch.as_tensor(np.array(features, np.int64))
+    V = sae.W_dec[idx]
+    c = sae.threshold[idx] if fold else torch.ones(len(idx), dtype=V.dtype, device=V.device)
+    return c @ V
+
+
+def feature_activations(sae: Sae, x: torch.Tensor, features) -> torch.Tensor:
+    """(..., f) the JumpReLU activations of ``features`` of ``sae`` on x (..., d_in)."""
+    if sae.W_enc is None:
+        raise ValueError("a deactivation reads the features' activations: this SAE has no encoder "
+                         "(an attention SAE mapped through W_O); steer its features by activation only")
+    idx = torch.as_tensor(np.array(features, np.int64), device=sae.W_enc.device)
+    pre = x @ sae.W_enc[:, idx] + sae.b_enc[idx]
+    return pre * (pre > sae.threshold[idx])
+
+
+def steering_edits(features: pl.DataFrame, saes: dict[str, dict[int, Sae]], layers: list[int],
+                   how: str, strength: float, schedule: str = "constant", alpha: float = ALPHA,
+                   fold: bool = True) -> dict[tuple[str, int], callable]:
+    """(site, L) → edit x ↦ x' (saematch.lm.edits) for the set's features at the ``layers``.
+
+    how 'activate': x + s_L·Σ c_i·v_i (``strength`` s, its schedule over the set's layer span);
+    'deactivate': x + (r − 1)·Σ a_i(x)·v_i (``strength`` r). ``saes[site][L]``: the SAE of each
+    hook point the set has features at (missing ones: a ValueError naming them)."""
+    if how not in ("activate", "deactivate"):
+        raise ValueError(f"steering {how!r}: expected activate or deactivate")
+    span = sorted(set(features["layer"].to_list()))
+    s_l = layer_strengths(span, strength, schedule, alpha) if how == "activate" else {}
+    out = {}
+    for (site, L), group in features.filter(pl.col("layer").is_in(layers)).group_by("site", "layer", maintain_order=True):
+        L = int(L)
+        sae = saes.get(site, {}).get(L)
+        if sae is None:
+            raise ValueError(f"no {site} SAE at layer {L} for the features {group['node'].to_list()}")
+        idx = group["feature"].to_list()
+        if how == "activate":
+            delta = s_l[L] * steering_vector(sae, idx, fold)
+            out[site, L] = lambda x, delta=delta: x + delta.to(x.dtype)
+        else:
+            V = sae.W_dec[torch.as_tensor(idx)]
+            out[site, L] = lambda x, sae=sae, idx=idx, V=V: x + (strength - 1) * (
+                feature_activations(sae, x.to(V.dtype), idx) @ V).to(x.dtype)
+    return out
+
+
+def generate(model, tokenizer, prompts: list[str], fmt: str, edit: dict | None = None, max_new_tokens: int = 36,
+             top_p: float = TOP_P, temperature: float = TEMPERATURE, seed: int = 0) -> list[list[int]]:
+    """Each prompt continued by sampling (top-p, temperature) with ``edit`` in place at every
+    token, prompt included; the torch random state is ``seed``'s inside and restored after, so a
+    setting and its unsteered baseline draw from the same stream. Returns the new token ids."""
+    out = []
+    with torch.random.fork_rng(devices=[]), (edits(model, fmt, edit) if edit else nullcontext()), torch.no_grad():
+        for p, prompt in enumerate(prompts):
+            torch.manual_seed(seed * 1_000_003 + p)
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=top_p,
+                                 temperature=temperature, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+            out.append(gen[0, ids.shape[1]:].tolist())
+    return out
+
+
+def distinct_n(tokens: list[int], n: int = 2) -> float:
+    """Distinct n-grams over all n-grams of one generation (1: no repetition; nan if shorter than n)."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def _forward_logits(model, prompt_ids: list[int], new: list[int]):
+    ids = torch.tensor([prompt_ids + new], device=model.device)
+    return ids, model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+
+
+def perplexity(model, prompt_ids: list[int], new: list[int]) -> float:
+    """exp of the unsteered model's mean cross-entropy (nats) of the generated tokens ``new``
+    after ``prompt_ids``."""
+    if not new:
+        return float("nan")
+    with torch.no_grad():
+        ids, logits = _forward_logits(model, prompt_ids, new)
+        k = len(prompt_ids)
+        ce = torch.nn.functional.cross_entropy(logits[k - 1:-1], ids[0, k:], reduction="mean")
+    return float(torch.exp(ce))
+
+
+def presence(model, fmt: str, prompt_ids: list[int], new: list[int], features: pl.DataFrame,
+             saes: dict[str, dict[int, Sae]]) -> float:
+    """The theme's presence in a generation: the mean over its generated tokens of the summed
+    activation of ``features`` (e.g. the seeds), read by the unsteered model and their SAEs."""
+    from .lm import read_sites
+
+    if not new:
+        return float("nan")
+    read = {}
+    for site, L in features.select("site", "layer").unique().iter_rows():
+        read.setdefault(site, []).append(int(L))
+    ids = torch.tensor([prompt_ids + new], device=model.device)
+    caps = read_sites(model, fmt, ids, torch.ones_like(ids), read)
+    total = torch.zeros(len(new), dtype=torch.float64)
+    for (site, L), group in features.group_by("site", "layer"):
+        x = caps[site][int(L)][0, len(prompt_ids):]
+        a = feature_activations(saes[site][int(L)], x.float(), group["feature"].to_numpy())
+        total += a.sum(-1).double().cpu()
+    return float(total.mean())
+
+
+def word_share(text_tokens: list[str], words: set[str]) -> float:
+    """Share of the generated tokens that are among ``words`` (a topic's keyword list)."""
+    return sum(t in words for t in text_tokens) / len(text_tokens) if text_tokens else float("nan")
+
+
+def loss_change(model, fmt: str, ids, mask, valid, edit: dict) -> float:
+    """ΔL: the mean next-token loss (nats) on held-out text with ``edit`` minus without."""
+    from .evaluate import token_loss
+
+    ce0, n = token_loss(model, ids, mask, valid, fmt=fmt)
+    with edits(model, fmt, edit):
+        ce1, _ = token_loss(model, ids, mask, valid, fmt=fmt)
+    return (ce1 - ce0) / max(n, 1)
