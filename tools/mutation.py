@@ -43,7 +43,11 @@ def mutmut_config(modules: list[str]) -> str:
         'pytest_add_cli_args = ["-m", "not workflow and not slow", "-x", "-q", "-p", "no:cacheprovider"]',
         # a plain fork of the process that ran the tests hangs in polars (its thread pool is not
         # forked): every polars mutant would time out and count as killed
-        'process_isolation = "forkserver"', "",
+        'process_isolation = "forkserver"',
+        # mutmut's CPU limit per mutant is (the covering tests' own time + this) × 30 s; a test
+        # module's fixture (the tiny model: ~10 s to build, ~3 s to read back) is not in the
+        # tests' own time, so with the default of 1 every evaluation mutant timed out
+        "timeout_constant = 10", "",
     ])
 
 
@@ -112,7 +116,8 @@ def main() -> None:
             with open(project / "pyproject.toml", "a") as fh:
                 fh.write(mutmut_config(args.modules))
         python = plain_python(Path(tmp))
-        env = dict(os.environ, PYTHONPATH="src", OMP_NUM_THREADS="1")
+        # the tiny model is built once per run, not once per mutant (tests/tiny_model.py)
+        env = dict(os.environ, PYTHONPATH="src", OMP_NUM_THREADS="1", SAEMATCH_TINY_CACHE=str(project / "tiny-cache"))
         subprocess.run([python, "-m", "mutmut", "run", "--max-children", str(args.max_children), *args.mutants],
                        cwd=project, env=env)
         rows, survivors = summarise(project, args.modules)
