@@ -5,7 +5,8 @@ files → :class:`~saematch.sae.Sae`) → ``fold`` → ``cost`` → ``solve`` (+
 ``sparse``) → ``verdict`` (does each feature live on? its evidence, through ``calibrate``'s
 model fitted on ``realmodels``: real SAEs with activation truth) → ``match`` (one pair end to
 end) → ``write`` (Parquet + provenance) → ``lifetimes`` (chains across layers) → ``summary``;
-on data, ``evaluate`` → ``verdict_data`` (the verdict re-fitted on an evaluation's labels).
+on data, ``evaluate`` → ``verdict_data`` (the verdict re-fitted on an evaluation's labels), and
+``steer`` (a theme's flow-graph features switched on or off while the model generates).
 Reading the results: ``edges`` (the one graph of every relation between features) → ``graph``
 (traces) and ``query`` (find, SQL) → ``cli``; ``figures`` draws every figure from those tables.
 """
