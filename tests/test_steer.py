@@ -251,3 +251,91 @@ def test_the_loss_change_is_zero_without_steering_and_positive_when_the_state_is
     with edits(tiny["model"], FMT, far):
         ce1, _ = token_loss(tiny["model"], ids, mask, valid)
     assert got == pytest.approx((ce1 - ce0) / n) and got > 0
+
+
+# --- saematch steer on a run -------------------------------------------------------------------
+
+def write_run(tiny, tmp_path, confidence=0.9):
+    """A run of the tiny model as the pipeline leaves it: res matches 0 → 1 and 1 → 2 whose
+    provenance holds the real SAE download pointers (here: feature i ↔ i, all confident), the
+    model's download pointer and a config naming it."""
+    import json
+
+    from saematch import hub
+    from saematch.write import write_matches
+    from tiny_model import PATHS, REPOS
+
+    cache = tiny["root"] / "cache"
+    pointer = lambda L: dict(hub.fetch(REPOS["res"], {"params": PATHS["res"][L]}, cache_dir=str(cache),  # noqa: E731
+                                       local_files_only=True), format="gemma-scope", cache_dir=str(cache))
+    n = 128
+    ar = np.arange(n, dtype=np.int32)
+    conf = np.full(n, confidence, np.float32)
+    for L in (0, 1):
+        cols = {"feature": ar, "match": ar, "top1": ar, "cosine": conf, "mse": conf,
+                "top1_cosine": conf, "persists": conf >= 0.5, "confidence": conf, "top1_persists": conf >= 0.5,
+                "top1_confidence": conf, "unjudged": np.full(n, None, object),
+                "evidence": np.zeros((n, 7), np.float32), "top1_evidence": np.zeros((n, 7), np.float32)}
+        write_matches(tmp_path / f"results/model=toy/variant=v/matches/site=res/layer={L}/part-0.parquet", cols,
+                      {"site": "res", "layer": L, "n_dst": n, "src": pointer(L), "dst": pointer(L + 1)})
+    files = tiny["manifest"]["repos"]["t/gemma-2"]["files"]
+    model_pointer = dict(hub.fetch("t/gemma-2", {f: f for f in files}, cache_dir=str(cache), local_files_only=True),
+                         cache_dir=str(cache))
+    (tmp_path / "resources/hub/model/t--gemma-2").mkdir(parents=True)
+    (tmp_path / "resources/hub/model/t--gemma-2/main.json").write_text(json.dumps(model_pointer))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text(
+        "catalog:\n  toy:\n    format: gemma-scope\n    model: {repo_id: t/gemma-2, revision: main}\n")
+    return tmp_path
+
+
+def test_saematch_steer_prints_the_unsteered_and_steered_generations_of_one_setting(tiny, tmp_path, monkeypatch, capsys):
+    import json
+
+    from saematch.cli import main
+
+    monkeypatch.chdir(write_run(tiny, tmp_path))
+    args = ["steer", "toy", "--seed", "1/res/5", "--layer", "1", "--prompt", "the cat", "--prompt", "a dog",
+            "--max-tokens", "10", "--json"]
+    assert main(args + ["--s", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # the theme: 1/res/5 traced both ways along i ↔ i, confidence 0.9
+    assert out["theme"] == ["0/res/5", "1/res/5", "2/res/5"]
+    assert out["setting"] == {"how": "activate", "strength": 0.0, "layers": [1], "schedule": "constant", "fold": True,
+                              "features": ["1/res/5"]}
+    # s = 0: the steered text is the unsteered one; both are the seeded sample of the plain model
+    want = generate(tiny["model"], tiny["tokenizer"], ["the cat", "a dog"], FMT, max_new_tokens=10)
+    assert [g["unsteered"] for g in out["generations"]] == [tiny["tokenizer"].decode(t, skip_special_tokens=True) for t in want]
+    assert all(g["steered"] == g["unsteered"] and g["steered_perplexity"] == g["unsteered_perplexity"]
+               for g in out["generations"])
+    assert main(args + ["--s", "60", "--cumulative"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["setting"]["layers"] == [0, 1] and out["setting"]["features"] == ["0/res/5", "1/res/5"]
+    assert any(g["steered"] != g["unsteered"] for g in out["generations"])
+    assert main(args[:-1] + ["--r", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "deactivate 1 features of the theme (3 in all) at layers 1, r = 0" in text and "perplexity" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "1/res/5", "--layer", "1", "--s", "1", "--r", "0"], "give one of --s (activate the theme) or --r (deactivate it)"),
+    # no link is confident (0.1): 0/res/5's theme is itself alone
+    (["--seed", "0/res/5", "--layer", "2", "--s", "1"], "the theme of 0/res/5 has no feature at layer 2 (its layers: 0)"),
+    (["--seed", "1/res/5", "--layer", "1", "--s", "1", "--config", "nowhere.yaml"], "nowhere.yaml: cannot read the config"),
+    (["--seed", "1/res/999", "--layer", "1", "--s", "1"], "999"),
+])
+def test_saematch_steer_names_what_is_wrong(tiny, tmp_path, monkeypatch, capsys, args, message):
+    from saematch.cli import main
+
+    monkeypatch.chdir(write_run(tiny, tmp_path, confidence=0.1))
+    assert main(["steer", "toy", "--prompt", "the", "--max-tokens", "2", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_saematch_steer_says_when_the_model_was_never_downloaded(tiny, tmp_path, monkeypatch, capsys):
+    from saematch.cli import main
+
+    monkeypatch.chdir(write_run(tiny, tmp_path))
+    (tmp_path / "resources/hub/model/t--gemma-2/main.json").unlink()
+    assert main(["steer", "toy", "--seed", "1/res/5", "--layer", "1", "--s", "1", "--prompt", "the"]) == 2
+    assert "resources/hub/model/t--gemma-2/main.json: the model has not been downloaded" in capsys.readouterr().err

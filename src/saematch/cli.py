@@ -506,6 +506,70 @@ def _pooled(table: pl.DataFrame, origin: str) -> dict:
     return row
 
 
+
+def _run_model(config_path: str, model: str):
+    """(model, tokenizer, SAE format) from the pointer of the model's download (the pipeline's
+    resources/hub/model/…): the config's catalog names its repo and revision."""
+    import yaml
+
+    from .config import pointer_path
+    from .hub import resolve_files
+    from .lm import load_lm
+
+    try:
+        config = yaml.safe_load(Path(config_path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"{config_path}: cannot read the config: {exc}") from None
+    entry = ((config or {}).get("catalog") or {}).get(model)
+    if not entry or "model" not in entry:
+        raise CliError(f"{config_path}: catalog.{model}.model is not set: steering runs the model itself")
+    pointer_file = Path(pointer_path({"format": "model", "repo_id": entry["model"]["repo_id"],
+                                      "revision": entry["model"]["revision"]}))
+    if not pointer_file.is_file():
+        raise CliError(f"{pointer_file}: the model has not been downloaded; run the pipeline with evaluate.models "
+                       f"including {model} (it downloads the model), or the rule download_model")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars between the command's own lines
+    lm_, tokenizer = load_lm(resolve_files(json.loads(pointer_file.read_text())))
+    return lm_, tokenizer, entry["format"]
+
+
+def cmd_steer(args) -> None:
+    from . import steer
+
+    if (args.s is None) == (args.r is None):
+        raise CliError("give one of --s (activate the theme) or --r (deactivate it)")
+    root = run_dir(args.results, args.model, args.variant)
+    paths = flowgraph.results_paths(root)
+    theme = steer.feature_set(paths, args.seed, args.mode, args.cut)
+    layers = steer.steered_layers(theme["layer"].to_list(), args.layer, args.cumulative)
+    if not theme.filter(pl.col("layer").is_in(layers)).height:
+        raise CliError(f"the theme of {', '.join(args.seed)} has no feature at layer{'s ≤' if args.cumulative else ''} "
+                       f"{args.layer} (its layers: {flowgraph.layers_text(sorted(set(theme['layer'])))})")
+    saes = steer.run_saes(paths, theme)
+    model, tokenizer, fmt = _run_model(args.config, args.model)
+    how, strength = ("activate", args.s) if args.s is not None else ("deactivate", args.r)
+    try:
+        edit = steer.steering_edits(theme, saes, layers, how, strength, args.schedule, fold=not args.no_fold)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    probe = theme.filter(pl.col("node").is_in([flowgraph.node_name(*_feature(s)) for s in args.seed]))
+    rows = steer.compare(model, tokenizer, fmt, args.prompt, edit, probe, saes, args.max_tokens, args.sample_seed)
+    setting = {"how": how, "strength": strength, "layers": layers, "schedule": args.schedule, "fold": not args.no_fold,
+               "features": theme.filter(pl.col("layer").is_in(layers))["node"].to_list()}
+    if args.format == "json":
+        print(json.dumps({"setting": setting, "theme": theme["node"].to_list(), "generations": rows}, indent=1))
+        return
+    print(f"{how} {len(setting['features'])} features of the theme ({theme.height} in all) at layers "
+          f"{flowgraph.layers_text(layers)}, {'s' if how == 'activate' else 'r'} = {strength:g}"
+          + (f", {args.schedule} schedule" if how == "activate" else ""))
+    print(_table_text([{k: r[k] for k in ("prompt", "unsteered", "steered")} for r in rows]))
+    print(_table_text([{"prompt": r["prompt"], **{f"{w} {m}": r[f"{w}_{k}"] for m, k in
+                        (("presence", "presence"), ("perplexity", "perplexity"), ("distinct-2", "distinct_2"))
+                        for w in ("unsteered", "steered")}} for r in rows]))
+    print("presence: the seeds' mean activation on the generated tokens; perplexity: the unsteered model's")
+
 # --- the command line ---------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
@@ -574,6 +638,26 @@ def parser() -> argparse.ArgumentParser:
                                           "the local export (--explanations)")
     p.add_argument("--dead", action="store_true", help="list the dead features instead (decoder row ~0, or never "
                                                       "fired on an evaluation's text); left out otherwise")
+
+    p = add("steer", "generate with a theme's flow-graph features switched on (--s) or off (--r) beside the "
+                     "unsteered model, from the same random stream (docs/steering.md)", cmd_steer)
+    p.add_argument("--seed", action="append", required=True, help="a seed feature LAYER/SITE/INDEX (repeatable); the "
+                                                                  "theme is every seed's trace both ways")
+    p.add_argument("--layer", type=int, required=True, help="steer the theme's features of this layer")
+    p.add_argument("--cumulative", action="store_true", help="and of every layer before it (default: this one only)")
+    p.add_argument("--s", type=float, help="activate: add s × the features' folded decoder rows (θ·v) at every token")
+    p.add_argument("--r", type=float, help="deactivate: rescale the features' own contribution by r (0 deletes it)")
+    p.add_argument("--schedule", choices=("constant", "linear", "exponential"), default="constant",
+                   help="how s changes over the theme's layers (constant)")
+    p.add_argument("--no-fold", action="store_true", help="add s × v, not s × θ·v")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    p.add_argument("--max-tokens", type=int, default=36, help="tokens generated per prompt (36)")
+    p.add_argument("--sample-seed", type=int, default=0, help="the sampling's random seed (0)")
+    p.add_argument("--mode", choices=flowgraph.TRACE_MODES, default="verdict",
+                   help="the theme's graph: verdict (default) or flow (the paper's cosine cuts)")
+    p.add_argument("--cut", type=float, default=0.5, help="verdict mode: the confidence a link needs (0.5)")
+    p.add_argument("--config", default="config/config.yaml", help="the pipeline's config, for the model's download "
+                                                                  "(config/config.yaml)")
 
     p = add("sql", "a SQL query (polars SQL) over the run's tables: matches, flow, lifetimes, features, edges, "
                    "feature_table (docs/graph.md)", cmd_sql)

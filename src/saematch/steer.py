@@ -195,3 +195,47 @@ def loss_change(model, fmt: str, ids, mask, valid, edit: dict) -> float:
     with edits(model, fmt, edit):
         ce1, _ = token_loss(model, ids, mask, valid, fmt=fmt)
     return (ce1 - ce0) / max(n, 1)
+
+
+# --- one setting on a run: what `saematch steer` prints ------------------------------------------
+
+def run_saes(paths: dict, theme: pl.DataFrame) -> dict[str, dict[int, Sae]]:
+    """The SAE of each hook point (site, layer) of ``theme``, loaded from the download pointer a
+    matches file of the run recorded (its ``src``, or the previous pair's ``dst``); raw, as the
+    model reads it (an attention SAE is not projected through W_O here)."""
+    from .graph import ResultsError, _provenance
+    from .load import load_sae
+
+    saes: dict[str, dict[int, Sae]] = {}
+    for site, L in theme.select("site", "layer").unique().sort("site", "layer").iter_rows():
+        pointer = None
+        for layer, end in ((L, "src"), (L - 1, "dst")):
+            f = paths["sites"].get(site, {}).get(layer)
+            if f is not None:
+                pointer = _provenance(f).get(end)
+                break
+        if not pointer:
+            raise ResultsError(f"{paths['root']}: no matches file records the {site} SAE of layer {L}")
+        saes.setdefault(site, {})[L] = load_sae(pointer)
+    return saes
+
+
+def compare(model, tokenizer, fmt: str, prompts: list[str], edit: dict, probe: pl.DataFrame,
+            saes: dict[str, dict[int, Sae]], max_new_tokens: int = 36, seed: int = 0) -> list[dict]:
+    """Per prompt, unsteered and steered generations from the same random stream, side by side,
+    each with its offline scores: the ``probe`` features' :func:`presence`, the unsteered model's
+    :func:`perplexity` and :func:`distinct_n` (n = 2)."""
+    rows = []
+    base = generate(model, tokenizer, prompts, fmt, None, max_new_tokens, seed=seed)
+    steered = generate(model, tokenizer, prompts, fmt, edit, max_new_tokens, seed=seed)
+    with torch.no_grad():
+        for prompt, b, s in zip(prompts, base, steered):
+            ids = tokenizer(prompt)["input_ids"]
+            row = {"prompt": prompt}
+            for name, new in (("unsteered", b), ("steered", s)):
+                row[name] = tokenizer.decode(new, skip_special_tokens=True)
+                row[f"{name}_presence"] = presence(model, fmt, ids, new, probe, saes)
+                row[f"{name}_perplexity"] = perplexity(model, ids, new)
+                row[f"{name}_distinct_2"] = distinct_n(new, 2)
+            rows.append(row)
+    return rows
