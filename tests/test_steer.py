@@ -5,6 +5,7 @@ registered here, the steering vectors from the SAE's arrays in numpy."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import polars as pl
@@ -339,3 +340,75 @@ def test_saematch_steer_says_when_the_model_was_never_downloaded(tiny, tmp_path,
     (tmp_path / "resources/hub/model/t--gemma-2/main.json").unlink()
     assert main(["steer", "toy", "--seed", "1/res/5", "--layer", "1", "--s", "1", "--prompt", "the"]) == 2
     assert "resources/hub/model/t--gemma-2/main.json: the model has not been downloaded" in capsys.readouterr().err
+
+
+# --- the LLM judge, against a local stub server ---------------------------------------------------
+
+@pytest.fixture
+def stub():
+    """An OpenAI-compatible chat endpoint on localhost that answers ``stub.reply`` and records
+    each request (path, headers, body)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen, state = [], {"reply": {"behavioral": 4, "coherence": 3}, "status": 200}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            content = state["reply"] if isinstance(state["reply"], str) else json.dumps(state["reply"])
+            out = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+            self.send_response(state["status"])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {"url": f"http://127.0.0.1:{server.server_port}/v1", "seen": seen, "state": state}
+    server.shutdown()
+
+
+def test_the_judge_asks_the_endpoint_and_turns_its_answer_into_the_papers_scores(stub, monkeypatch):
+    from saematch.steer import judge
+
+    monkeypatch.setenv("JUDGE_KEY", "sk-test-123")
+    got = judge("the wedding was lovely", "weddings and marriage", stub["url"], "judge-model", key_env="JUDGE_KEY")
+    assert got == {"behavioral": 4.0, "coherence": 3.0, "activation_score": pytest.approx(12 / 25),
+                   "deactivation_score": pytest.approx((1 - 4 / 5) * 3 / 5)}
+    (req,) = stub["seen"]
+    assert req["path"] == "/v1/chat/completions" and req["headers"]["Authorization"] == "Bearer sk-test-123"
+    assert req["body"]["model"] == "judge-model" and req["body"]["temperature"] == 0
+    prompt = req["body"]["messages"][0]["content"]
+    assert "Theme: weddings and marriage" in prompt and "Text: the wedding was lovely" in prompt
+    assert "sk-test-123" not in repr(got)
+    monkeypatch.delenv("JUDGE_KEY")
+    judge("x", "y", stub["url"], "m", key_env="JUDGE_KEY")
+    assert "Authorization" not in stub["seen"][-1]["headers"]  # no key in the environment: none sent
+
+
+@pytest.mark.parametrize("reply, status, message", [
+    ("not json", 200, "the reply is not the JSON asked for"),
+    ({"behavioral": 4}, 200, "the reply is not the JSON asked for (KeyError"),
+    ({"behavioral": 7, "coherence": 3}, 200, "scores outside 0–5 (behavioral 7, coherence 3)"),
+    ({"behavioral": 1, "coherence": 1}, 500, "HTTP 500"),
+])
+def test_a_judge_that_answers_wrongly_is_named_with_what_was_wrong(stub, reply, status, message):
+    from saematch.steer import judge
+
+    stub["state"].update(reply=reply, status=status)
+    with pytest.raises(ValueError, match="judge http://127.0.0.1:[0-9]+/v1/chat/completions: " + re.escape(message)):
+        judge("text", "theme", stub["url"], "m")
+
+
+def test_an_unreachable_judge_is_named():
+    from saematch.steer import judge
+
+    with pytest.raises(ValueError, match=r"judge http://127.0.0.1:9/chat/completions: cannot reach it"):
+        judge("text", "theme", "http://127.0.0.1:9", "m", timeout=5)

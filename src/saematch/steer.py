@@ -239,3 +239,51 @@ def compare(model, tokenizer, fmt: str, prompts: list[str], edit: dict, probe: p
                 row[f"{name}_distinct_2"] = distinct_n(new, 2)
             rows.append(row)
     return rows
+
+
+# --- the optional LLM judge (the paper's scores; never required) ---------------------------------
+
+JUDGE_PROMPT = """You rate a short text written by a language model that was steered toward or away from a theme.
+Theme: {theme}
+Text: {text}
+Rate two things from 0 to 5 (integers):
+- "behavioral": how strongly the text is about the theme (0: not at all, 5: entirely);
+- "coherence": how fluent and coherent the text is as language (0: gibberish, 5: fully coherent), whatever its topic.
+Answer with a JSON object only: {{"behavioral": B, "coherence": C}}"""
+
+
+def judge(text: str, theme: str, endpoint: str, model: str, key_env: str = "OPENAI_API_KEY",
+          timeout: float = 60.0) -> dict[str, float]:
+    """The paper's LLM-judge scores of one generation through any OpenAI-compatible chat
+    endpoint (``endpoint``/chat/completions): behavioral and coherence in 0–5, and the paper's
+    products normalised to [0, 1] (methods.md §2.7, our reading: /5): ``activation_score`` =
+    B·C/25, ``deactivation_score`` = (1 − B/5)·C/5. The API key is read from the environment
+    variable ``key_env`` (sent only where set) and never written anywhere. The prompt is ours
+    (:data:`JUDGE_PROMPT`; the paper's is not published)."""
+    import json
+    import os
+    import urllib.error
+    import urllib.request
+
+    url = endpoint.rstrip("/") + "/chat/completions"
+    body = {"model": model, "temperature": 0, "response_format": {"type": "json_object"},
+            "messages": [{"role": "user", "content": JUDGE_PROMPT.format(theme=theme, text=text)}]}
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get(key_env):
+        headers["Authorization"] = f"Bearer {os.environ[key_env]}"
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            reply = json.loads(response.read())
+        content = reply["choices"][0]["message"]["content"]
+        scores = json.loads(content)
+        b, c = float(scores["behavioral"]), float(scores["coherence"])
+    except urllib.error.HTTPError as exc:
+        raise ValueError(f"judge {url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ValueError(f"judge {url}: cannot reach it ({getattr(exc, 'reason', exc)})") from None
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"judge {url}: the reply is not the JSON asked for ({type(exc).__name__}: {exc})") from None
+    if not (0 <= b <= 5 and 0 <= c <= 5):
+        raise ValueError(f"judge {url}: scores outside 0–5 (behavioral {b:g}, coherence {c:g})")
+    return {"behavioral": b, "coherence": c, "activation_score": b * c / 25, "deactivation_score": (1 - b / 5) * c / 5}
