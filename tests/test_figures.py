@@ -60,6 +60,31 @@ def test_the_summary_figure_shows_persisting_and_dying_features_apart_and_names_
     assert "not judged: no verdict model for this site (10)" in words.replace("\n", " "), words
 
 
+
+def test_the_summary_figure_names_its_panels_lists_every_unjudged_reason_and_shows_cosines_down_to_minus_0_1():
+    rows = [{"site": "res", "layer": 0, "feature": i, "cosine": 0.05 * i, "persists": i > 3,
+             "unjudged": ("near-duplicate" if i == 1 else "dead (never fires)" if i == 2 else None)} for i in range(8)]
+    fig = _cosines_figure(pl.DataFrame(rows), "toy")
+    cos_ax, bars = fig.axes[0], fig.axes[1]
+    assert cos_ax.get_title() == "matched cosine: persisting, dying, not judged" and bars.get_title() == "features per pair"
+    labels = [t.get_text().replace("\n", " ") for t in bars.get_legend().get_texts()]
+    # each reason up to its first parenthesis, with its count
+    assert labels == ["persists (4)", "dies (2)", "not judged: near-duplicate (1); dead (1)"]
+    assert cos_ax.get_ylim() == pytest.approx((-0.1, 1.02))  # every cosine ≥ 0 here: the axis still starts at −0.1
+    rows[5]["cosine"] = -0.4
+    assert _cosines_figure(pl.DataFrame(rows), "toy").axes[0].get_ylim()[0] == pytest.approx(-0.4)
+
+
+@pytest.mark.parametrize("plot, frame", [
+    ("plot_cosines", pl.DataFrame([{"site": "res", "layer": 0, "feature": 0, "cosine": 0.5, "persists": True, "unjudged": None}])),
+    ("plot_survival", pl.DataFrame({"site": ["res", "res"], "k": [0, 1], "survival": [1.0, 0.5]})),
+])
+def test_each_plot_function_writes_its_figure_as_a_png_at_the_path_given(tmp_path, plot, frame):
+    out = tmp_path / "f.png"
+    getattr(figures, plot)(frame, str(out), "toy")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plt.get_fignums() == []  # and frees it
+
 # --- evaluation ------------------------------------------------------------------------------
 
 def evaluation_inputs(small_bin: int = 2):
@@ -183,6 +208,21 @@ def test_the_trace_figure_draws_arrowheads_and_keeps_every_label_and_edge_inside
     boxes = [t.get_window_extent(renderer) for t in labels]  # two features in one cell do not overlap
     assert not any(a.overlaps(b) for k, a in enumerate(boxes) for b in boxes[k + 1:])
 
+
+
+def test_the_trace_figure_rings_the_root_alone_titles_root_and_direction_and_labels_no_arrow(tmp_path):
+    G = trace_graph()
+    fig = _trace_figure(G)
+    (ax,) = fig.axes
+    assert ax.get_title() == "5/res/58 (both)"
+    pos = fg.layout(G)
+    ringed = [tuple(c.get_offsets()[0]) for c in ax.collections
+              if len(c.get_edgecolor()) and tuple(c.get_edgecolor()[0]) == (0.0, 0.0, 0.0, 1.0)]
+    assert ringed == [pos["5/res/58"]]
+    arrows = [t for t in ax.texts if getattr(t, "arrow_patch", None)]
+    assert len(arrows) == G.number_of_edges() and all(t.get_text() == "" for t in arrows)
+    figures.plot_trace(G, str(tmp_path / "g.svg"), "svg")
+    assert (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
 
 # --- viewer ----------------------------------------------------------------------------------
 
