@@ -328,3 +328,37 @@ def test_python_m_saematch_prints_one_line_for_a_bad_output_path(run, tmp_path):
     out = subprocess.run([sys.executable, "-m", "saematch", "--results", str(results), "trace", "toy", "3/res/2",
                           "--format", "html", "-o", str(tmp_path / "no" / "g.html")], capture_output=True, text=True)
     assert out.returncode == 2 and out.stdout == "" and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+# --- which run: models and variants ------------------------------------------------------------
+
+def test_a_model_without_results_is_named_with_the_models_there(run, capsys):
+    results, _ = run
+    status, out, err = call(capsys, "--results", results, "summary", "gemma")
+    assert status == 2 and out == ""
+    assert one_line_error(err, "summary") == (f"saematch summary: no results for model 'gemma' under {results}/ "
+                                              "(models there: toy; run the pipeline first)")
+
+
+def test_with_two_variants_each_command_reads_the_one_asked_for(run, capsys):
+    results, root = run
+    (root / "summary").mkdir()
+    (root / "summary/res.L0-3.tsv").write_text("site\tlayer\nres\t0\n")
+    other = root.parent / "variant=w"
+    shutil.copytree(root, other)
+    (other / "summary/res.L0-3.tsv").write_text("site\tlayer\nmlp\t7\n")
+    status, _, err = call(capsys, "--results", results, "summary", "toy")
+    assert status == 2 and "2 variants (v, w); pick one with --variant" in err
+    outs = {}
+    for variant in ("v", "w"):
+        status, outs[variant], _ = call(capsys, "--results", results, "summary", "toy", "--variant", variant, "--json")
+        assert status == 0
+    assert outs["v"] != outs["w"] and '"mlp"' in outs["w"] and '"mlp"' not in outs["v"]
+
+
+def test_the_trace_table_names_its_columns(run, capsys):
+    results, _ = run
+    status, out, _ = call(capsys, "--results", results, "trace", "toy", "3/res/2")
+    assert status == 0
+    header = next(line for line in out.splitlines() if "from" in line)
+    assert [c.strip() for c in header.strip("│ ").split("┆")] == ["from", "to", "relations", "score", "confidence", "r on data"]

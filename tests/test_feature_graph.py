@@ -3,6 +3,7 @@ find and sql read the same edges, on a results folder built by hand where the re
 disagree. Every expected edge and link is written down here, not computed by the code."""
 
 import json
+import re
 
 import networkx as nx
 import numpy as np
@@ -185,6 +186,12 @@ def test_find_filters_by_property_and_sql_reads_the_named_tables(run, capsys):
     assert [(r["layer"], r["feature"]) for r in json.loads(capsys.readouterr().out)] == [(0, 0), (0, 1)]
     # dead features are not features: 0/mlp/3 (marked dead) is left out unless asked for
     assert sorted(find(t, site="mlp")["feature"]) == [0, 1, 2] and find(t, site="mlp", dead=True)["feature"].to_list() == [3]
+    query = "SELECT relation, count(*) AS n FROM edges WHERE relation = 'flow_res' GROUP BY relation"
+    assert main(["--results", str(results), "sql", "toy", query, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"relation": "flow_res", "n": 8}]
+    assert main(["--results", str(results), "sql", "toy", query]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"│ relation +┆ n +│", out) and re.search(r"│ flow_res +┆ 8 +│", out) and out.endswith("1 rows\n")
     assert main(["--results", str(results), "sql", "toy", "SELECT nope FROM edges"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("saematch sql: ") and "tables: edges, feature_table, flow, lifetimes, matches" in err and "\n" not in err
