@@ -177,3 +177,30 @@ def test_only_pairs_that_fired_together_are_pearson_candidates():
     top, val = dense_pearson_top(S, 10, a, b, k=3)
     assert top.tolist() == [[0, -1, -1], [2, 1, -1]]  # larger Σxy at equal moments: larger r
     assert np.isfinite(val[0, 0]) and np.isnan(val[0, 1:]).all() and np.isnan(val[1, 2])
+
+
+def test_the_calibration_bins_count_features_and_average_confidence_and_correlation_by_hand():
+    from saematch.evaluate import calibration
+
+    got = calibration(np.array([0.05, 0.15, 0.12, 0.95, 1.0]), np.array([True, False, True, True, False]))
+    assert got == [{"bin": "0.0–0.1", "features": 1, "mean_confidence": pytest.approx(0.05), "share_correlated": 1.0},
+                   {"bin": "0.1–0.2", "features": 2, "mean_confidence": pytest.approx(0.135), "share_correlated": 0.5},
+                   {"bin": "0.9–1.0", "features": 2, "mean_confidence": pytest.approx(0.975), "share_correlated": 0.5}]
+
+
+def test_the_feature_table_marks_an_unmatched_feature_minus_1_and_keeps_the_documented_types():
+    import polars as pl
+
+    from saematch.evaluate import features_frame
+
+    matches = pl.DataFrame({"feature": [0, 1, 2], "match": [2, None, 0], "top1": [2, 2, 1],
+                            "persists": [True, False, True], "confidence": [0.9, 0.1, 0.8]})
+    cols = {"active": np.array([5, 0, 3]), "coactive_match": np.array([4, 0, 1]), "r_match": np.array([0.5, np.nan, 0.2]),
+            "coactive_top1": np.array([4, 0, 2]), "r_top1": np.array([0.5, 0.0, 0.3]),
+            "pearson_top": np.array([[2, 1], [-1, -1], [0, 2]]), "pearson_r": np.array([[0.5, 0.1], [np.nan, np.nan], [0.2, 0.1]])}
+    df = features_frame("res", 4, cols, matches)
+    assert df["match"].to_list() == [2, -1, 0] and df["top1"].to_list() == [2, 2, 1]
+    assert df["layer"].to_list() == [4, 4, 4] and df["site"].to_list() == ["res"] * 3
+    assert {c: str(t) for c, t in df.schema.items() if c in ("layer", "feature", "match", "top1", "r_match", "pearson_top")} == {
+        "layer": "Int32", "feature": "Int32", "match": "Int32", "top1": "Int32", "r_match": "Float32",
+        "pearson_top": "Array(Int32, shape=(2,))"}
