@@ -362,3 +362,27 @@ def test_the_trace_table_names_its_columns(run, capsys):
     assert status == 0
     header = next(line for line in out.splitlines() if "from" in line)
     assert [c.strip() for c in header.strip("│ ").split("┆")] == ["from", "to", "relations", "score", "confidence", "r on data"]
+
+
+def test_show_says_when_nothing_links_to_a_feature_from_the_previous_layer(two_sites, capsys):
+    results, root = two_sites
+    for made in ("summary", "lifetimes"):  # a run that made no flow files: none expected
+        (root / made / "res+mlp.L0-2.parquet").unlink()
+    # mlp layer 2 has 8 features; the pair 1 → 2 links 1, 2 (persisting) and 0, 3, 4, 5 (forced): none reaches 7
+    status, out, err = call(capsys, "--results", results, "show", "toy", "2/mlp/7")
+    assert status == 0, err
+    assert "from layer 1: features linked to it" in out and "(nothing)" in out.split("from layer 1:")[1]
+    status, out, _ = call(capsys, "--results", results, "show", "toy", "2/mlp/7", "--json")
+    assert json.loads(out)["previous"] == [] and json.loads(out)["pairs"] == [0, 1]
+
+
+def test_the_last_layers_width_without_a_recorded_one_is_one_past_the_highest_partner_either_way(tmp_path, capsys):
+    root = tmp_path / "results/model=toy/variant=v"
+    cols = matches_columns([4, 1, 0, 2, 3, 1], np.full(N, 0.6), np.full(N, 0.9), match=[0, 1, 2, 3, 1, 0])
+    write_matches(root / "matches/site=res/layer=0/part-0.parquet", cols, {"site": "res", "layer": 0})  # no n_dst
+    assert call(capsys, "--results", tmp_path / "results", "show", "toy", "1/res/4")[0] == 0  # top1 reaches 4
+    status, _, err = call(capsys, "--results", tmp_path / "results", "show", "toy", "1/res/5")
+    assert status == 2 and "1/res/5: layer 1 has features 0–4" in one_line_error(err, "show")
+    (root / "matches/site=res/layer=0/part-0.parquet").write_bytes(b"PAR1 not parquet")
+    status, _, err = call(capsys, "--results", tmp_path / "results", "show", "toy", "1/res/1")
+    assert status == 2 and str(root / "matches/site=res/layer=0/part-0.parquet") in one_line_error(err, "show")

@@ -191,6 +191,7 @@ def show_feature(root: Path, layer: int, site: str, index: int, explanations: st
     n = n_features(fwd, back, flow)
     if not 0 <= index < n:
         raise CliError(f"{out['feature']}: layer {layer} has features 0–{n - 1}")
+    out["pairs"] = sorted(pairs)  # the run's pairs L → L+1 of this site: is there one into this layer?
     cols = ["match", "cosine", "persists", "confidence", "top1", "top1_cosine", "top1_persists", "top1_confidence"]
     if fwd:
         with flowgraph.reading(fwd):
