@@ -139,6 +139,31 @@ def test_the_reliability_panels_merge_bins_under_the_minimum_and_show_each_bins_
     assert figures.MIN_BIN_FEATURES == 5 and f"bins of fewer than {figures.MIN_BIN_FEATURES} features are merged" in " ".join(texts(fig))
 
 
+
+def test_merged_bins_pool_features_and_weight_their_means_by_features_by_hand():
+    bins = [{"features": 2, "mean_confidence": 0.55, "share": 1.0}, {"features": 40, "mean_confidence": 0.15, "share": 0.2},
+            {"features": 3, "mean_confidence": 0.62, "share": 0.0}, {"features": 1, "mean_confidence": 0.95, "share": 1.0}]
+    got = figures._merged_bins(bins, "share", minimum=5)
+    # in confidence order: 40 alone; then 2 + 3 = 5; the last run (1) joins the bin before it: 2 + 3 + 1 = 6
+    assert got == [{"features": 40, "mean_confidence": pytest.approx(0.15), "share": pytest.approx(0.2)},
+                   {"features": 6, "mean_confidence": pytest.approx((2 * 0.55 + 3 * 0.62 + 0.95) / 6),
+                    "share": pytest.approx((2 * 1.0 + 0 + 1.0) / 6)}]
+
+
+def test_the_evaluation_figure_names_its_axes_and_curves_draws_the_diagonal_and_puts_legends_below_the_panels():
+    table, calib, verdict, sites = evaluation_inputs()
+    fig = _evaluation_figure(table, calib, "toy", verdict, sites)
+    panels, keys = fig.axes[:4], fig.axes[4:]
+    assert panels[0].get_xlabel() == "pair (L, L+1)" and panels[0].get_ylim() == pytest.approx((0, 1.02))
+    assert panels[0].get_title() == "matches on data"
+    assert panels[3].get_xlabel().startswith("confidence (bin mean)\n")
+    diagonal = [ln for ln in panels[2].lines if ln.get_linestyle() == ":"]
+    assert [list(zip(ln.get_xdata(), ln.get_ydata())) for ln in diagonal] == [[(0, 0), (1, 1)]]
+    legend_texts = [t.get_text() for t in keys[0].get_legend().get_texts()]
+    assert {"matching score", "… by chance", "partner = Pearson top-1"} <= set(legend_texts)
+    assert all(ax.get_legend() is None for ax in panels)  # every legend sits in the row below its panel
+    assert keys[3].get_legend() is not None
+
 # --- lifetimes -------------------------------------------------------------------------------
 
 def test_the_survival_axis_counts_layers_in_whole_numbers():
