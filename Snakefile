@@ -13,6 +13,7 @@ include: "workflow/rules/match.smk"
 include: "workflow/rules/flow.smk"
 include: "workflow/rules/summarize.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/steer.smk"
 
 
 report: "workflow/report/workflow.rst"

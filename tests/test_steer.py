@@ -15,7 +15,7 @@ import torch
 from saematch.lm import edits
 from saematch.sae import Sae
 from saematch.steer import (distinct_n, feature_activations, generate, layer_strengths, loss_change, perplexity,
-                            presence, steered_layers, steering_edits, word_share)
+                            presence, steered_layers, steering_edits, word_share, words)
 from tiny_model import build_tiny
 
 FMT = "gemma-scope"
@@ -236,6 +236,7 @@ def test_distinct_n_and_word_share_by_hand():
     assert distinct_n([1, 2, 3], 1) == 1.0
     assert math.isnan(distinct_n([1], 2))
     assert word_share(["the", "cat", "sees", "the", "dog"], {"cat", "dog"}) == pytest.approx(0.4)
+    assert words("The bride's Wedding, 2 rings — café!") == ["the", "bride's", "wedding", "rings", "café"]
 
 
 def test_the_loss_change_is_zero_without_steering_and_positive_when_the_state_is_pushed_far(tiny):
@@ -245,9 +246,9 @@ def test_the_loss_change_is_zero_without_steering_and_positive_when_the_state_is
     valid = mask.bool().clone()
     valid[:, 0] = False
     zero = steering_edits(THEME, tiny["saes"], [0, 1, 2], "activate", 0.0)
-    assert loss_change(tiny["model"], FMT, ids, mask, valid, zero) == 0.0
+    assert loss_change(tiny["model"], FMT, [(ids, mask, valid)], zero) == 0.0
     far = steering_edits(THEME.filter(pl.col("site") == "res"), tiny["saes"], [1], "activate", 300.0)
-    got = loss_change(tiny["model"], FMT, ids, mask, valid, far)
+    got = loss_change(tiny["model"], FMT, [(ids, mask, valid)] * 2, far)
     ce0, n = token_loss(tiny["model"], ids, mask, valid)
     with edits(tiny["model"], FMT, far):
         ce1, _ = token_loss(tiny["model"], ids, mask, valid)

@@ -401,6 +401,44 @@ def evaluate_options(config: dict, model: str) -> dict:
     return opts
 
 
+DEFAULT_STEER = {"models": [], "mode": "verdict", "cut": 0.5, "fold": True, "loss_tokens": 2048, "device": "auto",
+                 "dtype": "auto", "judge": None}
+THEME_DEFAULTS = {"prompts": ["I think "], "samples": 4, "max_tokens": 36, "seed": 0, "keywords": [],
+                  "scopes": ["single", "cumulative"], "schedules": ["constant"]}
+
+
+def steer_models(config: dict) -> list[str]:
+    """The run's models that steer.models asks to steer (each needs themes and a runnable model)."""
+    wanted = config.get("steer", DEFAULT_STEER).get("models", [])
+    return [m for m in config["models"] if m in wanted]
+
+
+def steer_themes(config: dict, model: str) -> dict[str, dict]:
+    """The catalog's steering themes of ``model`` with :data:`THEME_DEFAULTS` filled in and seed
+    sites written res/mlp/att; ConfigError for a model without themes or that cannot run, and for
+    a layer (steered, seeded or queried) outside the run's selected layers."""
+    entry = config["catalog"][model]
+    if not entry.get("themes"):
+        raise ConfigError(f"config: steer.models lists {model} but catalog {model}.themes is empty: "
+                          "name a theme (docs/steering.md)")
+    if "config.json" not in entry.get("model", {}).get("files", []):
+        raise ConfigError(f"config: catalog {model}.model.files lacks config.json: the model cannot be run "
+                          "(list config.json, the tokenizer files and the weights)")
+    layers = set(selected_layers(config, model))
+    themes = {}
+    for name, theme in entry["themes"].items():
+        theme = {**THEME_DEFAULTS, **theme, "name": name}
+        if "seeds" in theme:
+            theme["seeds"] = ["/".join((L, SITE_ALIASES.get(s, s), i)) for L, s, i in (x.split("/") for x in theme["seeds"])]
+        used = {int(x.split("/")[0]) for x in theme.get("seeds", [])} | set(theme["layers"])
+        used |= set(theme.get("query", {}).get("layers", []))
+        if used - layers:
+            raise ConfigError(f"config: catalog {model}.themes.{name} uses layers {sorted(used - layers)}, "
+                              f"which this run does not select (layers: {config['layers']})")
+        themes[name] = theme
+    return themes
+
+
 N_METHODS = 6  # replacements whose ΔL each costs a forward pass per residual pair (saematch.evaluate.METHODS)
 GPU_MIN_PARAMETERS = 5e7  # block parameters from which an evaluation asks a cluster for a GPU (auto)
 CPU_RATE, GPU_RATE = 7e9, 4e12  # block parameters × tokens per second: per CPU thread; on a GPU
@@ -426,6 +464,21 @@ def evaluate_resources(config: dict, model: str) -> dict:
     passes = opts["n_tokens"] + opts["loss_tokens"] * (1 + N_METHODS * res_pairs)
     rate = GPU_RATE if gpu and opts["device"] != "cpu" else CPU_RATE * threads
     return {"gpu_on_cluster": gpu, "threads": threads, "runtime": int(10 + 2 * P * passes / rate / 60)}
+
+
+def steer_resources(config: dict, model: str, theme: dict) -> dict:
+    """A steering job's size: ``gpu`` 1 where a cluster should give it one (device auto and
+    P = 12·n_layers·d_model² ≥ 5·10⁷, or device cuda); ``runtime`` (minutes) 10 plus four times
+    the generated and re-read tokens × 2P at the evaluation's rates (:data:`CPU_RATE` per thread
+    on one thread, :data:`GPU_RATE`)."""
+    entry = config["catalog"][model]
+    device = config.get("steer", DEFAULT_STEER)["device"]
+    P = 12 * entry["n_layers"] * entry["d_model"] ** 2
+    gpu = device.startswith("cuda") or (device == "auto" and P >= GPU_MIN_PARAMETERS)
+    settings = 1 + len(theme["layers"]) * len(theme["scopes"]) * len(theme["values"]) * (
+        len(theme["schedules"]) if theme["how"] == "activate" else 1)
+    tokens = settings * len(theme["prompts"]) * theme["samples"] * theme["max_tokens"] * 3
+    return {"gpu": int(gpu), "runtime": int(10 + 4 * 2 * P * tokens / (GPU_RATE if gpu else CPU_RATE) / 60)}
 
 
 def command_line_wins(config: dict, given: dict) -> dict:

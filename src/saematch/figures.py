@@ -1,6 +1,7 @@
 """Every figure the pipeline draws, from the tables the other modules compute: the summary's
 matched cosines (saematch.summary), the survival curves (saematch.lifetimes), the evaluation
-on data (saematch.evaluate) and a traced graph as a picture (saematch.graph). Each ``plot_*``
+on data (saematch.evaluate), a traced graph as a picture (saematch.graph) and a steering
+theme's grid (saematch.steer). Each ``plot_*``
 saves its ``*_figure``, which returns the matplotlib Figure so that tests can inspect it."""
 
 from __future__ import annotations
@@ -299,4 +300,65 @@ def _trace_figure(G: nx.DiGraph):
     ax.set_ylim(layers[-1] + 0.6, layers[0] - 0.75)  # inverted: layer 0 at the top, room for the arcs above a row
     ax.set_title(f"{G.graph.get('root', '')} ({G.graph.get('direction', '')})", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_steering(summary: pl.DataFrame, path: str, title: str) -> None:
+    """Save :func:`_steering_figure` to ``path``."""
+    _save(_steering_figure(summary, title), path)
+
+
+def _steering_figure(summary: pl.DataFrame, title: str):
+    """A theme's grid (saematch.steer.run_theme's summary) as Feature Flow's Figs. 9–11 draw it:
+    one column per steered layer; top, the theme's score (keyword share where the theme has
+    keywords, else the seeds' presence) against the strength (s or r), single-layer and
+    cumulative steering as two lines per schedule, mean ± s.e., the unsteered value dashed;
+    bottom, the unsteered model's perplexity of the same texts (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = summary.filter(pl.col("how") == "none").row(0, named=True)
+    steered = summary.filter((pl.col("how") != "none") & (pl.col("n_features") > 0))
+    metric = "keyword_share" if base.get("keyword_share") is not None else "presence"
+    how = summary.filter(pl.col("how") != "none")["how"].first()
+    layers = sorted(set(summary.filter(pl.col("how") != "none")["layer"].to_list()))
+    fig, axes = plt.subplots(2, max(len(layers), 1), figsize=(3.4 * max(len(layers), 1) + 0.6, 5.6),
+                             squeeze=False, sharex=True, sharey="row")
+    styles = {"single": "-", "cumulative": "--"}
+    colours = {None: "#4c72b0", "constant": "#4c72b0", "linear": "#55a868", "exponential": "#c44e52"}
+    for j, L in enumerate(layers):
+        top, bottom = axes[0, j], axes[1, j]
+        for (scope, schedule), g in steered.filter(pl.col("layer") == L).group_by(
+                "scope", "schedule", maintain_order=True):
+            g = g.sort("value")
+            label = scope + (f", {schedule}" if schedule else "")
+            for ax, col in ((top, metric), (bottom, "perplexity")):
+                se = g[f"{col}_se"].fill_null(0).to_numpy() if f"{col}_se" in g.columns else 0
+                ax.errorbar(g["value"].to_numpy(), g[col].to_numpy(), yerr=se, ls=styles[scope],
+                            color=colours[schedule], marker="o", ms=3, capsize=2, label=label)
+        if steered.filter(pl.col("layer") == L).height == 0:
+            top.text(0.5, 0.5, "no feature of the theme\nat these layers", ha="center", va="center",
+                     transform=top.transAxes, color="#777777")
+        for ax, col in ((top, metric), (bottom, "perplexity")):
+            if base.get(col) is not None:
+                ax.axhline(base[col], color="#777777", ls=":", lw=1, label="unsteered")
+            ax.grid(alpha=0.3)
+        top.set_title(f"layer {L}")
+        bottom.set_yscale("log")
+        bottom.set_xlabel("s (activation)" if how == "activate" else "r (deactivation)")
+        if how == "deactivate" and steered.height and steered["value"].min() < -4:
+            bottom.set_xscale("symlog", linthresh=1)  # the paper's r from 0 to −64
+        elif how == "activate" and steered.height and steered["value"].min() > 0 and (
+                steered["value"].max() >= 8 * steered["value"].min()):
+            bottom.set_xscale("log", base=2)  # strengths that double
+    axes[0, 0].set_ylabel("keyword share of the words" if metric == "keyword_share"
+                          else "seeds' presence (mean activation)")
+    axes[1, 0].set_ylabel("perplexity (unsteered model)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    fig.legend(seen.values(), seen.keys(), loc="lower center", ncol=min(len(seen), 5), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

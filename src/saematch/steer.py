@@ -19,6 +19,7 @@ graph, saematch.graph) → :func:`steering_edits` (one edit per SAE hook point, 
 from __future__ import annotations
 
 import math
+import re
 from contextlib import nullcontext
 
 import numpy as np
@@ -122,10 +123,12 @@ def steering_edits(features: pl.DataFrame, saes: dict[str, dict[int, Sae]], laye
 
 
 def generate(model, tokenizer, prompts: list[str], fmt: str, edit: dict | None = None, max_new_tokens: int = 36,
-             top_p: float = TOP_P, temperature: float = TEMPERATURE, seed: int = 0) -> list[list[int]]:
-    """Each prompt continued by sampling (top-p, temperature) with ``edit`` in place at every
-    token, prompt included; the torch random state is ``seed``'s inside and restored after, so a
-    setting and its unsteered baseline draw from the same stream. Returns the new token ids."""
+             top_p: float = TOP_P, temperature: float = TEMPERATURE, seed: int = 0, samples: int = 1) -> list[list[int]]:
+    """Each prompt continued ``samples`` times by sampling (top-p, temperature; one batch per
+    prompt) with ``edit`` in place at every token, prompt included; exactly ``max_new_tokens``
+    each (no stop token). The torch random state is seeded per prompt from ``seed`` inside, so
+    a setting and its unsteered baseline draw from the same stream; the CPU's state is restored
+    after (a GPU's is not). Returns the new token ids, prompt by prompt, sample by sample."""
     out = []
     with torch.random.fork_rng(devices=[]), (edits(model, fmt, edit) if edit else nullcontext()), torch.no_grad():
         for p, prompt in enumerate(prompts):
@@ -133,8 +136,8 @@ def generate(model, tokenizer, prompts: list[str], fmt: str, edit: dict | None =
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
             gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=top_p,
                                  temperature=temperature, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
-            out.append(gen[0, ids.shape[1]:].tolist())
+                                 num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+            out += gen[:, ids.shape[1]:].tolist()
     return out
 
 
@@ -182,22 +185,49 @@ def presence(model, fmt: str, prompt_ids: list[int], new: list[int], features: p
     return float(total.mean())
 
 
-def word_share(text_tokens: list[str], words: set[str]) -> float:
-    """Share of the generated tokens that are among ``words`` (a topic's keyword list)."""
-    return sum(t in words for t in text_tokens) / len(text_tokens) if text_tokens else float("nan")
+def words(text: str) -> list[str]:
+    """The words of a generation as a keyword list counts them: lower-case runs of letters
+    (an apostrophe inside a word kept), whatever the tokenizer split."""
+    return re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)*", text.casefold())
 
 
-def loss_change(model, fmt: str, ids, mask, valid, edit: dict) -> float:
-    """ΔL: the mean next-token loss (nats) on held-out text with ``edit`` minus without."""
+def word_share(text_words: list[str], keywords: set[str]) -> float:
+    """Share of the generated words (:func:`words`) that are among ``keywords`` (a theme's list)."""
+    return sum(t in keywords for t in text_words) / len(text_words) if text_words else float("nan")
+
+
+def loss_change(model, fmt: str, batches, edit: dict) -> float:
+    """ΔL: the mean next-token loss (nats per token) on held-out text, ``batches`` of
+    (input_ids, attention_mask, valid) (saematch.lm.token_batches), with ``edit`` minus without."""
     from .evaluate import token_loss
 
-    ce0, n = token_loss(model, ids, mask, valid, fmt=fmt)
-    with edits(model, fmt, edit):
-        ce1, _ = token_loss(model, ids, mask, valid, fmt=fmt)
+    ce0 = ce1 = n = 0
+    for ids, mask, valid in batches:
+        a, k = token_loss(model, ids, mask, valid, fmt=fmt)
+        with edits(model, fmt, edit):
+            b, _ = token_loss(model, ids, mask, valid, fmt=fmt)
+        ce0, ce1, n = ce0 + a, ce1 + b, n + k
     return (ce1 - ce0) / max(n, 1)
 
 
 # --- one setting on a run: what `saematch steer` prints ------------------------------------------
+
+def theme_seeds(paths: dict, theme: dict, explanations_root: str | None = None) -> list[str]:
+    """A theme's seed features as nodes (12/res/4230): its ``seeds``, or with ``query`` {text,
+    layers} the residual features of those layers whose local Neuronpedia explanation contains
+    the text (saematch.query.find; any case). ValueError where the query finds none."""
+    if "seeds" in theme:
+        return list(theme["seeds"])
+    from .query import find, tables
+
+    q = theme["query"]
+    hits = find(tables(paths), site="res", layers=q["layers"], explanation=q["text"], paths=paths,
+                explanations_root=explanations_root)
+    if not hits.height:
+        raise ValueError(f"theme {theme.get('name', '')}: no residual feature of layers {q['layers']} has an "
+                         f"explanation containing {q['text']!r} in {explanations_root}")
+    return [f"{L}/res/{i}" for L, i in hits.select("layer", "feature").iter_rows()]
+
 
 def run_saes(paths: dict, theme: pl.DataFrame) -> dict[str, dict[int, Sae]]:
     """The SAE of each hook point (site, layer) of ``theme``, loaded from the download pointer a
@@ -239,6 +269,90 @@ def compare(model, tokenizer, fmt: str, prompts: list[str], edit: dict, probe: p
                 row[f"{name}_distinct_2"] = distinct_n(new, 2)
             rows.append(row)
     return rows
+
+
+# --- a theme's grid: what rule steer runs -------------------------------------------------------
+
+SCOPES = ("single", "cumulative")
+
+
+def grid(theme: dict) -> list[dict]:
+    """The settings of one theme (its config: how, layers, scopes, schedules, values): the
+    unsteered baseline first (setting 0, how 'none'), then every layer × scope × schedule ×
+    value; a deactivation has no schedule (its r is the same at every layer)."""
+    out = [{"setting": 0, "how": "none", "layer": None, "scope": None, "schedule": None, "value": None}]
+    schedules = theme["schedules"] if theme["how"] == "activate" else [None]
+    for L in theme["layers"]:
+        for scope in theme["scopes"]:
+            for schedule in schedules:
+                for v in theme["values"]:
+                    out.append({"setting": len(out), "how": theme["how"], "layer": int(L), "scope": scope,
+                                "schedule": schedule, "value": float(v)})
+    return out
+
+
+SCORES = ("keyword_share", "presence", "perplexity", "distinct_2")
+
+
+def run_theme(model, tokenizer, fmt: str, features: pl.DataFrame, seeds: list[str], saes: dict, theme: dict,
+              fold: bool = True, loss_batches: list | None = None, judge_with: dict | None = None,
+              log=lambda msg: None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every setting of :func:`grid` on ``theme`` (how, prompts, samples, max_tokens, keywords,
+    layers, scopes, schedules, values, and an optional description for the judge).
+
+    Returns (generations, summary). generations: one row per setting, prompt and sample with
+    the text and its scores: ``keyword_share`` (the share of its words in the theme's keywords;
+    null without keywords), ``presence`` (the seeds' summed activation per generated token,
+    read by the unsteered model), ``perplexity`` (the unsteered model's), ``distinct_2``, and
+    with ``judge_with`` (endpoint, model, key_env) the judge's ``behavioral``, ``coherence``
+    and ``judge_score`` (B·C/25 to activate, (1 − B/5)·C/5 to deactivate). summary: one row per
+    setting, the scores' means and standard errors over its generations, the features steered,
+    and ``delta_loss`` (ΔL on ``loss_batches``; null without). A setting whose layers hold none
+    of the theme's features is listed with n_features 0 and no generations."""
+    probe = features.filter(pl.col("node").is_in(seeds))
+    keywords = {w.casefold() for w in theme.get("keywords") or []}
+    prompt_ids = [tokenizer(p)["input_ids"] for p in theme["prompts"]]
+    gen_rows, summary = [], []
+    for setting in grid(theme):
+        edit, steered = None, []
+        if setting["how"] != "none":
+            layers = steered_layers(features["layer"].to_list(), setting["layer"], setting["scope"] == "cumulative")
+            steered = features.filter(pl.col("layer").is_in(layers))["node"].to_list()
+            if steered:
+                edit = steering_edits(features, saes, layers, setting["how"], setting["value"],
+                                      setting["schedule"] or "constant", fold=fold)
+        row = {**setting, "n_features": len(steered), "features": steered}
+        if setting["how"] != "none" and not steered:
+            summary.append(row)
+            continue
+        new = generate(model, tokenizer, theme["prompts"], fmt, edit, theme["max_tokens"], seed=theme.get("seed", 0),
+                       samples=theme["samples"])
+        rows = []
+        for k, tokens in enumerate(new):
+            p, sample = divmod(k, theme["samples"])
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            r = {"setting": setting["setting"], "prompt": theme["prompts"][p], "sample": sample, "text": text,
+                 "keyword_share": word_share(words(text), keywords) if keywords else None,
+                 "presence": presence(model, fmt, prompt_ids[p], tokens, probe, saes) if probe.height else None,
+                 "perplexity": perplexity(model, prompt_ids[p], tokens), "distinct_2": distinct_n(tokens, 2)}
+            if judge_with:
+                scores = judge(text, theme.get("description") or theme["name"], **judge_with)
+                r.update(behavioral=scores["behavioral"], coherence=scores["coherence"],
+                         judge_score=scores["activation_score" if theme["how"] == "activate" else "deactivation_score"])
+            rows.append(r)
+        gen_rows += rows
+        df = pl.DataFrame(rows)
+        for col in [c for c in df.columns if c in SCORES or c in ("behavioral", "coherence", "judge_score")]:
+            x = df[col].drop_nulls().cast(pl.Float64)
+            row[col] = float(x.mean()) if len(x) else None
+            row[f"{col}_se"] = float(x.std() / math.sqrt(len(x))) if len(x) > 1 else None
+        if loss_batches:
+            row["delta_loss"] = loss_change(model, fmt, loss_batches, edit) if edit else 0.0
+        summary.append(row)
+        log(f"setting {setting['setting']}: {setting['how']} layer {setting['layer']} {setting['scope'] or ''} "
+            f"{setting['value']}: keyword share {row.get('keyword_share')}, presence {row.get('presence')}, "
+            f"perplexity {row.get('perplexity')}")
+    return pl.DataFrame(gen_rows), pl.DataFrame(summary, infer_schema_length=None)
 
 
 # --- the optional LLM judge (the paper's scores; never required) ---------------------------------

@@ -33,19 +33,42 @@ WORDS = {
     "conj": ["and", "but", "because", "while"],
     "adv": ["slowly", "today", "again", "often", "never"],
 }
+# Two topics with vocabularies of their own (disjoint from WORDS and from each other): a document
+# is about one of them or neither, and in a topic's document nouns, adjectives and verbs come
+# from its lists half the time. A theme the steering can plant and measure (saematch.steer).
+TOPICS = {
+    "sea": {"adj": ["salty", "blue", "wet"], "noun": ["boat", "wave", "fish", "sailor", "harbor", "shell"],
+            "verb": ["sails", "catches"], "ivb": ["swims", "floats"]},
+    "forest": {"adj": ["wild", "leafy", "mossy"], "noun": ["fox", "owl", "deer", "pine", "moss", "wolf"],
+               "verb": ["hunts", "climbs"], "ivb": ["grows", "howls"]},
+}
+TOPIC_SHARE = 0.25  # of the documents, per topic (the rest: neither)
+TOPIC_WORDS = 0.5   # a topic document's nouns, adjectives and verbs from the topic's lists
 PUNCT = [".", ",", "?", "!"]
 SITE_SEED = {"res": 0, "mlp": 1, "att": 2}
 
 
 def vocabulary() -> list[str]:
-    return SPECIALS + sorted({w for ws in WORDS.values() for w in ws}) + PUNCT
+    words = {w for ws in WORDS.values() for w in ws} | {w for t in TOPICS.values() for ws in t.values() for w in ws}
+    return SPECIALS + sorted(words) + PUNCT
+
+
+def topic_words(topic: str) -> list[str]:
+    """Every word of ``topic``'s own vocabulary (none of them occurs outside its documents)."""
+    return sorted(w for ws in TOPICS[topic].values() for w in ws)
 
 
 def corpus(n_docs: int, seed: int) -> list[str]:
     """``n_docs`` documents of 2–6 sentences from a small random grammar (subject–verb agreement
-    is not modelled; what matters is structure a 4-layer model can learn and SAEs can find)."""
+    is not modelled; what matters is structure a 4-layer model can learn and SAEs can find); each
+    document about one of :data:`TOPICS` (each with probability :data:`TOPIC_SHARE`) or neither."""
     rng = np.random.default_rng(seed)
-    pick = lambda kind: WORDS[kind][rng.integers(len(WORDS[kind]))]  # noqa: E731
+    topic = None
+
+    def pick(kind):
+        own = TOPICS[topic].get(kind) if topic else None
+        words = own if own and rng.random() < TOPIC_WORDS else WORDS[kind]
+        return words[rng.integers(len(words))]
 
     def phrase():
         words = [pick("det")] + [pick("adj") for _ in range(rng.integers(0, 3))] + [pick("noun")]
@@ -59,7 +82,10 @@ def corpus(n_docs: int, seed: int) -> list[str]:
         return phrase() + [pick("verb")] + phrase()
 
     docs = []
+    names = sorted(TOPICS)
     for _ in range(n_docs):
+        u = rng.random()
+        topic = names[int(u // TOPIC_SHARE)] if u < TOPIC_SHARE * len(names) else None
         sentences = []
         for _ in range(rng.integers(2, 7)):
             words = clause()

@@ -43,6 +43,8 @@ LIFETIMES = "results/model={model}/variant={variant}/lifetimes/{selection}"
 FLOW = "results/model={model}/variant={variant}/flow/{modules}/layer={layer}.parquet"
 # one text sample and size ({data}: saematch.config.data_label) per folder, one file per site
 EVALUATION = "results/model={model}/variant={variant}/evaluation/{data}/{selection}"
+# one steering theme's grid (saematch.steer): its feature set, generations, summary and figure
+STEERING = "results/model={model}/variant={variant}/steer/{theme}"
 MATCH_LOG = (
     "logs/match_pair/model={model}/variant={variant}/site={site}/layer={layer}.log"
 )
@@ -59,6 +61,7 @@ wildcard_constraints:
     revision=r"[^/]+",
     key=r"[^=]+",
     data=r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{6}",
+    theme=cfg.NAME.pattern[1:-1],
 
 
 def catalog_l0(model, site, layer):
@@ -192,7 +195,11 @@ def _downloads():
             for site in config["sites"]
             for L in read_layers(model, site)
         ]
-        if any(projects_att(model, s) for s in config["sites"]) or model in EVALUATE:
+        if (
+            any(projects_att(model, s) for s in config["sites"])
+            or model in EVALUATE
+            or model in STEER
+        ):
             specs.append(model_spec(model))
         if model in EVALUATE and cfg.dataset_spec(EVALUATE[model]["data"]):
             specs.append(cfg.dataset_spec(EVALUATE[model]["data"]))
@@ -213,6 +220,7 @@ with cfg.stop_in_one_line():
     config.update(cfg.command_line_wins(config, dict(workflow.config_settings.config)))
     EVALUATE = {m: cfg.evaluate_options(config, m) for m in cfg.evaluate_models(config)}
     DATA = {m: cfg.data_label(config, m) for m in EVALUATE}
+    STEER = {m: cfg.steer_themes(config, m) for m in cfg.steer_models(config)}
 
 
 # cuda asked of a host without it: an error before any job, auto on the CPU: one line. Only
@@ -388,7 +396,7 @@ def all_targets():
     intermediate file only when something downstream of it is out of date, so a result lost
     after its summary was written (an interrupted forced rerun deletes a job's old outputs
     before the job runs) would otherwise stay missing."""
-    files = {*DOWNLOADS, *explanation_targets(), *evaluation_targets()}
+    files = {*DOWNLOADS, *explanation_targets(), *evaluation_targets(), *steer_targets()}
     for model in config["models"]:
         files.update(result_files(model))
         if is_local(model):
