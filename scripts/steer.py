@@ -23,6 +23,10 @@ with logs.job(snakemake):
     paths = graph.results_paths(Path(out.features).parents[2])
     seeds = steer.theme_seeds(paths, theme, "resources/neuronpedia")
     features = steer.feature_set(paths, seeds, opts["mode"], opts["cut"])
+    G = graph.trace_set(paths, seeds, "both", mode=opts["mode"], cut=opts["cut"])  # the same nodes, as the viewer
+    graph.annotate(G, paths, "resources/neuronpedia" if Path("resources/neuronpedia").is_dir() else None)
+    Path(out.graph).write_text(graph.to_html(G, f"saematch steering theme {wc.model} · {wc.theme}: "
+                                                f"{features.height} features from {', '.join(seeds)}"))
     saes = steer.run_saes(paths, features)
     read = lambda p: json.loads(Path(p).read_text())  # noqa: E731
     with job_device(snakemake.resources.gpu > 0, snakemake.config["steer"]["device"], "steer.device") as dev:

@@ -65,3 +65,34 @@ def llama_files(folder: Path, d: int = 16, F: int = 32, seed: int = 0, norm_in: 
 @pytest.fixture
 def npz_path(tmp_path):
     return write_npz(tmp_path / "layer_3/width_16k/average_l0_50/params.npz", gemma_arrays())
+
+
+@pytest.fixture
+def stub():
+    """(saematch.steer's judge) An OpenAI-compatible chat endpoint on localhost that answers ``stub.reply`` and records
+    each request (path, headers, body)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen, state = [], {"reply": {"behavioral": 4, "coherence": 3}, "status": 200}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            content = state["reply"] if isinstance(state["reply"], str) else json.dumps(state["reply"])
+            out = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+            self.send_response(state["status"])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {"url": f"http://127.0.0.1:{server.server_port}/v1", "seen": seen, "state": state}
+    server.shutdown()

@@ -424,3 +424,80 @@ def test_the_runtime_estimate_counts_every_replacement_method():
     from saematch.evaluate import METHODS
 
     assert cfg.N_METHODS == len(METHODS)
+
+
+# --- steering themes (rule steer) ---------------------------------------------------------------
+
+def test_only_the_run_models_listed_in_steer_models_are_steered_with_their_catalog_themes_filled_in():
+    c = with_(models=["demo", "tiny"])
+    assert cfg.steer_models(c) == ["tiny"]
+    themes = cfg.steer_themes(c, "tiny")
+    assert sorted(themes) == ["forest-off", "sea"]
+    sea = themes["sea"]
+    assert sea["name"] == "sea" and sea["how"] == "activate" and sea["scopes"] == ["single", "cumulative"]
+    assert sea["schedules"] == ["constant"] and sea["seed"] == 0  # the defaults where the catalog is silent
+    assert sea["samples"] == 8 and sea["prompts"] == ["the"]  # the catalog's own values kept
+
+
+def test_the_papers_five_gemma_themes_are_ready_configs():
+    themes = cfg.steer_themes(with_(models=["gemma-2-2b"], steer={**CONFIG["steer"], "models": ["gemma-2-2b"]}),
+                              "gemma-2-2b")
+    assert {t: (v["how"], v["seeds"][0]) for t, v in themes.items()} == {
+        "anger": ("activate", "12/res/4111"), "mental-health": ("activate", "12/res/16226"),
+        "wedding": ("activate", "12/res/4230"), "religion": ("activate", "12/res/5483"),
+        "science-off": ("deactivate", "3/res/9811")}
+    assert len(themes["science-off"]["seeds"]) == 10 and themes["science-off"]["max_tokens"] == 96
+    assert themes["wedding"]["prompts"] == ["I think "] and themes["wedding"]["max_tokens"] == 36
+
+
+def test_seed_sites_may_use_llama_scopes_letters():
+    c = copy.deepcopy(CONFIG)
+    c["catalog"]["tiny"]["themes"]["sea"]["seeds"] = ["1/R/32", "2/A/3"]
+    assert cfg.steer_themes(c, "tiny")["sea"]["seeds"] == ["1/res/32", "2/att/3"]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c["catalog"]["tiny"].pop("themes"), "catalog tiny.themes is empty"),
+    (lambda c: c["catalog"]["tiny"]["model"]["files"].remove("config.json"), "lacks config.json"),
+])
+def test_a_theme_that_cannot_run_is_refused_naming_the_key(change, message):
+    c = copy.deepcopy(CONFIG)
+    change(c)
+    with pytest.raises(cfg.ConfigError, match=re.escape(message)):
+        cfg.steer_themes(c, "tiny")
+
+
+def test_a_theme_using_layers_the_run_does_not_select_is_left_out_and_named():
+    c = with_(layers=[0, 1])
+    assert cfg.steer_themes(c, "tiny") == {} and cfg.skipped_themes(c, "tiny") == {"sea": [2], "forest-off": [2]}
+    c = copy.deepcopy(CONFIG)
+    c["catalog"]["tiny"]["themes"]["sea"]["seeds"] = ["5/res/1"]
+    assert list(cfg.steer_themes(c, "tiny")) == ["forest-off"] and cfg.skipped_themes(c, "tiny") == {"sea": [5]}
+
+
+@pytest.mark.parametrize("theme,ok", [
+    ({"how": "activate", "seeds": ["1/res/2"], "layers": [1], "values": [4]}, True),
+    ({"how": "activate", "query": {"text": "sea", "layers": [1]}, "layers": [1], "values": [4]}, True),
+    ({"how": "activate", "layers": [1], "values": [4]}, False),  # no seeds
+    ({"how": "activate", "seeds": ["1/res/2"], "query": {"text": "sea", "layers": [1]}, "layers": [1],
+      "values": [4]}, False),  # both
+    ({"how": "boost", "seeds": ["1/res/2"], "layers": [1], "values": [4]}, False),
+    ({"how": "activate", "seeds": ["1/xyz/2"], "layers": [1], "values": [4]}, False),
+    ({"how": "activate", "seeds": ["1/res/2"], "layers": [1], "values": [4], "scopes": ["all"]}, False),
+])
+def test_the_schema_takes_a_theme_with_seeds_or_a_query_and_nothing_else(theme, ok):
+    import jsonschema
+
+    c = copy.deepcopy(CONFIG)
+    c["catalog"]["tiny"]["themes"] = {"t": theme}
+    errors = list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(c))
+    assert (not errors) == ok, [e.message for e in errors]
+
+
+def test_steer_resources_ask_a_cluster_for_a_gpu_for_a_real_model_only():
+    c = with_(models=["gemma-2-2b", "tiny"])
+    gemma = cfg.steer_themes({**c, "steer": {**CONFIG["steer"], "models": ["gemma-2-2b"]}}, "gemma-2-2b")["wedding"]
+    assert cfg.steer_resources(c, "gemma-2-2b", gemma)["gpu"] == 1
+    assert cfg.steer_resources(c, "tiny", cfg.steer_themes(c, "tiny")["sea"]) == {"gpu": 0, "runtime": 10}
+    c["steer"] = {**CONFIG["steer"], "device": "cpu"}
+    assert cfg.steer_resources(c, "gemma-2-2b", gemma)["gpu"] == 0

@@ -342,3 +342,39 @@ def test_a_themes_feature_set_is_the_union_of_its_seeds_traces_both_ways(run):
     got = feature_set(paths, ["2/res/2", "1/res/2"], mode="flow")
     assert got.rows() == [("0/res/3", 0, "res", 3, ["2/res/2", "1/res/2"]), ("1/res/2", 1, "res", 2, ["2/res/2", "1/res/2"]),
                           ("2/res/2", 2, "res", 2, ["2/res/2", "1/res/2"])]
+
+
+def test_a_themes_set_is_what_trace_draws_for_its_seeds_in_the_table_and_the_viewer(run, capsys):
+    from saematch.steer import feature_set
+
+    results, root = run
+    paths = fg.results_paths(root)
+    seeds = ["2/res/2", "1/mlp/0"]
+    G = fg.trace_set(paths, seeds, "both")
+    assert sorted(G.nodes) == feature_set(paths, seeds)["node"].to_list()
+    assert G.graph["seeds"] == seeds and G.graph["root"] == "2/res/2"
+    one = [fg.trace(paths, s, "both") for s in seeds]
+    assert set(G.edges) == set(one[0].edges) | set(one[1].edges)
+    assert G.graph["ends"] == one[0].graph["ends"] + one[1].graph["ends"]
+    assert main(["--results", str(results), "trace", "toy", *seeds, "--both", "--json"]) == 0
+    assert sorted(n["id"] for n in json.loads(capsys.readouterr().out)["nodes"]) == sorted(G.nodes)
+    html = fg.to_html(G)
+    assert "saematch flow graph: 2/res/2, 1/mlp/0" in html and '"seeds": ["2/res/2", "1/mlp/0"]' in html
+
+
+def test_a_themes_seeds_may_be_a_text_query_over_the_local_explanations(run, tmp_path):
+    import gzip
+
+    from saematch.steer import theme_seeds
+
+    _, root = run
+    export = tmp_path / "np" / "v1" / "gemma-2-2b" / "1-gemmascope-res-16k" / "explanations"
+    export.mkdir(parents=True)
+    with gzip.open(export / "batch-0.jsonl.gz", "wt") as fh:
+        for i, text in ((0, "Wedding ceremonies"), (2, "legal contracts"), (3, "wedding cakes")):
+            fh.write(json.dumps({"index": str(i), "description": text}) + "\n")
+    paths = fg.results_paths(root)
+    assert theme_seeds(paths, {"seeds": ["1/res/2"]}) == ["1/res/2"]
+    assert theme_seeds(paths, {"query": {"text": "wedding", "layers": [1]}}, tmp_path / "np") == ["1/res/0", "1/res/3"]
+    with pytest.raises(ValueError, match="no residual feature of layers \\[1\\] has an explanation containing 'tax'"):
+        theme_seeds(paths, {"name": "t", "query": {"text": "tax", "layers": [1]}}, tmp_path / "np")

@@ -127,11 +127,15 @@ SUFFIX_FORMATS = {".json": "json", ".graphml": "graphml", ".html": "html", ".htm
 
 def cmd_trace(args) -> None:
     root = run_dir(args.results, args.model, args.variant)
-    _feature(args.feature)
+    for f in args.feature:
+        _feature(f)
     paths = flowgraph.results_paths(root)
     if not paths["flow"] and args.direction != "forward" and args.mode == "flow":
         raise CliError(f"{root}: no flow files (…/flow/MODULES/layer=L.parquet): run the pipeline with the res site selected")
-    G = flowgraph.trace(paths, args.feature, args.direction, args.res_cut, args.module_cut, args.mode, args.cut)
+    if len(args.feature) == 1:
+        G = flowgraph.trace(paths, args.feature[0], args.direction, args.res_cut, args.module_cut, args.mode, args.cut)
+    else:
+        G = flowgraph.trace_set(paths, args.feature, args.direction, args.res_cut, args.module_cut, args.mode, args.cut)
     try:
         flowgraph.annotate(G, paths, _explanations(args))
     except ValueError as exc:  # an explanations file
@@ -541,8 +545,21 @@ def cmd_steer(args) -> None:
 
     if (args.s is None) == (args.r is None):
         raise CliError("give one of --s (activate the theme) or --r (deactivate it)")
+    if bool(args.seed) == bool(args.query):
+        raise CliError("give the theme's seeds: --seed LAYER/SITE/INDEX (repeatable) or --query TEXT")
     root = run_dir(args.results, args.model, args.variant)
     paths = flowgraph.results_paths(root)
+    if args.query:
+        if _explanations(args) is None:
+            raise CliError(f"--query needs a local copy of Neuronpedia's explanations: {args.explanations} "
+                           "does not exist (flow.explanations: true downloads them; or give --explanations)")
+        try:
+            args.seed = steer.theme_seeds(paths, {"query": {"text": args.query, "layers": args.query_layer or [args.layer]}},
+                                          _explanations(args))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    for f in args.seed:
+        _feature(f)
     theme = steer.feature_set(paths, args.seed, args.mode, args.cut)
     layers = steer.steered_layers(theme["layer"].to_list(), args.layer, args.cumulative)
     if not theme.filter(pl.col("layer").is_in(layers)).height:
@@ -560,11 +577,13 @@ def cmd_steer(args) -> None:
     setting = {"how": how, "strength": strength, "layers": layers, "schedule": args.schedule, "fold": not args.no_fold,
                "features": theme.filter(pl.col("layer").is_in(layers))["node"].to_list()}
     if args.format == "json":
-        print(json.dumps({"setting": setting, "theme": theme["node"].to_list(), "generations": rows}, indent=1))
+        print(json.dumps({"setting": setting, "seeds": args.seed, "theme": theme["node"].to_list(), "generations": rows},
+                         indent=1))
         return
     print(f"{how} {len(setting['features'])} features of the theme ({theme.height} in all) at layers "
           f"{flowgraph.layers_text(layers)}, {'s' if how == 'activate' else 'r'} = {strength:g}"
           + (f", {args.schedule} schedule" if how == "activate" else ""))
+    print(f"seeds {', '.join(args.seed)}; steered {', '.join(setting['features'])}")
     print(_table_text([{k: r[k] for k in ("prompt", "unsteered", "steered")} for r in rows]))
     print(_table_text([{"prompt": r["prompt"], **{f"{w} {m}": r[f"{w}_{k}"] for m, k in
                         (("presence", "presence"), ("perplexity", "perplexity"), ("distinct-2", "distinct_2"))
@@ -595,8 +614,9 @@ def parser() -> argparse.ArgumentParser:
                      "(default) or Feature Flow's cosine cuts (--mode flow)", cmd_trace,
             FORMATS, "table, json (node-link), graphml, html (a self-contained viewer), png or svg; default: from "
                      "-o's suffix (.json .graphml .html .png .svg), else table")
-    p.add_argument("feature", help="LAYER/SITE/INDEX, e.g. 12/res/4230 (an mlp or att feature: forward into the "
-                                   "residual features it feeds)")
+    p.add_argument("feature", nargs="+", help="LAYER/SITE/INDEX, e.g. 12/res/4230 (an mlp or att feature: forward into "
+                                              "the residual features it feeds); several: the union of their graphs "
+                                              "(a steering theme's set, with --both)")
     p.add_argument("--mode", choices=flowgraph.TRACE_MODES, default="verdict",
                    help="verdict (default): follow links whose confidence ≥ --cut, whichever relation proposes them; "
                         "flow: Feature Flow's rule, cosine ≥ --res-cut (the paper's graphs)")
@@ -642,8 +662,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = add("steer", "generate with a theme's flow-graph features switched on (--s) or off (--r) beside the "
                      "unsteered model, from the same random stream (docs/steering.md)", cmd_steer)
-    p.add_argument("--seed", action="append", required=True, help="a seed feature LAYER/SITE/INDEX (repeatable); the "
-                                                                  "theme is every seed's trace both ways")
+    p.add_argument("--seed", action="append", help="a seed feature LAYER/SITE/INDEX (repeatable); the "
+                                                    "theme is every seed's trace both ways")
+    p.add_argument("--query", help="or seeds by text: the residual features of --query-layer whose local Neuronpedia "
+                                   "explanation contains it (any case; needs --explanations)")
+    p.add_argument("--query-layer", type=int, action="append", help="a layer --query searches (repeatable; "
+                                                                   "default: --layer)")
     p.add_argument("--layer", type=int, required=True, help="steer the theme's features of this layer")
     p.add_argument("--cumulative", action="store_true", help="and of every layer before it (default: this one only)")
     p.add_argument("--s", type=float, help="activate: add s × the features' folded decoder rows (θ·v) at every token")

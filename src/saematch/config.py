@@ -413,10 +413,9 @@ def steer_models(config: dict) -> list[str]:
     return [m for m in config["models"] if m in wanted]
 
 
-def steer_themes(config: dict, model: str) -> dict[str, dict]:
-    """The catalog's steering themes of ``model`` with :data:`THEME_DEFAULTS` filled in and seed
-    sites written res/mlp/att; ConfigError for a model without themes or that cannot run, and for
-    a layer (steered, seeded or queried) outside the run's selected layers."""
+def _themes(config: dict, model: str) -> dict[str, tuple[dict, list[int]]]:
+    """name → (theme with :data:`THEME_DEFAULTS` filled in and seed sites written res/mlp/att,
+    the layers it uses that the run does not select)."""
     entry = config["catalog"][model]
     if not entry.get("themes"):
         raise ConfigError(f"config: steer.models lists {model} but catalog {model}.themes is empty: "
@@ -425,18 +424,27 @@ def steer_themes(config: dict, model: str) -> dict[str, dict]:
         raise ConfigError(f"config: catalog {model}.model.files lacks config.json: the model cannot be run "
                           "(list config.json, the tokenizer files and the weights)")
     layers = set(selected_layers(config, model))
-    themes = {}
+    out = {}
     for name, theme in entry["themes"].items():
         theme = {**THEME_DEFAULTS, **theme, "name": name}
         if "seeds" in theme:
             theme["seeds"] = ["/".join((L, SITE_ALIASES.get(s, s), i)) for L, s, i in (x.split("/") for x in theme["seeds"])]
         used = {int(x.split("/")[0]) for x in theme.get("seeds", [])} | set(theme["layers"])
         used |= set(theme.get("query", {}).get("layers", []))
-        if used - layers:
-            raise ConfigError(f"config: catalog {model}.themes.{name} uses layers {sorted(used - layers)}, "
-                              f"which this run does not select (layers: {config['layers']})")
-        themes[name] = theme
-    return themes
+        out[name] = (theme, sorted(used - layers))
+    return out
+
+
+def steer_themes(config: dict, model: str) -> dict[str, dict]:
+    """The catalog's steering themes of ``model`` that this run's layers can run (every layer a
+    theme steers, seeds or queries selected), with :data:`THEME_DEFAULTS` filled in; ConfigError
+    for a model without themes or that cannot run."""
+    return {name: theme for name, (theme, missing) in _themes(config, model).items() if not missing}
+
+
+def skipped_themes(config: dict, model: str) -> dict[str, list[int]]:
+    """The themes of ``model`` this run leaves out, with the layers they use that it does not select."""
+    return {name: missing for name, (theme, missing) in _themes(config, model).items() if missing}
 
 
 N_METHODS = 6  # replacements whose ΔL each costs a forward pass per residual pair (saematch.evaluate.METHODS)
@@ -506,6 +514,9 @@ def data_label(config: dict, model: str) -> str:
 
 
 TINY_TEXT = "resources/tiny/{model}/text.txt"  # the tiny model's held-out text: rule make_tiny writes it
+# saematch.tiny's grammar and training: a change gives new files (rule make_tiny reruns) and a new
+# evaluation folder (2: the sea and forest topics). Here, not there: the Snakefile reads it without torch.
+TINY_VERSION = 2
 
 
 def data_identity(config: dict, model: str) -> dict:
@@ -513,7 +524,8 @@ def data_identity(config: dict, model: str) -> dict:
 
     * a local file: the sha256 of its bytes (and the Parquet column read);
     * the tiny model's own text (:data:`TINY_TEXT`, not there before make_tiny runs): the
-      catalog's ``tiny`` settings, from which make_tiny writes it byte for byte;
+      catalog's ``tiny`` settings and :data:`TINY_VERSION`, from which make_tiny writes it
+      byte for byte;
     * a Hub dataset file: repo, revision, file and column. Pin the revision to a commit: that
       fixes the bytes (its download pointer records their sha256, and the evaluation's
       provenance copies it).
@@ -523,7 +535,7 @@ def data_identity(config: dict, model: str) -> dict:
         return {"data": data}
     entry = config["catalog"][model]
     if "tiny" in entry and data["path"] == TINY_TEXT.format(model=model):
-        return {"path": data["path"], "tiny": entry["tiny"]}
+        return {"path": data["path"], "tiny": entry["tiny"], "tiny_version": TINY_VERSION}
     path = Path(data["path"])
     if not path.is_file():
         key = "evaluate.data" if config.get("evaluate", {}).get("data") else f"catalog {model}.model.data"

@@ -68,18 +68,17 @@ def match_device_key(config: dict, site: str) -> str:
         else "match.device"
 
 
-def device_settings(config: dict, evaluate: dict[str, dict]) -> dict[str, str]:
+def device_settings(config: dict, evaluate: dict[str, dict], steer: dict[str, dict] | None = None) -> dict[str, str]:
     """Config key → device, for this run's match sites, evaluated models (``evaluate``: model →
-    saematch.config.evaluate_options) and steered models."""
+    saematch.config.evaluate_options) and steered models (``steer``: model → the themes it runs)."""
     out = {}
     for site in config["sites"]:
         key = match_device_key(config, site)
         out[key] = config["match"]["per_site"][site]["device"] if key != "match.device" else config["match"]["device"]
     for opts in evaluate.values():
         out["evaluate.device"] = opts["device"]
-    steer = config.get("steer") or {}
-    if set(steer.get("models", [])) & set(config["models"]):
-        out["steer.device"] = steer.get("device", "auto")
+    if any((steer or {}).values()):
+        out["steer.device"] = config["steer"]["device"]
     return out
 
 

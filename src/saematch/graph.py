@@ -275,6 +275,18 @@ def trace(paths: dict, feature: str, direction: str = "back", res_cut: float = R
     return G
 
 
+def trace_set(paths: dict, features: list[str], direction: str = "both", res_cut: float = RES_CUT,
+              module_cut: float = MODULE_CUT, mode: str = "verdict", cut: float = 0.5) -> nx.DiGraph:
+    """The union of :func:`trace` from each of ``features`` (a steering theme's seeds:
+    saematch.steer.feature_set reads its nodes). ``G.graph``: root, the first feature; seeds, all
+    of them in order; ends, every walk's."""
+    graphs = [trace(paths, f, direction, res_cut, module_cut, mode, cut) for f in features]
+    G = nx.compose_all(graphs)
+    G.graph.update(graphs[0].graph, seeds=[g.graph["root"] for g in graphs],
+                   ends=[e for g in graphs for e in g.graph["ends"]])
+    return G
+
+
 def _walk(G, paths, L, i, way, mode, cut, res_cut, module_cut) -> None:
     """Follow residual links from L/res/i in one direction until the rule fails; record why."""
     step = -1 if way == "back" else 1
@@ -379,7 +391,7 @@ def to_html(G: nx.DiGraph, title: str | None = None) -> str:
     graph = to_json(G) | {"layout": layout(G)}
     # <, > and & as \u escapes: nothing in an explanation can end or reopen the script block
     data = json.dumps(graph).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    title = html.escape(title or f"saematch flow graph: {G.graph.get('root', '')}")
+    title = html.escape(title or f"saematch flow graph: {', '.join(G.graph.get('seeds') or [G.graph.get('root', '')])}")
     return _VIEWER.replace("__TITLE__", title).replace("__DATA__", data)
 
 
@@ -488,7 +500,7 @@ function describe(n) {
 }
 for (const n of graph.nodes) {
   const [c, r] = at(n), left = n.site === "res";  // edges reach a residual feature from above and the right
-  const g = el("g", {class: "node" + (n.id === graph.graph.root ? " root" : ""), "data-id": n.id}, svg);
+  const g = el("g", {class: "node" + ((graph.graph.seeds || [graph.graph.root]).includes(n.id) ? " root" : ""), "data-id": n.id}, svg);
   el("circle", {cx: X(c), cy: Y(r), r: 9, fill: COLOUR[n.site]}, g);
   const t = el("text", {x: X(c) + (left ? -13 : 13), y: Y(r) + 4, "text-anchor": left ? "end" : "start"}, g);
   t.textContent = n.id;

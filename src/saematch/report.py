@@ -34,6 +34,10 @@ def results_message(summaries: dict[str, str], evaluations: dict[str, str] | Non
             out.append(f"  on data  {folder}/summary.tsv (matching score, Pearson partners, EV and ΔL), figure "
                        f"evaluation.png, the verdict on data calibration.tsv, re-fitted on data verdict.tsv|.parquet")
             out += short_sample_lines(folder)
+        themes = sorted(p.parent.name for p in run_dir.glob("steer/*/summary.tsv"))
+        if themes:
+            out.append(f"  steer    {run_dir}/steer/{{{','.join(themes)}}}/summary.tsv (each setting's keyword share, "
+                       "presence, perplexity, ΔL), figure.png, graph.html, generations.parquet")
         if table_path.exists():
             table = pl.read_parquet(table_path)
             out.append(console_table(table))

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from .graph import MODULE_CUT, RES_CUT, parse_node, trace
+from .graph import MODULE_CUT, RES_CUT, parse_node, trace_set
 from .lm import edits
 from .sae import Sae
 
@@ -37,14 +37,14 @@ TOP_P, TEMPERATURE = 0.7, 1.27  # the paper's sampling
 
 def feature_set(paths: dict, seeds: list[str], mode: str = "verdict", cut: float = 0.5,
                 res_cut: float = RES_CUT, module_cut: float = MODULE_CUT) -> pl.DataFrame:
-    """The theme's features: the union of each seed's trace both ways (mode 'verdict': links
-    whose confidence ≥ ``cut``; 'flow': the paper's rule, residual links with s ≥ ``res_cut``),
-    module features where s ≥ ``module_cut`` (the paper's 0.15). One row per feature: node,
-    layer, site, feature, seeds (the seeds whose graph holds it), sorted by layer, site, feature."""
+    """The theme's features: the nodes of the seeds' traces both ways (saematch.graph.trace_set;
+    mode 'verdict': links whose confidence ≥ ``cut``; 'flow': the paper's rule, residual links
+    with s ≥ ``res_cut``), module features where s ≥ ``module_cut`` (the paper's 0.15). One row
+    per feature: node, layer, site, feature, seeds (the seeds whose graph holds it), sorted by
+    layer, site, feature."""
     rows: dict[str, dict] = {}
     for seed in seeds:
-        G = trace(paths, seed, "both", res_cut, module_cut, mode, cut)
-        for node in G.nodes:
+        for node in trace_set(paths, [seed], "both", res_cut, module_cut, mode, cut).nodes:
             L, site, i = parse_node(node)
             rows.setdefault(node, {"node": node, "layer": L, "site": site, "feature": i, "seeds": []})["seeds"].append(seed)
     schema = {"node": pl.String, "layer": pl.Int32, "site": pl.String, "feature": pl.Int64, "seeds": pl.List(pl.String)}

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import TINY_VERSION as VERSION  # noqa: F401 - bump it there when the grammar or training changes
 from .demo import npz_bytes, write_hub_repo
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # Gemma's ids 0–3

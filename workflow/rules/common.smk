@@ -221,6 +221,12 @@ with cfg.stop_in_one_line():
     EVALUATE = {m: cfg.evaluate_options(config, m) for m in cfg.evaluate_models(config)}
     DATA = {m: cfg.data_label(config, m) for m in EVALUATE}
     STEER = {m: cfg.steer_themes(config, m) for m in cfg.steer_models(config)}
+    for _m in STEER:
+        for _name, _missing in cfg.skipped_themes(config, _m).items():
+            print(
+                f"saematch: steering theme {_m}.{_name} left out: it uses layers {_missing}, not selected",
+                file=sys.stderr,
+            )
 
 
 # cuda asked of a host without it: an error before any job, auto on the CPU: one line. Only
@@ -228,7 +234,7 @@ with cfg.stop_in_one_line():
 def check_run_devices(dryrun=False):
     with cfg.stop_in_one_line():
         line = saematch.devices.check_devices(
-            saematch.devices.device_settings(config, EVALUATE),
+            saematch.devices.device_settings(config, EVALUATE, STEER),
             workflow.local_exec,
             dryrun,
         )
@@ -396,7 +402,12 @@ def all_targets():
     intermediate file only when something downstream of it is out of date, so a result lost
     after its summary was written (an interrupted forced rerun deletes a job's old outputs
     before the job runs) would otherwise stay missing."""
-    files = {*DOWNLOADS, *explanation_targets(), *evaluation_targets(), *steer_targets()}
+    files = {
+        *DOWNLOADS,
+        *explanation_targets(),
+        *evaluation_targets(),
+        *steer_targets(),
+    }
     for model in config["models"]:
         files.update(result_files(model))
         if is_local(model):

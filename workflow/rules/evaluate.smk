@@ -17,6 +17,7 @@ rule make_tiny:
         "../../envs/pipeline.yaml"
     params:
         tiny=tiny_params,
+        version=cfg.TINY_VERSION,
     script:
         "../../scripts/make_tiny.py"
 

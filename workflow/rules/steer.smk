@@ -18,6 +18,7 @@ STEER_FILES = (
     "summary.parquet",
     "summary.tsv",
     "figure.png",
+    "graph.html",
 )
 
 
@@ -88,6 +89,7 @@ rule steer:
         generations=f"{STEERING}/generations.parquet",
         summary=f"{STEERING}/summary.parquet",
         table=f"{STEERING}/summary.tsv",
+        graph=f"{STEERING}/graph.html",
         figure=report(
             f"{STEERING}/figure.png",
             caption="../report/steer.rst",
