@@ -16,7 +16,7 @@ import torch
 
 from saematch.lm import read_sites
 from saematch.steer import grid, run_theme
-from saematch.tiny import TOPICS, topic_words
+from saematch.tiny import topic_words
 from tiny_model import build_tiny
 
 FMT = "gemma-scope"
