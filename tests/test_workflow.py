@@ -452,6 +452,7 @@ def test_the_report_shows_every_table_as_a_table_and_reaches_every_figure(demo_r
             assert len(set(labels)) == len(labels), (category, paths)
     figures = {p for p, r in results.items() if r["mime_type"] == "image/png"}
     assert any(p.endswith("evaluation.png") for p in figures) and any(p.endswith("L0-5.survival.png") for p in figures)
+    assert {p.split("/")[-2] for p in figures if p.endswith("figure.png") and "/steer/" in p} == {"sea", "forest-off"}
     # the summary table itself is in the report, as a table
     (summary,) = [p for p in results if p.endswith("model=demo/variant=1k/summary/res+mlp+att.L0-5.html")]
     assert results[summary]["mime_type"] == "text/html"
