@@ -325,12 +325,21 @@ def test_saematch_steer_prints_the_unsteered_and_steered_generations_of_one_sett
     (["--seed", "0/res/5", "--layer", "2", "--s", "1"], "the theme of 0/res/5 has no feature at layer 2 (its layers: 0)"),
     (["--seed", "1/res/5", "--layer", "1", "--s", "1", "--config", "nowhere.yaml"], "nowhere.yaml: cannot read the config"),
     (["--seed", "1/res/999", "--layer", "1", "--s", "1"], "999"),
+    (["--layer", "1", "--s", "1"], "give the theme's seeds: --seed LAYER/SITE/INDEX (repeatable) or --query TEXT"),
+    (["--seed", "1/res/5", "--query", "sea", "--layer", "1", "--s", "1"], "give the theme's seeds"),
+    (["--query", "sea", "--layer", "1", "--s", "1"], "--query needs a local copy of Neuronpedia's explanations"),
+    (["--query", "sea", "--layer", "1", "--s", "1", "--explanations", "."],
+     "no residual feature of layers [1] has an explanation containing 'sea'"),
 ])
 def test_saematch_steer_names_what_is_wrong(tiny, tmp_path, monkeypatch, capsys, args, message):
     from saematch.cli import main
 
     monkeypatch.chdir(write_run(tiny, tmp_path, confidence=0.1))
-    assert main(["steer", "toy", "--prompt", "the", "--max-tokens", "2", *args]) == 2
+    global_args = []
+    if "--explanations" in args:  # a main option, before the subcommand
+        i = args.index("--explanations")
+        global_args, args = args[i:i + 2], args[:i] + args[i + 2:]
+    assert main([*global_args, "steer", "toy", "--prompt", "the", "--max-tokens", "2", *args]) == 2
     assert message in capsys.readouterr().err
 
 
