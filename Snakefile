@@ -44,6 +44,7 @@ onsuccess:
         results_message(
             {m: summary_prefix(m) for m in config["models"]},
             {m: evaluation_prefix(m) for m in EVALUATE},
+            {m: [steering_folder(m, t) for t in STEER[m]] for m in STEER},
         ),
         flush=True,
     )

@@ -20,7 +20,8 @@ with logs.job(snakemake):
     opts, out, wc = snakemake.params.options, snakemake.output, snakemake.wildcards
     theme = opts["theme"]
     torch.set_num_threads(snakemake.threads)
-    paths = graph.results_paths(Path(out.features).parents[2])
+    # the graph of exactly this run's selection (its declared inputs), not of older files beside them
+    paths = graph.files_paths(Path(out.features).parents[3], snakemake.input.flow, snakemake.input.matches)
     seeds = steer.theme_seeds(paths, theme, "resources/neuronpedia")
     features = steer.feature_set(paths, seeds, opts["mode"], opts["cut"])
     G = graph.trace_set(paths, seeds, "both", mode=opts["mode"], cut=opts["cut"])  # the same nodes, as the viewer
@@ -33,7 +34,7 @@ with logs.job(snakemake):
         model, tokenizer = load_lm(resolve_files(read(snakemake.input.model)), dev, opts["dtype"])
         saes = {site: {L: to_device(s, dev) for L, s in by_layer.items()} for site, by_layer in saes.items()}
         batches = None
-        if snakemake.input.get("data"):
+        if opts["loss_tokens"]:
             data = opts["data"]
             text = snakemake.input.data if "path" in data else resolve(read(snakemake.input.data), "data")
             docs = read_documents(text, data.get("column", "text"))

@@ -452,13 +452,17 @@ def test_the_papers_five_gemma_themes_are_ready_configs():
 
 def test_seed_sites_may_use_llama_scopes_letters():
     c = copy.deepcopy(CONFIG)
-    c["catalog"]["tiny"]["themes"]["sea"]["seeds"] = ["1/R/32", "2/A/3"]
-    assert cfg.steer_themes(c, "tiny")["sea"]["seeds"] == ["1/res/32", "2/att/3"]
+    c["catalog"]["tiny"]["themes"]["sea"]["seeds"] = ["1/R/32", "2/A/3", "02/res/007"]
+    assert cfg.steer_themes(c, "tiny")["sea"]["seeds"] == ["1/res/32", "2/att/3", "2/res/7"]
 
 
 @pytest.mark.parametrize("change,message", [
     (lambda c: c["catalog"]["tiny"].pop("themes"), "catalog tiny.themes is empty"),
     (lambda c: c["catalog"]["tiny"]["model"]["files"].remove("config.json"), "lacks config.json"),
+    (lambda c: c["catalog"]["tiny"]["themes"]["sea"].update(query={"text": "sea", "layers": [1]}),
+     "tiny.themes.sea.query reads Neuronpedia's explanations: set flow.explanations: true"),
+    (lambda c: c["catalog"]["tiny"]["themes"]["sea"].update(keywords=["boat", "well-being", "new york"]),
+     "tiny.themes.sea.keywords: ['well-being', 'new york'] are not single words"),
 ])
 def test_a_theme_that_cannot_run_is_refused_naming_the_key(change, message):
     c = copy.deepcopy(CONFIG)
@@ -469,10 +473,15 @@ def test_a_theme_that_cannot_run_is_refused_naming_the_key(change, message):
 
 def test_a_theme_using_layers_the_run_does_not_select_is_left_out_and_named():
     c = with_(layers=[0, 1])
-    assert cfg.steer_themes(c, "tiny") == {} and cfg.skipped_themes(c, "tiny") == {"sea": [2], "forest-off": [2]}
+    why = "it uses layers [2], not selected"
+    assert cfg.steer_themes(c, "tiny") == {} and cfg.skipped_themes(c, "tiny") == {"sea": why, "forest-off": why}
     c = copy.deepcopy(CONFIG)
     c["catalog"]["tiny"]["themes"]["sea"]["seeds"] = ["5/res/1"]
-    assert list(cfg.steer_themes(c, "tiny")) == ["forest-off"] and cfg.skipped_themes(c, "tiny") == {"sea": [5]}
+    assert list(cfg.steer_themes(c, "tiny")) == ["forest-off"]
+    assert cfg.skipped_themes(c, "tiny") == {"sea": "it uses layers [5], not selected"}
+    c["catalog"]["tiny"]["themes"]["sea"]["seeds"] = ["1/mlp/3"]
+    c["sites"] = ["res"]
+    assert cfg.skipped_themes(c, "tiny") == {"sea": "its seeds are at sites ['mlp'], not selected"}
 
 
 @pytest.mark.parametrize("theme,ok", [

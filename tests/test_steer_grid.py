@@ -124,7 +124,7 @@ def test_the_summary_is_the_mean_of_its_generations_and_names_what_it_steered(ti
             w = [t for t in text.split() if t.isalpha()]  # the tiny vocabulary's words; punctuation is no word
             assert share == pytest.approx(sum(t in ("the", "a", "cat") for t in w) / len(w))
         assert g["keyword_share"].max() > 0
-    assert "delta_loss" not in summary.columns
+    assert summary["delta_loss"].is_null().all()  # no held-out text given: no ΔL
 
 
 def test_the_loss_change_is_zero_for_the_baseline_and_the_judge_scores_each_generation(tiny, stub):
@@ -163,3 +163,16 @@ def test_the_figure_draws_single_and_cumulative_per_layer_with_the_unsteered_lin
     assert unsteered and unsteered[0].get_ydata()[0] == pytest.approx(0.01)
     cum = next(ln for ln in lines(axes[0, 1]) if ln.get_linestyle() == "--")
     assert list(cum.get_ydata()) == pytest.approx([0.04, 0.16, 0.64])
+
+
+def test_a_failing_judge_is_tried_three_times_then_stops_the_grid_naming_it(tiny, stub, monkeypatch):
+    import saematch.steer
+
+    monkeypatch.setattr(saematch.steer, "JUDGE_WAITS", (0.0, 0.0))
+    stub["state"].update(status=500)
+    feats = topic_features(tiny, "sea", per_layer=1)
+    with pytest.raises(ValueError, match="HTTP 500"):
+        run_theme(tiny["model"], tiny["tokenizer"], FMT, feats, feats["node"].to_list(), tiny["saes"],
+                  theme(values=[1.0], scopes=["single"], samples=1, max_tokens=2),
+                  judge_with={"endpoint": stub["url"], "model": "m"})
+    assert len(stub["seen"]) == 3

@@ -338,7 +338,7 @@ def test_the_end_of_a_run_says_where_the_results_are_and_what_they_show(demo_con
     header = re.search(r"\| " + r" +\| ".join(columns) + r" +\|", tail)
     assert header
     assert len(re.findall(r"\| (res|mlp|att) +\| \d→\d +\| 1024 ", tail)) == 15
-    assert "  steer    results/model=tiny/variant=2x/steer/{forest-off,sea}/summary.tsv" in tail
+    assert "  steer    results/model=tiny/variant=2x/steer/res+mlp+att.L0-2/{forest-off,sea}/summary.tsv" in tail
 
 
 def test_demo_run_writes_every_pair_summary_and_figure(demo_run):
@@ -489,7 +489,7 @@ def test_the_demo_steers_the_tiny_models_planted_topics_along_their_graphs(demo_
     root = demo_run / "results/model=tiny/variant=2x"
     config = yaml.safe_load((demo_run / "config/config.yaml").read_text())
     for name, theme in config["catalog"]["tiny"]["themes"].items():
-        folder = root / "steer" / name
+        folder = root / "steer" / "res+mlp+att.L0-2" / name
         features = pl.read_parquet(folder / "features.parquet")
         assert features.equals(steer.feature_set(graph.results_paths(root), theme["seeds"]))
         summary = pl.read_parquet(folder / "summary.parquet")

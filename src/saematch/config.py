@@ -413,9 +413,9 @@ def steer_models(config: dict) -> list[str]:
     return [m for m in config["models"] if m in wanted]
 
 
-def _themes(config: dict, model: str) -> dict[str, tuple[dict, list[int]]]:
-    """name → (theme with :data:`THEME_DEFAULTS` filled in and seed sites written res/mlp/att,
-    the layers it uses that the run does not select)."""
+def _themes(config: dict, model: str) -> dict[str, tuple[dict, str | None]]:
+    """name → (theme with :data:`THEME_DEFAULTS` filled in and seeds written L/site/i, why this
+    run cannot run it or None): it may use only selected layers and sites."""
     entry = config["catalog"][model]
     if not entry.get("themes"):
         raise ConfigError(f"config: steer.models lists {model} but catalog {model}.themes is empty: "
@@ -427,24 +427,39 @@ def _themes(config: dict, model: str) -> dict[str, tuple[dict, list[int]]]:
     out = {}
     for name, theme in entry["themes"].items():
         theme = {**THEME_DEFAULTS, **theme, "name": name}
+        key = f"config: catalog {model}.themes.{name}"
         if "seeds" in theme:
-            theme["seeds"] = ["/".join((L, SITE_ALIASES.get(s, s), i)) for L, s, i in (x.split("/") for x in theme["seeds"])]
+            theme["seeds"] = [f"{int(L)}/{SITE_ALIASES.get(s, s)}/{int(i)}" for L, s, i in (x.split("/") for x in theme["seeds"])]
+        if "query" in theme and not config.get("flow", {}).get("explanations", False):
+            raise ConfigError(f"{key}.query reads Neuronpedia's explanations: set flow.explanations: true "
+                              "(or give seeds)")
+        bad = [k for k in theme["keywords"] if re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)*", k.casefold()) != [k.casefold()]]
+        if bad:
+            raise ConfigError(f"{key}.keywords: {bad} are not single words (letters, an inner apostrophe): "
+                              "a generation's words are counted one by one")
         used = {int(x.split("/")[0]) for x in theme.get("seeds", [])} | set(theme["layers"])
         used |= set(theme.get("query", {}).get("layers", []))
-        out[name] = (theme, sorted(used - layers))
+        sites = sorted({x.split("/")[1] for x in theme.get("seeds", [])} - set(config["sites"]))
+        why = None
+        if used - layers:
+            why = f"it uses layers {sorted(used - layers)}, not selected"
+        elif sites:
+            why = f"its seeds are at sites {sites}, not selected"
+        out[name] = (theme, why)
     return out
 
 
 def steer_themes(config: dict, model: str) -> dict[str, dict]:
-    """The catalog's steering themes of ``model`` that this run's layers can run (every layer a
-    theme steers, seeds or queries selected), with :data:`THEME_DEFAULTS` filled in; ConfigError
-    for a model without themes or that cannot run."""
-    return {name: theme for name, (theme, missing) in _themes(config, model).items() if not missing}
+    """The catalog's steering themes of ``model`` that this run's selection can run (every layer
+    a theme steers, seeds or queries, and its seeds' sites, selected), with
+    :data:`THEME_DEFAULTS` filled in; ConfigError for a model without themes or that cannot run,
+    a query without explanations, or a keyword that is not one word."""
+    return {name: theme for name, (theme, why) in _themes(config, model).items() if not why}
 
 
-def skipped_themes(config: dict, model: str) -> dict[str, list[int]]:
-    """The themes of ``model`` this run leaves out, with the layers they use that it does not select."""
-    return {name: missing for name, (theme, missing) in _themes(config, model).items() if missing}
+def skipped_themes(config: dict, model: str) -> dict[str, str]:
+    """The themes of ``model`` this run leaves out, and why."""
+    return {name: why for name, (theme, why) in _themes(config, model).items() if why}
 
 
 N_METHODS = 6  # replacements whose ΔL each costs a forward pass per residual pair (saematch.evaluate.METHODS)

@@ -129,6 +129,17 @@ def results_paths(root: str | Path) -> dict:
     return {"root": root, "flow": flow, "matches": sites["res"], "sites": sites, "expected": expected_files(root)}
 
 
+def files_paths(root: str | Path, flow_files, matches_files) -> dict:
+    """:func:`results_paths` of exactly these files (a job's declared inputs), not of whatever
+    else lies in the run's folder: flow files …/flow/MODULES/layer=L.parquet and matches files
+    …/matches/site=S/layer=L/part-0.parquet."""
+    flow = {int(Path(p).stem.split("=")[1]): Path(p) for p in flow_files}
+    sites = {site: {} for site in SITES}
+    for p in map(Path, matches_files):
+        sites[p.parent.parent.name.split("=")[1]][int(p.parent.name.split("=")[1])] = p
+    return {"root": Path(root), "flow": flow, "matches": sites["res"], "sites": sites, "expected": {}}
+
+
 def _row(path, index: int, columns: list[str]) -> dict | None:
     with reading(path):
         rows = pl.scan_parquet(path).filter(pl.col("feature") == index).select(columns).collect()

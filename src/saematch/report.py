@@ -7,9 +7,11 @@ from pathlib import Path
 from .logs import failures_since
 
 
-def results_message(summaries: dict[str, str], evaluations: dict[str, str] | None = None) -> str:
+def results_message(summaries: dict[str, str], evaluations: dict[str, str] | None = None,
+                    steering: dict[str, list[str]] | None = None) -> str:
     """model → summary path prefix (…/summary/{selection}); the tables, read back from disk;
-    evaluations: model → its evaluation folder (…/evaluation/{data}/{selection})."""
+    evaluations: model → its evaluation folder (…/evaluation/{data}/{selection}); steering:
+    model → its themes' folders (…/steer/{selection}/{theme})."""
     import polars as pl
 
     from .summary import console_table
@@ -34,9 +36,10 @@ def results_message(summaries: dict[str, str], evaluations: dict[str, str] | Non
             out.append(f"  on data  {folder}/summary.tsv (matching score, Pearson partners, EV and ΔL), figure "
                        f"evaluation.png, the verdict on data calibration.tsv, re-fitted on data verdict.tsv|.parquet")
             out += short_sample_lines(folder)
-        themes = sorted(p.parent.name for p in run_dir.glob("steer/*/summary.tsv"))
-        if themes:
-            out.append(f"  steer    {run_dir}/steer/{{{','.join(themes)}}}/summary.tsv (each setting's keyword share, "
+        folders = [Path(f) for f in (steering or {}).get(model, []) if Path(f, "summary.tsv").exists()]
+        if folders:
+            themes = ",".join(sorted(f.name for f in folders))
+            out.append(f"  steer    {folders[0].parent}/{{{themes}}}/summary.tsv (each setting's keyword share, "
                        "presence, perplexity, ΔL), figure.png, graph.html, generations.parquet")
         if table_path.exists():
             table = pl.read_parquet(table_path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -302,12 +303,12 @@ def run_theme(model, tokenizer, fmt: str, features: pl.DataFrame, seeds: list[st
 
     Returns (generations, summary). generations: one row per setting, prompt and sample with
     the text and its scores: ``keyword_share`` (the share of its words in the theme's keywords;
-    null without keywords), ``presence`` (the seeds' summed activation per generated token,
+    0 for a text without words; null without keywords), ``presence`` (the seeds' summed activation per generated token,
     read by the unsteered model), ``perplexity`` (the unsteered model's), ``distinct_2``, and
     with ``judge_with`` (endpoint, model, key_env) the judge's ``behavioral``, ``coherence``
     and ``judge_score`` (B·C/25 to activate, (1 − B/5)·C/5 to deactivate). summary: one row per
     setting, the scores' means and standard errors over its generations, the features steered,
-    and ``delta_loss`` (ΔL on ``loss_batches``; null without). A setting whose layers hold none
+    and ``delta_loss`` (ΔL on ``loss_batches``; null without them). A setting whose layers hold none
     of the theme's features is listed with n_features 0 and no generations."""
     probe = features.filter(pl.col("node").is_in(seeds))
     keywords = {w.casefold() for w in theme.get("keywords") or []}
@@ -331,23 +332,24 @@ def run_theme(model, tokenizer, fmt: str, features: pl.DataFrame, seeds: list[st
         for k, tokens in enumerate(new):
             p, sample = divmod(k, theme["samples"])
             text = tokenizer.decode(tokens, skip_special_tokens=True)
+            said = words(text)
             r = {"setting": setting["setting"], "prompt": theme["prompts"][p], "sample": sample, "text": text,
-                 "keyword_share": word_share(words(text), keywords) if keywords else None,
+                 # a text without words ("!!!!", steered too far) holds none of the theme's: 0, not NaN
+                 "keyword_share": (word_share(said, keywords) if said else 0.0) if keywords else None,
                  "presence": presence(model, fmt, prompt_ids[p], tokens, probe, saes) if probe.height else None,
                  "perplexity": perplexity(model, prompt_ids[p], tokens), "distinct_2": distinct_n(tokens, 2)}
             if judge_with:
-                scores = judge(text, theme.get("description") or theme["name"], **judge_with)
+                scores = judge_retrying(text, theme.get("description") or theme["name"], judge_with)
                 r.update(behavioral=scores["behavioral"], coherence=scores["coherence"],
                          judge_score=scores["activation_score" if theme["how"] == "activate" else "deactivation_score"])
             rows.append(r)
         gen_rows += rows
         df = pl.DataFrame(rows)
         for col in [c for c in df.columns if c in SCORES or c in ("behavioral", "coherence", "judge_score")]:
-            x = df[col].drop_nulls().cast(pl.Float64)
+            x = df[col].cast(pl.Float64).fill_nan(None).drop_nulls()  # distinct-2 of a 1-token text: NaN
             row[col] = float(x.mean()) if len(x) else None
             row[f"{col}_se"] = float(x.std() / math.sqrt(len(x))) if len(x) > 1 else None
-        if loss_batches:
-            row["delta_loss"] = loss_change(model, fmt, loss_batches, edit) if edit else 0.0
+        row["delta_loss"] = (loss_change(model, fmt, loss_batches, edit) if edit else 0.0) if loss_batches else None
         summary.append(row)
         log(f"setting {setting['setting']}: {setting['how']} layer {setting['layer']} {setting['scope'] or ''} "
             f"{setting['value']}: keyword share {row.get('keyword_share')}, presence {row.get('presence')}, "
@@ -401,3 +403,18 @@ def judge(text: str, theme: str, endpoint: str, model: str, key_env: str = "OPEN
     if not (0 <= b <= 5 and 0 <= c <= 5):
         raise ValueError(f"judge {url}: scores outside 0–5 (behavioral {b:g}, coherence {c:g})")
     return {"behavioral": b, "coherence": c, "activation_score": b * c / 25, "deactivation_score": (1 - b / 5) * c / 5}
+
+
+JUDGE_WAITS = (2.0, 8.0)  # seconds before a failed judge call's second and third try
+
+
+def judge_retrying(text: str, theme: str, judge_with: dict) -> dict[str, float]:
+    """:func:`judge` (``judge_with``: endpoint, model, key_env), tried again after each of
+    :data:`JUDGE_WAITS` when it fails (a rate limit, a busy server); the last failure raises."""
+    for wait in (*JUDGE_WAITS, None):
+        try:
+            return judge(text, theme, **judge_with)
+        except ValueError:
+            if wait is None:
+                raise
+            time.sleep(wait)

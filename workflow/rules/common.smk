@@ -44,7 +44,7 @@ FLOW = "results/model={model}/variant={variant}/flow/{modules}/layer={layer}.par
 # one text sample and size ({data}: saematch.config.data_label) per folder, one file per site
 EVALUATION = "results/model={model}/variant={variant}/evaluation/{data}/{selection}"
 # one steering theme's grid (saematch.steer): its feature set, generations, summary and figure
-STEERING = "results/model={model}/variant={variant}/steer/{theme}"
+STEERING = "results/model={model}/variant={variant}/steer/{selection}/{theme}"
 MATCH_LOG = (
     "logs/match_pair/model={model}/variant={variant}/site={site}/layer={layer}.log"
 )
@@ -198,7 +198,7 @@ def _downloads():
         if (
             any(projects_att(model, s) for s in config["sites"])
             or model in EVALUATE
-            or model in STEER
+            or STEER.get(model)
         ):
             specs.append(model_spec(model))
         if model in EVALUATE and cfg.dataset_spec(EVALUATE[model]["data"]):
@@ -222,9 +222,9 @@ with cfg.stop_in_one_line():
     DATA = {m: cfg.data_label(config, m) for m in EVALUATE}
     STEER = {m: cfg.steer_themes(config, m) for m in cfg.steer_models(config)}
     for _m in STEER:
-        for _name, _missing in cfg.skipped_themes(config, _m).items():
+        for _name, _why in cfg.skipped_themes(config, _m).items():
             print(
-                f"saematch: steering theme {_m}.{_name} left out: it uses layers {_missing}, not selected",
+                f"saematch: steering theme {_m}.{_name} left out: {_why}",
                 file=sys.stderr,
             )
 

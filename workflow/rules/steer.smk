@@ -3,9 +3,15 @@
 # run's feature graph, with the model and the SAEs the matches were made from.
 
 
+def steering_folder(model, theme):
+    return STEERING.format(
+        model=model, variant=VARIANT[model], selection=SELECTION[model], theme=theme
+    )
+
+
 def steer_targets():
     return [
-        f"{STEERING.format(model=m, variant=VARIANT[m], theme=t)}/{f}"
+        f"{steering_folder(m, t)}/{f}"
         for m in STEER
         for t in STEER[m]
         for f in STEER_FILES
@@ -24,6 +30,10 @@ STEER_FILES = (
 
 def _theme(wc):
     check_variant(wc)
+    if wc.selection != SELECTION[wc.model]:
+        raise ValueError(
+            f"{STEERING.format(**wc)}: this run selects {SELECTION[wc.model]}, not {wc.selection}"
+        )
     if wc.model not in STEER or wc.theme not in STEER[wc.model]:
         raise ValueError(
             f"{STEERING.format(**wc)}: no theme {wc.theme!r} of {wc.model} in steer.models / the catalog's themes"
@@ -42,7 +52,7 @@ def steer_input(wc):
         "saes": [
             pointer_path(sae_spec(wc.model, site, L))
             for site in config["sites"]
-            for L in cfg.selected_layers(config, wc.model)
+            for L in read_layers(wc.model, site)
         ],
         "model": pointer_path(model_spec(wc.model)),
     }
@@ -56,15 +66,21 @@ def steer_input(wc):
 
 
 def steer_params(wc):
-    """What changes a theme's results (the device does not)."""
-    opts = config["steer"]
-    keep = ("mode", "cut", "fold", "loss_tokens", "dtype", "judge")
+    """What changes a theme's results, and only that (the device does not; ΔL's text only for
+    an evaluated model with loss_tokens; fold only for activation)."""
+    opts, theme = config["steer"], _theme(wc)
+    loss = wc.model in EVALUATE and opts["loss_tokens"] > 0
     return {
-        "theme": _theme(wc),
+        "theme": theme,
         "format": config["catalog"][wc.model]["format"],
-        "data": EVALUATE[wc.model]["data"] if wc.model in EVALUATE else None,
-        "context": EVALUATE[wc.model]["context"] if wc.model in EVALUATE else None,
-        **{k: opts[k] for k in keep},
+        "mode": opts["mode"],
+        "cut": opts["cut"],
+        "dtype": opts["dtype"],
+        "judge": opts["judge"],
+        "fold": opts["fold"] if theme["how"] == "activate" else True,
+        "loss_tokens": opts["loss_tokens"] if loss else 0,
+        "data": EVALUATE[wc.model]["data"] if loss else None,
+        "context": EVALUATE[wc.model]["context"] if loss else None,
     }
 
 
@@ -97,9 +113,9 @@ rule steer:
             labels={"model": "{model}", "variant": "{variant}", "theme": "{theme}"},
         ),
     log:
-        "logs/steer/model={model}/variant={variant}/{theme}.log",
+        "logs/steer/model={model}/variant={variant}/{selection}/{theme}.log",
     benchmark:
-        "benchmarks/steer/model={model}/variant={variant}/{theme}.tsv"
+        "benchmarks/steer/model={model}/variant={variant}/{selection}/{theme}.tsv"
     conda:
         "../../envs/pipeline.yaml"
     threads: 1
