@@ -378,3 +378,21 @@ def test_a_themes_seeds_may_be_a_text_query_over_the_local_explanations(run, tmp
     assert theme_seeds(paths, {"query": {"text": "wedding", "layers": [1]}}, tmp_path / "np") == ["1/res/0", "1/res/3"]
     with pytest.raises(ValueError, match="no residual feature of layers \\[1\\] has an explanation containing 'tax'"):
         theme_seeds(paths, {"name": "t", "query": {"text": "tax", "layers": [1]}}, tmp_path / "np")
+
+
+def test_a_jobs_graph_is_its_declared_files_only_not_older_files_beside_them(run):
+    """Rule steer traces through exactly its inputs: a res-only selection does not pick up the
+    mlp matches an earlier res+mlp run left in the same variant folder."""
+    from saematch.steer import feature_set
+
+    _, root = run
+    everything = fg.results_paths(root)
+    res_only = fg.files_paths(root, [everything["flow"][L] for L in (1, 2)],
+                              [everything["sites"]["res"][L] for L in (0, 1)])
+    assert res_only["sites"]["mlp"] == {} and res_only["sites"]["res"] == everything["sites"]["res"]
+    assert res_only["flow"] == everything["flow"] and res_only["matches"] == everything["matches"]
+    # the same files give the same graph
+    assert feature_set(res_only, ["2/res/2"]).equals(feature_set(everything, ["2/res/2"]))
+    # and a file not given is not read: without layer 2's flow file, 2/res/2 has no flow predecessors
+    no_flow2 = fg.files_paths(root, [everything["flow"][1]], [everything["sites"]["res"][L] for L in (0, 1)])
+    assert 2 not in no_flow2["flow"]

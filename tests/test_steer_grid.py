@@ -176,3 +176,15 @@ def test_a_failing_judge_is_tried_three_times_then_stops_the_grid_naming_it(tiny
                   theme(values=[1.0], scopes=["single"], samples=1, max_tokens=2),
                   judge_with={"endpoint": stub["url"], "model": "m"})
     assert len(stub["seen"]) == 3
+
+
+def test_a_score_a_text_cannot_have_is_left_out_of_the_means_not_turned_into_nan(tiny):
+    """One generated token has no bigram (distinct-2 is NaN for it): the setting's mean is null,
+    not NaN; a text of punctuation only holds no theme word (keyword share 0)."""
+    feats = topic_features(tiny, "sea", per_layer=1)
+    gens, summary = run_theme(tiny["model"], tiny["tokenizer"], FMT, feats, feats["node"].to_list(), tiny["saes"],
+                              theme(values=[1.0], scopes=["single"], samples=6, max_tokens=1, keywords=["boat"]))
+    assert gens["distinct_2"].is_nan().all()
+    assert summary["distinct_2"].to_list() == [None, None] and summary["keyword_share"].is_nan().sum() == 0
+    wordless = gens.filter(~pl.col("text").str.contains("[a-z]"))
+    assert wordless["keyword_share"].to_list() == [0.0] * wordless.height
