@@ -14,8 +14,8 @@ import torch
 
 from saematch.lm import edits
 from saematch.sae import Sae
-from saematch.steer import (distinct_n, feature_activations, generate, layer_strengths, loss_change, perplexity,
-                            presence, steered_layers, steering_edits, word_share, words)
+from saematch.steer import (distinct_n, feature_activations, generate, keyword_share, layer_strengths, loss_change,
+                            perplexity, presence, steered_layers, steering_edits, word_share, words)
 from tiny_model import build_tiny
 
 FMT = "gemma-scope"
@@ -237,6 +237,8 @@ def test_distinct_n_and_word_share_by_hand():
     assert math.isnan(distinct_n([1], 2))
     assert word_share(["the", "cat", "sees", "the", "dog"], {"cat", "dog"}) == pytest.approx(0.4)
     assert words("The bride's Wedding, 2 rings — café!") == ["the", "bride's", "wedding", "rings", "café"]
+    assert keyword_share("The boat, a BOAT.", {"boat"}) == pytest.approx(0.5)
+    assert keyword_share("!!! , . 42", {"boat"}) == 0.0  # no words: none of the theme's, not NaN
 
 
 def test_the_loss_change_is_zero_without_steering_and_positive_when_the_state_is_pushed_far(tiny):
