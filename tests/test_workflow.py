@@ -559,7 +559,7 @@ def test_evaluation_settings_rerun_only_what_they_change(demo_run):
                                     pa.array(conf, pa.float32())), matches)
     try:
         assert planned_jobs(demo_run) == {"evaluate": 1, "verdict_data": 1, "evaluation_summary": 1, "summarize": 1,
-                                          "lifetimes": 1,
+                                          "lifetimes": 1, "steer": 2,  # the themes' graph reads every matches file
                                           "all": 1}
     finally:
         matches.write_bytes(original)
