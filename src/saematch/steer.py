@@ -197,6 +197,13 @@ def word_share(text_words: list[str], keywords: set[str]) -> float:
     return sum(t in keywords for t in text_words) / len(text_words) if text_words else float("nan")
 
 
+def keyword_share(text: str, keywords: set[str]) -> float:
+    """Share of a generation's :func:`words` among ``keywords`` (case-folded); 0 for a text
+    without words ("!!!!", steered too far), which holds none of the theme's."""
+    said = words(text)
+    return word_share(said, keywords) if said else 0.0
+
+
 def loss_change(model, fmt: str, batches, edit: dict) -> float:
     """ΔL: the mean next-token loss (nats per token) on held-out text, ``batches`` of
     (input_ids, attention_mask, valid) (saematch.lm.token_batches), with ``edit`` minus without."""
@@ -332,10 +339,8 @@ def run_theme(model, tokenizer, fmt: str, features: pl.DataFrame, seeds: list[st
         for k, tokens in enumerate(new):
             p, sample = divmod(k, theme["samples"])
             text = tokenizer.decode(tokens, skip_special_tokens=True)
-            said = words(text)
             r = {"setting": setting["setting"], "prompt": theme["prompts"][p], "sample": sample, "text": text,
-                 # a text without words ("!!!!", steered too far) holds none of the theme's: 0, not NaN
-                 "keyword_share": (word_share(said, keywords) if said else 0.0) if keywords else None,
+                 "keyword_share": keyword_share(text, keywords) if keywords else None,
                  "presence": presence(model, fmt, prompt_ids[p], tokens, probe, saes) if probe.height else None,
                  "perplexity": perplexity(model, prompt_ids[p], tokens), "distinct_2": distinct_n(tokens, 2)}
             if judge_with:
