@@ -403,6 +403,9 @@ def evaluate_options(config: dict, model: str) -> dict:
 
 DEFAULT_STEER = {"models": [], "mode": "verdict", "cut": 0.5, "fold": True, "loss_tokens": 2048, "device": "auto",
                  "dtype": "auto", "judge": None}
+# a word of a generation, as a theme's keywords are counted (saematch.steer.words): a run of letters, an
+# apostrophe inside kept
+WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 THEME_DEFAULTS = {"prompts": ["I think "], "samples": 4, "max_tokens": 36, "seed": 0, "keywords": [],
                   "scopes": ["single", "cumulative"], "schedules": ["constant"]}
 
@@ -433,7 +436,7 @@ def _themes(config: dict, model: str) -> dict[str, tuple[dict, str | None]]:
         if "query" in theme and not config.get("flow", {}).get("explanations", False):
             raise ConfigError(f"{key}.query reads Neuronpedia's explanations: set flow.explanations: true "
                               "(or give seeds)")
-        bad = [k for k in theme["keywords"] if re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)*", k.casefold()) != [k.casefold()]]
+        bad = [k for k in theme["keywords"] if WORD.findall(k.casefold()) != [k.casefold()]]
         if bad:
             raise ConfigError(f"{key}.keywords: {bad} are not single words (letters, an inner apostrophe): "
                               "a generation's words are counted one by one")

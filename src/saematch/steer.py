@@ -19,7 +19,6 @@ graph, saematch.graph) → :func:`steering_edits` (one edit per SAE hook point, 
 from __future__ import annotations
 
 import math
-import re
 import time
 from contextlib import nullcontext
 
@@ -27,6 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from .config import WORD
 from .graph import MODULE_CUT, RES_CUT, parse_node, trace_set
 from .lm import edits
 from .sae import Sae
@@ -189,7 +189,7 @@ def presence(model, fmt: str, prompt_ids: list[int], new: list[int], features: p
 def words(text: str) -> list[str]:
     """The words of a generation as a keyword list counts them: lower-case runs of letters
     (an apostrophe inside a word kept), whatever the tokenizer split."""
-    return re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)*", text.casefold())
+    return WORD.findall(text.casefold())
 
 
 def word_share(text_words: list[str], keywords: set[str]) -> float:
@@ -204,17 +204,24 @@ def keyword_share(text: str, keywords: set[str]) -> float:
     return word_share(said, keywords) if said else 0.0
 
 
-def loss_change(model, fmt: str, batches, edit: dict) -> float:
-    """ΔL: the mean next-token loss (nats per token) on held-out text, ``batches`` of
-    (input_ids, attention_mask, valid) (saematch.lm.token_batches), with ``edit`` minus without."""
+def clean_loss(model, fmt: str, batches) -> tuple[float, int]:
+    """The unsteered summed next-token loss (nats) over ``batches`` and its token count."""
     from .evaluate import token_loss
 
-    ce0 = ce1 = n = 0
+    ce = n = 0
     for ids, mask, valid in batches:
         a, k = token_loss(model, ids, mask, valid, fmt=fmt)
-        with edits(model, fmt, edit):
-            b, _ = token_loss(model, ids, mask, valid, fmt=fmt)
-        ce0, ce1, n = ce0 + a, ce1 + b, n + k
+        ce, n = ce + a, n + k
+    return ce, n
+
+
+def loss_change(model, fmt: str, batches, edit: dict, clean: tuple[float, int] | None = None) -> float:
+    """ΔL: the mean next-token loss (nats per token) on held-out text, ``batches`` of
+    (input_ids, attention_mask, valid) (saematch.lm.token_batches), with ``edit`` minus without
+    (``clean``: :func:`clean_loss` of the same batches, computed here if not given)."""
+    ce0, n = clean if clean is not None else clean_loss(model, fmt, batches)
+    with edits(model, fmt, edit):
+        ce1, _ = clean_loss(model, fmt, batches)
     return (ce1 - ce0) / max(n, 1)
 
 
@@ -320,6 +327,7 @@ def run_theme(model, tokenizer, fmt: str, features: pl.DataFrame, seeds: list[st
     probe = features.filter(pl.col("node").is_in(seeds))
     keywords = {w.casefold() for w in theme.get("keywords") or []}
     prompt_ids = [tokenizer(p)["input_ids"] for p in theme["prompts"]]
+    clean = clean_loss(model, fmt, loss_batches) if loss_batches else None  # once, not per setting
     gen_rows, summary = [], []
     for setting in grid(theme):
         edit, steered = None, []
@@ -354,7 +362,7 @@ def run_theme(model, tokenizer, fmt: str, features: pl.DataFrame, seeds: list[st
             x = df[col].cast(pl.Float64).fill_nan(None).drop_nulls()  # distinct-2 of a 1-token text: NaN
             row[col] = float(x.mean()) if len(x) else None
             row[f"{col}_se"] = float(x.std() / math.sqrt(len(x))) if len(x) > 1 else None
-        row["delta_loss"] = (loss_change(model, fmt, loss_batches, edit) if edit else 0.0) if loss_batches else None
+        row["delta_loss"] = (loss_change(model, fmt, loss_batches, edit, clean) if edit else 0.0) if loss_batches else None
         summary.append(row)
         log(f"setting {setting['setting']}: {setting['how']} layer {setting['layer']} {setting['scope'] or ''} "
             f"{setting['value']}: keyword share {row.get('keyword_share')}, presence {row.get('presence')}, "
