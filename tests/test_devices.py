@@ -1,6 +1,7 @@
 import multiprocessing as mp
 import time
 
+import numpy as np
 import pytest
 
 from saematch.devices import gpu_lock, job_device
@@ -103,3 +104,121 @@ def test_auto_falling_back_to_the_cpu_says_so_in_one_line():
                     "evaluate.device auto run on the CPU")
     assert check_devices({"match.device": "cpu"}, local=True) is None
     assert check_devices({"match.device": "auto"}, local=False) is None  # a cluster's jobs run on its GPU nodes
+
+
+# --- sharing a GPU: sections around the GPU stages only -------------------------------------
+
+def test_a_match_job_holds_the_gpu_only_around_its_products_and_its_verdict(tmp_path, caplog, monkeypatch):
+    """The lock (real slot files, here handing out the CPU) is taken for the cost products,
+    released before lapjv and the certificate, and taken again for the verdict: the log's order,
+    and lapjv and the certificate find every slot free (checked as they are called)."""
+    import logging
+
+    from conftest import random_sae
+
+    import saematch.match
+    from saematch.devices import SLOTS, _try_slots, slot_sections
+    from saematch.match import match_pair
+
+    free_when = {}
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            held = _try_slots(tmp_path, 0, SLOTS)  # all slots, or None while a section holds some
+            free_when[name] = free_when.get(name, True) and held is not None
+            for fh in held or []:
+                fh.close()
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("solve_lap", "certify_dense"):
+        monkeypatch.setattr(saematch.match, name, spy(name, getattr(saematch.match, name)))
+    src, dst = random_sae(d=16, F=96, seed=0), random_sae(d=16, F=96, seed=1)
+    gpu = slot_sections(1, 2**30, device_of=lambda index: "cpu", lock_dir=tmp_path)
+    with caplog.at_level(logging.INFO):
+        _, stats = match_pair(src, dst, gpu=gpu)
+    assert free_when == {"solve_lap": True, "certify_dense": True}
+    def event(message: str) -> str | None:
+        for start, label in (("products: holding", "take"), ("products: released", "release"),
+                             ("solving the", "lapjv"), ("verdict: holding", "take"), ("verdict: released", "release"),
+                             ("verdict: ", "verdict")):
+            if message.startswith(start):
+                return label
+        return None
+
+    events = [e for e in map(event, caplog.messages) if e]
+    assert events == ["take", "release", "lapjv", "take", "verdict", "release"]
+    assert set(stats["gpu_sections"]) == {"products", "verdict"}
+    assert all(r["device"] == "cpu" and r["need_bytes"] > 0 for r in stats["gpu_sections"].values())
+
+
+def take_sections(lock_dir, budget, needs, queue):
+    from saematch.devices import slot_sections
+
+    section = slot_sections(1, budget, device_of=lambda index: "cpu", lock_dir=lock_dir, poll_seconds=0.01)
+    for need in needs:
+        with section(need, "test"):
+            start = time.monotonic()
+            time.sleep(0.15)
+            queue.put((start, time.monotonic(), need))
+
+
+def test_gpu_sections_of_several_jobs_overlap_but_never_beyond_the_budget(tmp_path):
+    """Four processes take sections of 0.2–0.6 of the budget: at no moment do the held sections
+    add up to more than the budget (slots are whole: a need rounds up), and some do run at once."""
+    from saematch.devices import SLOTS
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    budget = 64 * 2**20
+    rng = np.random.default_rng(0)
+    jobs = [rng.uniform(0.2, 0.6, 4) * budget for _ in range(4)]
+    procs = [ctx.Process(target=take_sections, args=(tmp_path, budget, list(n), q)) for n in jobs]
+    for p in procs:
+        p.start()
+    held = [q.get(timeout=60) for _ in range(16)]
+    for p in procs:
+        p.join()
+    slots = lambda need: np.ceil(need / budget * SLOTS) / SLOTS  # noqa: E731
+    peak, overlapped = 0.0, False
+    for start, _, _ in held:  # the load is highest just after some section starts
+        now = [h for h in held if h[0] <= start + 1e-4 and h[1] > start + 1e-4]
+        peak = max(peak, sum(slots(h[2]) for h in now))
+        overlapped |= len(now) > 1
+    assert peak <= 1.0 and overlapped
+
+
+def test_a_section_needing_more_than_the_budget_takes_the_whole_gpu(tmp_path, caplog):
+    import logging
+
+    from saematch.devices import slot_sections
+
+    section = slot_sections(1, 1000, device_of=lambda index: "cpu", lock_dir=tmp_path)
+    with caplog.at_level(logging.WARNING), section(5000, "products") as device:
+        assert device == "cpu"
+        with pytest.raises(TimeoutError), _timeout(0.5):  # no slot is left for anyone else
+            with gpu_lock(1, tmp_path, poll_seconds=0.05):
+                pass
+    assert "needs 0.00 GB, over a GPU's budget" in caplog.text
+
+
+class _timeout:
+    """Raise TimeoutError in the block after ``seconds`` (SIGALRM; the main thread only)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        import signal
+
+        def fire(*_):
+            raise TimeoutError
+
+        signal.signal(signal.SIGALRM, fire)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return False

@@ -96,3 +96,10 @@ def dense_cost(X: torch.Tensor, Y: torch.Tensor, chunk_size: int = 2048, on_bloc
                 log.info("cost rows %d/%d (%.1f s)", rows.stop, n_src, now)
                 last = now
     return cost
+
+
+def dense_cost_bytes(n_src: int, n_dst: int, p: int, chunk_size: int = 2048, on_block=None) -> int:
+    """Device memory of :func:`dense_cost`: X and Y (float32), their squared norms, one
+    chunk_size × n_dst block (two with ``on_block``, plus its top-k), and 64 MiB of slack."""
+    rows = min(chunk_size, n_src)
+    return 4 * (n_src + n_dst) * (p + 1) + (2 if on_block else 1) * 4 * rows * n_dst + 2**26

@@ -1,55 +1,92 @@
-"""Which device a match job runs on.
+"""Which device a job runs on, and when it may use it.
 
 Snakemake counts GPUs (the ``gpu`` resource) but never says which one a job should use, so
-concurrent jobs on a multi-GPU workstation would all pick cuda:0. Each job therefore takes a
-free GPU (among those CUDA_VISIBLE_DEVICES shows) by an exclusive ``fcntl`` lock on a
-per-device file, held until the job ends. Under SLURM the job uses the GPU it was given.
+concurrent jobs on a multi-GPU workstation would all pick cuda:0. Jobs therefore take GPU
+memory themselves, by ``fcntl`` locks on files in :data:`DEFAULT_LOCK_DIR`: each GPU's
+memory budget is cut into :data:`SLOTS` equal slots, one lock file each. A match job takes
+the slots it needs only around its GPU stages (:func:`gpu_section`: the cost products and the
+verdict), so while one pair's lapjv runs on a CPU core the GPU serves the others' products;
+the evaluation, steering and flow jobs take a whole GPU for their whole run
+(:func:`job_device`). A lock vanishes with the process that held it, so a killed job never
+leaves a GPU marked busy. Under SLURM the job uses the GPU it was given.
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_DIR = Path(tempfile.gettempdir()) / f"saematch-gpu-locks-{os.getuid()}"
+SLOTS = 64  # a GPU's memory budget in this many equal slots (1.1 GiB each on an 80 GB card at 90%)
+BUDGET_SHARE = 0.9  # of a GPU's memory, what sections may hold together (the rest: CUDA context, allocator)
+
+
+def _try_slots(lock_dir: Path, index: int, count: int) -> list | None:
+    """``count`` free slots of GPU ``index`` as open, locked files, or None (none kept)."""
+    held = []
+    for slot in range(SLOTS):
+        fh = open(lock_dir / f"gpu{index}.slot{slot}", "w")  # noqa: SIM115 - held while in use
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        held.append(fh)
+        if len(held) == count:
+            return held
+    for fh in held:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+    return None
+
+
+@contextmanager
+def gpu_slots(n_devices: int, need: float = 1.0, lock_dir: str | Path = DEFAULT_LOCK_DIR,
+              poll_seconds: float = 0.2, only: int | None = None):
+    """Hold ``need`` (a share of a GPU's budget, 0 < need ≤ 1) of one of ``n_devices`` GPUs (or of
+    GPU ``only``); yield its index.
+
+    The share is rounded up to whole slots (:data:`SLOTS`), all on one GPU, taken at once under
+    that GPU's mutex file, so two jobs never hold half of what each needs; while no GPU has
+    room, waits (polling). need=1 is the whole GPU: no other holder at the same time.
+    """
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    count = min(SLOTS, max(1, math.ceil(need * SLOTS - 1e-9)))
+    waited = False
+    while True:
+        for index in (range(n_devices) if only is None else [only]):
+            with open(lock_dir / f"gpu{index}.mutex", "w") as mutex:
+                fcntl.flock(mutex, fcntl.LOCK_EX)  # held for the few non-blocking tries below
+                held = _try_slots(lock_dir, index, count)
+            if held is None:
+                continue
+            with ExitStack() as stack:
+                for fh in held:
+                    stack.callback(fh.close)
+                    stack.callback(fcntl.flock, fh, fcntl.LOCK_UN)
+                yield index
+            return
+        if not waited:
+            log.info("no GPU has %d/%d slots of its memory free; waiting", count, SLOTS)
+            waited = True
+        time.sleep(poll_seconds)
 
 
 @contextmanager
 def gpu_lock(n_devices: int, lock_dir: str | Path = DEFAULT_LOCK_DIR, poll_seconds: float = 1.0,
              only: int | None = None):
-    """Hold an exclusive lock on one of ``n_devices`` GPUs (or on GPU ``only``); yield its index.
-
-    Waits (polling) while every device is held by another process. The lock is released when
-    the block exits or the process dies, so a killed job never leaves a GPU marked busy.
-    """
-    lock_dir = Path(lock_dir)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    waited = False
-    while True:
-        for index in (range(n_devices) if only is None else [only]):
-            fh = open(lock_dir / f"gpu{index}.lock", "w")  # noqa: SIM115 - held while in use
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.close()
-                continue
-            try:
-                yield index
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-                fh.close()
-            return
-        if not waited:
-            log.info("all %d GPUs are in use by other jobs; waiting", n_devices)
-            waited = True
-        time.sleep(poll_seconds)
+    """Hold one of ``n_devices`` GPUs (or GPU ``only``) whole; yield its index (see :func:`gpu_slots`)."""
+    with gpu_slots(n_devices, 1.0, lock_dir, poll_seconds, only) as index:
+        yield index
 
 
 def host_has_gpu() -> bool:
@@ -158,3 +195,68 @@ def job_device(use_gpu: bool, device: str = "auto", key: str = "match.device"):
     with gpu_lock(torch.cuda.device_count()) as index:
         log.info("using cuda:%d (lock in %s)", index, DEFAULT_LOCK_DIR)
         yield f"cuda:{index}"
+
+
+def fixed_device(device: str):
+    """Sections that all run on ``device`` without any lock (the CPU, or a GPU of one's own)."""
+    return lambda need_bytes, stage: nullcontext(device)
+
+
+def slot_sections(n_devices: int, budget_bytes: float, device_of=lambda index: f"cuda:{index}",
+                  lock_dir: str | Path = DEFAULT_LOCK_DIR, only: int | None = None, poll_seconds: float = 0.2):
+    """``section(need_bytes, stage)``: a context manager that holds ``need_bytes`` of one GPU's
+    ``budget_bytes`` (as slots, :func:`gpu_slots`) while the block runs and yields the device,
+    ``device_of(index)``. A need above the budget takes the whole GPU (warned). On exit a CUDA
+    device's cached blocks go back to the driver, so the next holder finds the memory free."""
+
+    @contextmanager
+    def section(need_bytes: int, stage: str):
+        share = need_bytes / budget_bytes
+        if share > 1:
+            log.warning("%s needs %.2f GB, over a GPU's budget of %.2f GB: taking a whole GPU",
+                        stage, need_bytes / 1e9, budget_bytes / 1e9)
+        t = time.perf_counter()
+        with gpu_slots(n_devices, min(share, 1.0), lock_dir, poll_seconds, only) as index:
+            device = device_of(index)
+            log.info("%s: holding %.2f GB of %s's %.2f GB (waited %.2f s)", stage, need_bytes / 1e9, device,
+                     budget_bytes / 1e9, time.perf_counter() - t)
+            try:
+                yield device
+            finally:
+                if device.startswith("cuda"):
+                    import torch
+
+                    torch.cuda.empty_cache()
+                log.info("%s: released %s", stage, device)
+
+    return section
+
+
+def gpu_sections(use_gpu: bool, device: str = "auto", key: str = "match.device"):
+    """The sections of a job that uses a GPU only in some stages (saematch.match.match_pair's
+    ``gpu``): :func:`slot_sections` over this host's GPUs, each section holding what it needs
+    of one GPU's memory (:data:`BUDGET_SHARE` of the smallest card, in :data:`SLOTS` slots).
+    ``device`` 'cuda:N' → that GPU only; inside a SLURM job the one it was allocated (no lock);
+    the CPU when ``use_gpu`` is False, ``device`` is 'cpu', or ``auto`` finds no CUDA (logged);
+    an explicit 'cuda'/'cuda:N' without CUDA is a SaeError naming ``key``."""
+    import torch
+
+    from .errors import SaeError
+
+    if not use_gpu or device == "cpu":
+        return fixed_device("cpu")
+    if not torch.cuda.is_available():
+        if device.startswith("cuda"):
+            raise SaeError(no_cuda_message(key, device, "this job's host"))
+        log.warning("a GPU was requested but CUDA is not available: running on the CPU")
+        return fixed_device("cpu")
+    count = torch.cuda.device_count()
+    only = None
+    if device.startswith("cuda:"):
+        only = int(device.split(":")[1])
+        if only >= count:
+            raise SaeError(f"config: {key}={device} but this job's host has {count} visible GPU(s)")
+    elif "SLURM_JOB_ID" in os.environ:  # Slurm sets CUDA_VISIBLE_DEVICES to the allocation
+        return fixed_device("cuda:0")
+    budget = BUDGET_SHARE * min(torch.cuda.get_device_properties(i).total_memory for i in range(count))
+    return slot_sections(count, budget, only=only)
