@@ -1,6 +1,7 @@
 # Two commands do all the set-up, offline included:
 #   make demo   install into .venv and run the whole DAG on the bundled demo
-#   make test   install into .venv and run the tests, one file per worker on CORES workers (.ci/run calls this)
+#   make test   install into .venv and run the tests, one file per worker on CORES workers (.ci/run calls this),
+#               in the order tests/conftest.py gives them: the long workflow files first
 # Outside CI (slow): make mutation MODULES="fold cost"   mutation score per core module
 # TORCH picks the torch build: torch==2.13.0 is the local CPU build here; on a CUDA
 # workstation any CUDA build >= 2.3 works (pip install torch before `make`).
@@ -26,7 +27,7 @@ demo: install
 	$(VENV)/bin/snakemake --cores $(CORES)
 
 test: install
-	$(PY) -m pytest -n $(CORES) --dist loadfile
+	$(PY) -m pytest -n $(CORES) --dist loadfile --no-loadscope-reorder
 
 MODULES ?= fold cost solve certify sparse load
 mutation: install

@@ -96,3 +96,26 @@ def stub():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield {"url": f"http://127.0.0.1:{server.server_port}/v1", "seen": seen, "state": state}
     server.shutdown()
+
+
+
+# The files that run Snakemake most, longest first: the whole demo and some 45 dry runs; the
+# rerun cases' own demo and about 40 runs; the demo locally and again on a real Slurm.
+LONGEST = ("test_workflow.py", "test_reruns.py", "test_slurm.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first (LONGEST), then the other files that run Snakemake end to end
+    (marker ``workflow``), then files with ``slow`` tests, then the rest, each file kept whole
+    and in its own order. ``make test`` hands out one file at a time to each worker in this
+    order (``--dist loadfile --no-loadscope-reorder``): started last, a minutes-long workflow
+    file left one worker running alone at the end of CI while the other sat idle."""
+    rank = {}
+    for item in items:
+        kind = 1 if item.get_closest_marker("workflow") else 2 if item.get_closest_marker("slow") else 3
+        if item.path.name in LONGEST:
+            kind = 0
+        rank[item.path] = min(rank.get(item.path, 3), kind)
+    first = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    longest = {name: i for i, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: (rank[item.path], longest.get(item.path.name, 0), first[item.path]))

@@ -475,7 +475,11 @@ def evaluate_resources(config: dict, model: str) -> dict:
     (tiny: 1.5·10⁵; Gemma 2 2B: 1.7·10⁹; Llama 3.1 8B: 6.4·10⁹), not from what the catalog calls it:
 
     * ``gpu_on_cluster``: whether ``device: auto`` asks a cluster for a GPU (P ≥ 5·10⁷);
-    * ``threads``: 2 below P = 10⁷, 4 below 5·10⁷, else 8;
+    * ``threads``: 1 below P = 10⁶ (so small a model's second thread mostly waits, and on a busy
+      host those waits cost more than it gains: the tiny model's evaluation took 48 s, 15 s of
+      CPU, on one thread and 194 s, 71 s of CPU, on two, on this project's 2-core machine under
+      a load of 6; one thread also lets it run beside another job), 2 below P = 10⁷, 4 below
+      5·10⁷, else 8;
     * ``runtime`` (minutes): 10 plus twice the estimated time of the forward passes, P × the
       tokens passed (n_tokens, and per residual pair 1 + N_METHODS passes over loss_tokens) at
       7·10⁹ per thread on a CPU (measured by bench/bench_evaluate.py on 2 cores) or 4·10¹² on a
@@ -485,7 +489,7 @@ def evaluate_resources(config: dict, model: str) -> dict:
     opts = evaluate_options(config, model)
     P = 12 * entry["n_layers"] * entry["d_model"] ** 2
     gpu = P >= GPU_MIN_PARAMETERS
-    threads = 2 if P < 1e7 else 4 if not gpu else 8
+    threads = 1 if P < 1e6 else 2 if P < 1e7 else 4 if not gpu else 8
     res_pairs = len(pair_layers(config, model)) if "res" in config["sites"] else 0
     passes = opts["n_tokens"] + opts["loss_tokens"] * (1 + N_METHODS * res_pairs)
     rate = GPU_RATE if gpu and opts["device"] != "cpu" else CPU_RATE * threads
