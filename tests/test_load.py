@@ -129,7 +129,7 @@ def test_llama_loader_rejects_nan_weights(tmp_path):
     w, h, t, _ = llama_files(tmp_path)
     t["encoder.weight"][0, 0] = float("nan")
     save_file(t, w)
-    with pytest.raises(SaeError, match=f"{w}: W_enc has 1 NaN"):
+    with pytest.raises(SaeError, match=f"{w}: encoder.weight has 1 NaN"):
         load_llama_scope(str(w), str(h))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .sae import Sae, SaeError, check_sae, shape_error
+from .sae import Sae, SaeError, StoredSae, check_sae, shape_error
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,127 @@ def _llama_dims(path: str, t: dict[str, torch.Tensor]) -> tuple[int, int]:
     return F, d
 
 
+ST_NUMPY = {"BF16": np.int16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
+ST_TORCH = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+READ_BLOCK = 1 << 26  # bytes per read: 64 MiB
+
+
+def _readinto(fh, path: str, out: np.ndarray) -> None:
+    """Fill ``out`` (C order) from ``fh``'s position with ordinary reads (no mmap: the file's
+    pages do not count in this process's RSS), 64 MiB at a time."""
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    at = 0
+    while at < len(view):
+        got = fh.readinto(view[at:at + READ_BLOCK])
+        if not got:
+            raise SaeError(f"{path}: truncated safetensors file (data ends early)")
+        at += got
+
+
+def _read_stored(path: str, keys, transpose=()) -> dict[str, torch.Tensor]:
+    """Tensors ``keys`` of a safetensors file in their on-disk dtype (F16, BF16, F32 or F64),
+    read with plain reads into their final buffers; those in ``transpose`` (2-D) come back
+    transposed and contiguous, made through a reused 8 MiB buffer of the file's rows."""
+    header = _safetensors_header(path)
+    missing = [k for k in keys if k not in header]
+    if missing:
+        raise SaeError(f"{path}: missing key(s) {missing} (file has {sorted(header)})")
+    for k in keys:
+        if header[k]["dtype"] not in ST_FLOATS:
+            raise SaeError(f"{path}: tensor {k!r} has dtype {header[k]['dtype']}; "
+                           f"expected a float tensor ({', '.join(ST_FLOATS)})")
+    out = {}
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            for k in keys:
+                info = header[k]
+                shape, np_dtype = tuple(info["shape"]), ST_NUMPY[info["dtype"]]
+                fh.seek(8 + n + info["data_offsets"][0])
+                if k in transpose and len(shape) == 2:
+                    rows, cols = shape
+                    t = torch.empty((cols, rows), dtype=ST_TORCH[info["dtype"]])
+                    step = max(1, (8 << 20) // max(1, cols * np.dtype(np_dtype).itemsize))
+                    buf = np.empty((min(step, rows), cols), np_dtype)
+                    for r in range(0, rows, step):
+                        m = min(step, rows - r)
+                        _readinto(fh, path, buf[:m])
+                        t[:, r:r + m] = torch.from_numpy(buf[:m]).view(t.dtype).T
+                else:
+                    a = np.empty(shape, np_dtype)
+                    _readinto(fh, path, a)
+                    t = torch.from_numpy(a).view(ST_TORCH[info["dtype"]])
+                out[k] = t
+    except OSError as exc:
+        raise SaeError(f"{path}: unreadable safetensors file: {exc}") from exc
+    return out
+
+
+def _check_finite_blocks(path: str, tensors: dict[str, torch.Tensor], rows: int = 4096) -> None:
+    """SaeError naming ``path`` and the tensor where one holds NaN or Inf (checked in row blocks:
+    no float32 double of a whole tensor)."""
+    for key, t in tensors.items():
+        bad = sum(int((~torch.isfinite(b)).sum()) for b in t.split(rows)) if t.numel() else 0
+        if bad:
+            raise SaeError(f"{path}: {key} has {bad} NaN or Inf value(s)")
+
+
+def load_llama_scope_stored(weights_path: str, hyperparams_path: str, source: dict | None = None,
+                            block: int = 4096) -> StoredSae:
+    """A Llama Scope SAE read from its file on demand in its on-disk dtype
+    (:class:`saematch.sae.StoredSae`), whose float32 rows equal :func:`load_llama_scope`'s bitwise.
+
+    Reads the biases, then the decoder and encoder once in blocks of features (decoder norms,
+    NaN/Inf checks); keeps neither. Semantics: :func:`load_llama_scope`.
+    """
+    hp = _read_hyperparams(hyperparams_path)
+    header = _safetensors_header(weights_path)
+    missing = [k for k in LLAMA_KEYS if k not in header]
+    if missing:
+        raise SaeError(f"{weights_path}: missing key(s) {missing} (file has {sorted(header)})")
+    for k in LLAMA_KEYS:
+        if header[k]["dtype"] not in ST_FLOATS:
+            raise SaeError(f"{weights_path}: tensor {k!r} has dtype {header[k]['dtype']}; "
+                           f"expected a float tensor ({', '.join(ST_FLOATS)})")
+    shapes = {k: torch.empty(header[k]["shape"], device="meta") for k in LLAMA_KEYS}
+    F, d = _llama_dims(weights_path, shapes)
+    if hp["d_model"] != d:
+        raise SaeError(f"{weights_path}: d_model {d} differs from hyperparams.json's {hp['d_model']}")
+    biases = _read_stored(weights_path, ("encoder.bias", "decoder.bias"))
+    _check_finite_blocks(weights_path, biases)
+    with open(weights_path, "rb") as fh:
+        (n_header,) = struct.unpack("<Q", fh.read(8))
+    spec = {name: (8 + n_header + header[key]["data_offsets"][0], ST_TORCH[header[key]["dtype"]],
+                   ST_NUMPY[header[key]["dtype"]], tuple(header[key]["shape"]))
+            for name, key in (("enc", "encoder.weight"), ("dec", "decoder.weight"))}
+    if hp["norm_activation"] == "dataset-wise":
+        norms = hp["dataset_average_activation_norm"]
+        c_in, c_out = math.sqrt(d) / float(norms["in"]), math.sqrt(d) / float(norms["out"])
+    else:  # "inference", "none", null
+        c_in = c_out = 1.0
+    theta = float(hp["jump_relu_threshold"])
+    sae = StoredSae(weights_path, spec, torch.ones(F), c_in / c_out, biases["encoder.bias"].float(),
+                    biases["decoder.bias"].float() / c_out, torch.full((F,), theta, dtype=torch.float32))
+    # ‖decoder.weight[:, i]‖ as the float32 (d, F) matrix's norm(dim=0): per block of the file's
+    # columns, the same float32 sums in the same order as over the whole matrix
+    parts = []
+    for s in range(0, F, block):
+        rows = slice(s, min(s + block, F))
+        dec, enc = sae.raw("dec", rows), sae.raw("enc", rows)
+        _check_finite_blocks(weights_path, {"decoder.weight": dec, "encoder.weight": enc})
+        parts.append(dec.T.contiguous().float().norm(dim=0))
+    n = torch.cat(parts)
+    if not torch.isfinite(n).all() or (n == 0).any():
+        raise SaeError(f"{weights_path}: decoder.weight has NaN/Inf or all-zero columns")
+    s = n * (c_in / c_out) if hp.get("sparsity_include_decoder_norm", True) else torch.ones_like(n)
+    sae.scale, sae.b_enc = s, sae.b_enc * s / c_in
+    sae.source = dict(source or {}, format="llama-scope", scalar_threshold=theta, c_in=c_in, c_out=c_out,
+                      decoder_norm_min=float(n.min()), decoder_norm_max=float(n.max()))
+    log.info("%s: c_in %.4g c_out %.4g decoder norms %.4g–%.4g θ %.4g (read on demand as %s)",
+             weights_path, c_in, c_out, float(n.min()), float(n.max()), theta, spec["dec"][1])
+    return sae
+
+
 def load_llama_scope(weights_path: str, hyperparams_path: str, source: dict | None = None) -> Sae:
     """Read a Llama Scope SAE with the official (LM-SAEs 2024) semantics, sae_formats.md §3.5.
 
@@ -300,37 +421,9 @@ def load_llama_scope(weights_path: str, hyperparams_path: str, source: dict | No
     W_enc[:, i] = encoder.weight[i]·s_i,  b_enc[i] = encoder.bias[i]·s_i / c_in,
     W_dec[i] = decoder.weight[:, i]·(c_in/c_out)/s_i (unit rows),  b_dec = decoder.bias / c_out,
     threshold = the scalar ``jump_relu_threshold`` broadcast to (F,).
+    Read in the file's dtype and made float32 in row blocks (:func:`load_llama_scope_stored`).
     """
-    hp = _read_hyperparams(hyperparams_path)
-    t = _read_safetensors(weights_path, LLAMA_KEYS)
-    W_enc_raw, b_enc_raw = t["encoder.weight"], t["encoder.bias"]  # (F, d), (F,)
-    W_dec_raw, b_dec_raw = t["decoder.weight"], t["decoder.bias"]  # (d, F), (d,)
-    F, d = _llama_dims(weights_path, t)
-    if hp["d_model"] != d:
-        raise SaeError(f"{weights_path}: d_model {d} differs from hyperparams.json's {hp['d_model']}")
-    if hp["norm_activation"] == "dataset-wise":
-        norms = hp["dataset_average_activation_norm"]
-        c_in, c_out = math.sqrt(d) / float(norms["in"]), math.sqrt(d) / float(norms["out"])
-    else:  # "inference", "none", null
-        c_in = c_out = 1.0
-    n = W_dec_raw.norm(dim=0)  # (F,)
-    if not torch.isfinite(n).all() or (n == 0).any():
-        raise SaeError(f"{weights_path}: decoder.weight has NaN/Inf or all-zero columns")
-    s = n * (c_in / c_out) if hp.get("sparsity_include_decoder_norm", True) else torch.ones_like(n)
-    theta = float(hp["jump_relu_threshold"])
-    sae = Sae(
-        W_enc=(W_enc_raw * s[:, None]).T.contiguous(),  # (d, F)
-        b_enc=b_enc_raw * s / c_in,
-        W_dec=(W_dec_raw * (c_in / c_out) / s).T.contiguous(),  # (F, d)
-        b_dec=b_dec_raw / c_out,
-        threshold=torch.full((F,), theta, dtype=torch.float32),
-        source=dict(source or {}, format="llama-scope", scalar_threshold=theta,
-                    c_in=c_in, c_out=c_out, decoder_norm_min=float(n.min()),
-                    decoder_norm_max=float(n.max())),
-    )
-    log.info("%s: c_in %.4g c_out %.4g decoder norms %.4g–%.4g θ %.4g",
-             weights_path, c_in, c_out, float(n.min()), float(n.max()), theta)
-    return check_sae(sae, weights_path)
+    return check_sae(load_llama_scope_stored(weights_path, hyperparams_path, source).materialize(), weights_path)
 
 
 # --- attention projection ------------------------------------------------------------------
@@ -416,8 +509,9 @@ def project_att(sae: Sae, o_proj: torch.Tensor, gain: torch.Tensor, where: str =
     )
 
 
-def load_sae(pointer: dict) -> Sae:
-    """Load the SAE a download pointer names (see :func:`saematch.hub.fetch`)."""
+def load_sae(pointer: dict, stored: bool = False) -> Sae | StoredSae:
+    """Load the SAE a download pointer names (see :func:`saematch.hub.fetch`). With ``stored``,
+    a Llama Scope SAE comes as a :class:`StoredSae` (its on-disk dtype; other formats as Sae)."""
     from .hub import resolve_files
 
     paths = resolve_files(pointer)
@@ -426,16 +520,28 @@ def load_sae(pointer: dict) -> Sae:
     if fmt == "gemma-scope":
         return load_gemma_scope(paths["params"], dict(source, where=paths["params"]))
     if fmt == "llama-scope":
-        return load_llama_scope(paths["weights"], paths["hyperparams"], dict(source, where=paths["weights"]))
+        load = load_llama_scope_stored if stored else load_llama_scope
+        return load(paths["weights"], paths["hyperparams"], dict(source, where=paths["weights"]))
     raise SaeError(f"{pointer.get('repo_id')}: unknown SAE format {fmt!r}")
 
 
 
 def load_pair(src: dict, dst: dict, layer: int, model: dict | None = None,
-              where: tuple[str, str] = ("layer L", "layer L+1")) -> tuple[Sae, Sae]:
+              where: tuple[str, str] = ("layer L", "layer L+1"), stored: bool | None = None) -> tuple:
     """The SAEs of layers ``layer`` and ``layer`` + 1 from their download pointers; with the
-    model's pointer, both projected into the residual stream (:func:`project_att`)."""
-    saes = [load_sae(src), load_sae(dst)]
+    model's pointer, both projected into the residual stream (:func:`project_att`).
+
+    ``stored``: Llama Scope SAEs as :class:`StoredSae` (their on-disk dtype; saematch.match
+    folds their rows block by block). None (auto): where they are too wide for the dense solver
+    at any setting (F > saematch.solve.LAPJV_MAX_N) and not projected; float32 :class:`Sae` else.
+    """
+    from .solve import LAPJV_MAX_N
+
+    if model is not None:
+        stored = False
+    saes = [load_sae(src, stored=stored is not False), load_sae(dst, stored=stored is not False)]
+    if stored is None and max(s.n_features for s in saes) <= LAPJV_MAX_N:
+        saes = [_materialize(s, p) for s, p in zip(saes, (src, dst))]
     if model is not None:
         from .hub import resolve_files
 
@@ -443,3 +549,10 @@ def load_pair(src: dict, dst: dict, layer: int, model: dict | None = None,
         saes = [project_att(sae, *load_att_projection(files, L), where=w)
                 for sae, L, w in zip(saes, (layer, layer + 1), where)]
     return saes[0], saes[1]
+
+
+def _materialize(sae, pointer: dict):
+    """A StoredSae as the checked float32 Sae load_sae would have returned."""
+    if not isinstance(sae, StoredSae):
+        return sae
+    return check_sae(sae.materialize(), sae.source.get("where", pointer.get("repo_id")))

@@ -11,11 +11,12 @@ import torch
 from .certify import certify_dense
 from .cost import dense_cost, pair_vectors, pick_device
 from .fold import fold as fold_sae
-from .sae import Sae, SaeError
+from .fold import pair_rows
+from .sae import Sae, SaeError, StoredSae, materialize
 from .solve import choose_solver, solve_lap
 from .sparse import ImpreciseFeatures, solve_sparse
 from .verdict import (directions, finish_neighbours, neighbour_collector, neighbours, opt_out_costs, partial_assignment,
-                      unjudge, verdict)
+                      stored_directions, unjudge, verdict)
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,12 @@ def match_pair(
         torch.cuda.reset_peak_memory_stats(dev)
     seconds = {}
     t = time.perf_counter()
-    a, b = (fold_sae(src), fold_sae(dst)) if fold else (src, dst)
-    seconds["fold"] = time.perf_counter() - t
     path = choose_solver(src.n_features, dst.n_features, solver, dense_max_gb)
+    if path == "dense":  # a StoredSae (saematch.load.load_pair: widths beyond lapjv's) as float32
+        src, dst = materialize(src), materialize(dst)
+    # the sparse path folds row blocks as it streams them (saematch.fold.FeatureRows)
+    a, b = (fold_sae(src), fold_sae(dst)) if fold and path == "dense" else (src, dst)
+    seconds["fold"] = time.perf_counter() - t
     if path == "sparse" and src.n_features != dst.n_features:
         raise SaeError(f"{src.source.get('where')}: the sparse solver needs equal widths "
                        f"({src.n_features} vs {dst.n_features})")
@@ -149,7 +153,7 @@ def match_pair(
         raise SaeError(f"{src.source.get('where', 'layer L')}: match.partial needs the dense solver (it solves "
                        f"one (n_src + n_dst)² problem); this pair of {src.n_features} features takes the sparse path")
     t = time.perf_counter()
-    X, Y = pair_vectors(a, b, weights, dev)
+    X, Y = pair_vectors(a, b, weights, dev) if path == "dense" else pair_rows(src, dst, weights, fold, dev)
     n_params = X.shape[1]
     seconds["vectors"] = time.perf_counter() - t
     where = {"src": src.source.get("where", "layer L"), "dst": dst.source.get("where", "layer L+1")}
@@ -167,7 +171,9 @@ def match_pair(
         X, Y, path, k=k, chunk_size=chunk_size, describe=describe, on_block=on_block, split=d)
     seconds.update(assign_seconds)
     t = time.perf_counter()
-    (Ud, Ed), (Vd, Wd) = (directions(s.W_dec.to(dev), None if s.W_enc is None else s.W_enc.to(dev)) for s in (src, dst))
+    (Ud, Ed), (Vd, Wd) = (directions(s.W_dec.to(dev), None if s.W_enc is None else s.W_enc.to(dev))
+                          if path == "dense" else stored_directions(s, dev)  # sparse: rows made on demand
+                          for s in (src, dst))
     verdict_seconds = {"directions": time.perf_counter() - t}
     if nb is None:
         nb = neighbours(Ud, Vd, chunk=chunk_size)
@@ -207,9 +213,7 @@ def match_pair(
     mse = np.full(src.n_features, np.nan, dtype=np.float32)
     mse[rows] = matched_cost[rows] / n_params
     cosine = np.full(src.n_features, np.nan, dtype=np.float32)
-    u_dec = torch.nn.functional.normalize(src.W_dec[torch.from_numpy(rows)], dim=1)
-    v_dec = torch.nn.functional.normalize(dst.W_dec[torch.from_numpy(cols.astype(np.int64))], dim=1)
-    cosine[rows] = (u_dec * v_dec).sum(dim=1).numpy()
+    cosine[rows] = decoder_cosines(src, dst, rows, cols)
     seconds["scores"] = time.perf_counter() - t
 
     columns = {
@@ -233,6 +237,28 @@ def match_pair(
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
     }
     return columns, stats
+
+
+def _encoder_width(sae) -> int:
+    """d_in of the SAE's encoder, 0 without one (a Sae or a StoredSae)."""
+    if isinstance(sae, StoredSae):
+        return sae.d_in
+    return 0 if sae.W_enc is None else sae.W_enc.shape[0]
+
+
+def decoder_cosines(src, dst, rows: np.ndarray, cols: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """cos(W_dec[rows[k]] of src, W_dec[cols[k]] of dst) (float32), in blocks of pairs (each row
+    normalised on its own, as F.normalize of the gathered rows: the same numbers as all at once)."""
+    def dec(sae, idx):
+        return sae.dec_rows(idx) if isinstance(sae, StoredSae) else sae.W_dec[idx]
+
+    out = np.empty(len(rows), np.float32)
+    rows, cols = torch.from_numpy(np.asarray(rows, np.int64)), torch.from_numpy(np.asarray(cols, np.int64))
+    for s in range(0, len(rows), chunk):
+        u = torch.nn.functional.normalize(dec(src, rows[s:s + chunk]), dim=1)
+        v = torch.nn.functional.normalize(dec(dst, cols[s:s + chunk]), dim=1)
+        out[s:s + chunk] = (u * v).sum(dim=1).numpy()
+    return out
 
 
 def _report_imprecise(certificate: dict, describe) -> None:

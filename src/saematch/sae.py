@@ -9,7 +9,7 @@ import torch
 
 from .errors import SaeError
 
-__all__ = ["Sae", "SaeError", "check_sae", "encode", "decode", "reconstruct"]
+__all__ = ["Sae", "SaeError", "StoredSae", "check_sae", "decode", "encode", "materialize", "reconstruct"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,145 @@ def to_device(sae: Sae, device) -> Sae:
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
     return replace(sae, W_enc=move(sae.W_enc), b_enc=move(sae.b_enc), W_dec=move(sae.W_dec),
                    b_dec=move(sae.b_dec), threshold=move(sae.threshold))
+
+
+class StoredSae:
+    """A Llama Scope SAE read from its safetensors file on demand, its weight matrices in their
+    on-disk dtype (bfloat16 stays bfloat16: 2 bytes per entry, not float32's 4).
+
+    Row blocks (a slice of features) are read from the file with plain reads, never memory
+    mapped (the file's pages stay out of this process's RSS) and nothing is kept; gathering
+    scattered rows first loads both matrices (:meth:`hold`: ``enc`` (F, d_in), ``dec`` (F, d_out),
+    the file's decoder.weight (d_out, F) transposed) and keeps them until :meth:`release`.
+
+    ``scale`` (F,) float32 s_i and ``c`` = c_in / c_out (saematch.load.load_llama_scope);
+    b_enc, b_dec, threshold, source as in :class:`Sae` (float32, already scaled). Rows come out
+    bitwise equal to the float32 :class:`Sae` the loader returns (:meth:`materialize`) and to its
+    fold (saematch.fold): the same float32 operations per entry, ``W_dec[i] = dec[i]·c / s_i``,
+    ``W_enc[:, i] = enc[i]·s_i``, folded ``·θ_i`` and ``/θ_i``.
+    """
+
+    def __init__(self, path: str, tensors: dict, scale: torch.Tensor, c: float, b_enc: torch.Tensor,
+                 b_dec: torch.Tensor, threshold: torch.Tensor, source: dict | None = None):
+        # tensors: "enc"/"dec" → (offset in the file, torch dtype, numpy dtype, file shape)
+        self.path, self.tensors, self.scale, self.c = path, tensors, scale, c
+        self.b_enc, self.b_dec, self.threshold, self.source = b_enc, b_dec, threshold, dict(source or {})
+        self._held: dict[str, torch.Tensor] = {}
+
+    @property
+    def n_features(self) -> int:
+        return self.tensors["dec"][3][1]
+
+    @property
+    def d_out(self) -> int:
+        return self.tensors["dec"][3][0]
+
+    @property
+    def d_in(self) -> int:
+        return self.tensors["enc"][3][1]
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._held.values())
+
+    @property
+    def enc(self) -> torch.Tensor:
+        return self.hold()._held["enc"]
+
+    @property
+    def dec(self) -> torch.Tensor:
+        return self.hold()._held["dec"]
+
+    def hold(self) -> StoredSae:
+        """Read both matrices into memory in their file dtype (kept until :meth:`release`)."""
+        if not self._held:
+            F = self.n_features
+            self._held = {"enc": self.raw("enc", slice(0, F)), "dec": self.raw("dec", slice(0, F))}
+        return self
+
+    def release(self) -> None:
+        self._held = {}
+
+    def raw(self, name: str, rows: slice) -> torch.Tensor:
+        """Rows ``rows`` (a slice) of "enc" or "dec" (features as rows), in the file's dtype: from
+        the held copy, else read from the file (the decoder's columns through 8 MiB reads of
+        whole rows when the block is wide, else one read per row)."""
+        import numpy as np
+
+        if name in self._held:
+            return self._held[name][rows]
+        offset, dtype, np_dtype, shape = self.tensors[name]
+        start, stop, _ = rows.indices(self.n_features)
+        b, size = max(0, stop - start), np.dtype(np_dtype).itemsize
+        with open(self.path, "rb", buffering=0) as fh:
+            fd = fh.fileno()
+            if name == "enc":  # (F, d_in): the block is contiguous
+                out = np.empty((b, shape[1]), np_dtype)
+                _pread_into(fd, out, offset + start * shape[1] * size, self.path)
+                return torch.from_numpy(out).view(dtype)
+            d, F = shape  # (d_out, F): the block is d runs of b entries, F apart
+            out = torch.empty((b, d), dtype=dtype)
+            if b * 8 >= F:  # wide block: read whole rows (8 MiB at a time), keep the columns
+                step = max(1, (8 << 20) // (F * size))
+                buf = np.empty((min(step, d), F), np_dtype)
+                for r in range(0, d, step):
+                    m = min(step, d - r)
+                    _pread_into(fd, buf[:m], offset + r * F * size, self.path)
+                    out[:, r:r + m] = torch.from_numpy(buf[:m, start:stop]).view(dtype).T
+            else:
+                buf = np.empty((d, b), np_dtype)
+                for r in range(d):
+                    _pread_into(fd, buf[r], offset + (r * F + start) * size, self.path)
+                out.copy_(torch.from_numpy(buf).view(dtype).T)
+            return out
+
+    def _rows(self, name: str, idx) -> torch.Tensor:
+        if isinstance(idx, slice):
+            return self.raw(name, idx)
+        return self.hold()._held[name][idx]
+
+    def dec_float(self, raw: torch.Tensor, idx) -> torch.Tensor:
+        """W_dec rows (float32) from ``raw`` = the stored rows idx."""
+        return raw.to(torch.float32, copy=True).mul_(self.c).div_(self.scale[idx, None])
+
+    def enc_float(self, raw: torch.Tensor, idx) -> torch.Tensor:
+        """W_enc columns as rows (float32) from ``raw`` = the stored rows idx."""
+        return raw.to(torch.float32, copy=True).mul_(self.scale[idx, None])
+
+    def dec_rows(self, idx) -> torch.Tensor:
+        """W_dec[idx] (m, d_out) float32 (idx: a slice, read from the file, or an index tensor)."""
+        return self.dec_float(self._rows("dec", idx), idx)
+
+    def enc_rows(self, idx) -> torch.Tensor:
+        """W_enc[:, idx].T (m, d_in) float32: the encoder columns as rows."""
+        return self.enc_float(self._rows("enc", idx), idx)
+
+    def materialize(self, chunk: int = 4096) -> Sae:
+        """The float32 :class:`Sae` (what saematch.load.load_llama_scope returns), built from row
+        blocks read from the file: no float32 double of a whole stored matrix beside the result."""
+        F, d_in, d_out = self.n_features, self.d_in, self.d_out
+        W_enc, W_dec = torch.empty((d_in, F)), torch.empty((F, d_out))
+        for s in range(0, F, chunk):
+            rows = slice(s, min(s + chunk, F))
+            W_enc[:, rows] = self.enc_rows(rows).T
+            W_dec[rows] = self.dec_rows(rows)
+        return Sae(W_enc=W_enc, b_enc=self.b_enc, W_dec=W_dec, b_dec=self.b_dec, threshold=self.threshold,
+                   source=self.source)
+
+
+def _pread_into(fd: int, out, offset: int, path: str) -> None:
+    """Fill the C-order numpy array ``out`` from byte ``offset`` of the open file ``fd``."""
+    import os
+
+    view = memoryview(out.reshape(-1).view("uint8"))
+    at = 0
+    while at < len(view):
+        got = os.preadv(fd, [view[at:at + (1 << 26)]], offset + at)
+        if got <= 0:
+            raise SaeError(f"{path}: truncated file (data ends early)")
+        at += got
+
+
+def materialize(sae) -> Sae:
+    """A :class:`Sae` for a :class:`StoredSae` (float32, in memory), else ``sae`` itself."""
+    return sae.materialize() if isinstance(sae, StoredSae) else sae

@@ -3,7 +3,10 @@
 The cost is C_ij = ‖x_i‖² + ‖y_j‖² − 2‖x_i‖‖y_j‖·cos(x_i, y_j), float32; the n × n matrix is
 never stored. Memory: Y as float32 unit rows (4 bytes per entry; each column tile's bf16 copy is
 made on the fly), X streamed from disk when given as a :class:`RowFile`, plus O(n·(k + m))
-edges and pricing additions: 4.0 GiB + those for a 131072 × 8193 pair (measured peak: README).
+edges and pricing additions: 4.0 GiB + those for a 131072 × 8193 pair (docs/solver.md). Given
+X and Y as saematch.fold.FeatureRows (what saematch.match passes), the rows are made block by
+block from the SAEs' tensors or files (saematch.sae.StoredSae), bitwise the same float32 rows:
+Y's unit rows are then the only (n, p) float32 matrix.
 
 1. Candidates, in one pass: per row and per column the k partners of highest cosine (ranking
    by cost or inner product loses true partners when norms vary; lap_solvers.md), plus the
@@ -72,8 +75,16 @@ def _n_p(X) -> tuple[int, int]:
     return (X.n, X.p) if isinstance(X, RowFile) else tuple(X.shape)
 
 
+def _made(X) -> bool:
+    """X makes its rows on demand (saematch.fold.FeatureRows: ``rows(idx, device)``)."""
+    return hasattr(X, "rows") and not isinstance(X, (RowFile, torch.Tensor))
+
+
 def _read(X, rows: slice, device) -> torch.Tensor:
-    """Rows of X as float32 on ``device`` (read from disk for a RowFile: pread, not mmap)."""
+    """Rows of X as float32 on ``device`` (read from disk for a RowFile: pread, not mmap; made
+    from the SAE's tensors for a FeatureRows)."""
+    if _made(X):
+        return X.rows(rows, device)
     if isinstance(X, RowFile):
         count = (rows.stop - rows.start) * X.p
         a = np.fromfile(X.path, dtype=np.float32, count=count, offset=X.offset + 4 * rows.start * X.p)
@@ -412,7 +423,7 @@ def solve_sparse(X, Y, k: int = 32, chunk: int = 1024, max_rounds: int = 100,
     dict, and seconds per stage.
     """
     if device is None:
-        device = X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
+        device = X.device if isinstance(X, torch.Tensor) or _made(X) else torch.device("cpu")
     seconds = {"candidates": 0.0, "solve": 0.0, "duals": 0.0, "pricing": 0.0}
     t = time.perf_counter()
     S = prepare(X, Y, device, chunk)

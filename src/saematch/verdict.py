@@ -82,15 +82,90 @@ def directions(W_dec: torch.Tensor, W_enc: torch.Tensor | None) -> tuple[torch.T
     return U, E
 
 
+class UnitRows:
+    """The unit rows :func:`directions` makes (dead features' rows zero), made on demand from an
+    SAE's tensors instead of held as an (F, d) float32 matrix: ``U[idx]`` (a slice, an index
+    array or tensor) gives them bitwise, each row divided by its own norm as there. What the
+    verdict's products need whole (``A @ U.T``) goes through :func:`times_t`, in column blocks.
+
+    ``get(idx)``: float32 rows before normalising (W_dec rows, or W_enc columns as rows);
+    ``dead``: (F,) bool, the dead features (from the decoder norms).
+    """
+
+    def __init__(self, get, n: int, d: int, dead: np.ndarray, device=None):
+        self.get, self.n, self.d = get, n, d
+        self.dead = np.asarray(dead, bool)
+        self._dead_t = torch.from_numpy(self.dead)
+        self.device = torch.device(device or "cpu")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.d)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, slice):
+            idx = torch.arange(*idx.indices(self.n))
+        idx = torch.as_tensor(np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx), dtype=torch.long)
+        A = self.get(idx).to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # rows of their own
+        A.div_(torch.linalg.vector_norm(A, dim=1, keepdim=True).clamp_min_(1e-12))  # as directions()
+        dead = self._dead_t[idx]
+        if bool(dead.any()):
+            A[dead] = 0
+        return A.to(self.device)
+
+
+def stored_directions(sae, device=None, chunk: int = 4096) -> tuple[UnitRows, UnitRows | None]:
+    """:func:`directions` of ``sae`` (a saematch.sae.Sae or StoredSae) as :class:`UnitRows`: the
+    decoder norms and the dead features now, the unit rows when read. Memory O(F) beside the
+    SAE's own tensors (the sparse path's verdict at widths where four (F, d) float32 matrices
+    would not fit)."""
+    from .sae import StoredSae
+
+    if isinstance(sae, StoredSae):
+        dec, enc, d_in = sae.dec_rows, sae.enc_rows, sae.d_in
+    else:
+        W_enc = sae.W_enc
+
+        def dec(idx):
+            return sae.W_dec[idx]
+
+        def enc_t(idx):
+            return W_enc[:, idx].T
+
+        enc = None if W_enc is None else enc_t
+        d_in = 0 if sae.W_enc is None else sae.W_enc.shape[0]
+    F = sae.n_features
+    norm = torch.cat([torch.linalg.vector_norm(dec(slice(s, min(s + chunk, F))).float(), dim=1)
+                      for s in range(0, F, chunk)] or [torch.empty(0)])
+    dead = (norm <= DEAD_NORM * norm.median() if len(norm) else norm > 0).numpy()
+    U = UnitRows(dec, F, sae.d_out, dead, device)
+    return U, (None if enc is None else UnitRows(enc, F, d_in, dead, device))
+
+
+def times_t(A: torch.Tensor, V, cols: int = 8192) -> torch.Tensor:
+    """A @ V.T for a matrix V or :class:`UnitRows` (then in blocks of ``cols`` of its rows)."""
+    if not isinstance(V, UnitRows):
+        return A @ V.T
+    out = torch.empty((A.shape[0], len(V)), device=A.device)
+    for s in range(0, len(V), cols):
+        out[:, s:s + cols] = A @ V[slice(s, min(s + cols, len(V)))].T
+    return out
+
+
 def dead_rows(U: torch.Tensor) -> np.ndarray:
     """(F,) bool: the features whose unit decoder row is zero (:func:`directions`: dead)."""
+    if isinstance(U, UnitRows):
+        return U.dead.copy()
     return (U.abs().amax(dim=1) == 0).cpu().numpy() if U.shape[0] else np.zeros(0, bool)
 
 
 def _score_block(U, E, V, W):
     """m for all pairs of a row block: min of decoder and encoder cosines (decoder alone without E)."""
-    D = U @ V.T
-    return D if E is None else torch.minimum(D, E @ W.T)
+    D = times_t(U, V)
+    return D if E is None else torch.minimum(D, times_t(E, W))
 
 
 def pair_scores(U, E, V, W, i, j, chunk: int = 512) -> np.ndarray:
@@ -163,12 +238,41 @@ def neighbours(U, V, k: int = K_NEIGHBOURS, chunk: int = 2048) -> dict[str, np.n
     unit decoders U (F_src, d), V (F_dst, d) (the sparse path, whose cost pass has no decoder
     products)."""
     n_src, n_dst = U.shape[0], V.shape[0]
+    if isinstance(V, UnitRows):
+        return _neighbours_streamed(U, V, k, chunk)
     chunk = max(1, min(chunk, BLOCK // max(n_dst, 1)))
     on_block, nb = neighbour_collector(np.ones(n_src), np.ones(n_dst), k, device=U.device)
     with torch.no_grad():
         for s in range(0, n_src, chunk):
             rows = slice(s, min(s + chunk, n_src))
             on_block(rows, U[rows] @ V.T)
+    return finish_neighbours(nb, k)
+
+
+def _neighbours_streamed(U, V: UnitRows, k: int, chunk: int) -> dict:
+    """:func:`neighbours` for :class:`UnitRows`: blocks of ≥ 4096 rows of U against V's rows made
+    block by block, each row's top k merged over the column blocks (the same cosines; V is made
+    once per row block, not once per 256 rows)."""
+    n_src, n_dst = len(U), len(V)
+    kr = min(k, n_dst)
+    nb = {"row_top": np.empty((n_src, kr), np.int64), "row_cos": np.empty((n_src, kr), np.float32),
+          "seconds": 0.0, "n_dst": n_dst}
+    R = max(chunk, 4096)
+    C = max(kr, BLOCK // R)
+    with torch.no_grad():
+        for s in range(0, n_src, R):
+            rows = slice(s, min(s + R, n_src))
+            A = U[rows]
+            val = torch.full((A.shape[0], kr), -float("inf"), device=A.device)
+            idx = torch.zeros((A.shape[0], kr), dtype=torch.long, device=A.device)
+            for c in range(0, n_dst, C):
+                P = A @ V[slice(c, min(c + C, n_dst))].T
+                t = P.topk(min(kr, P.shape[1]), dim=1)
+                both_v, both_i = torch.cat([val, t.values], 1), torch.cat([idx, t.indices + c], 1)
+                keep = both_v.topk(kr, dim=1).indices
+                val, idx = both_v.gather(1, keep), both_i.gather(1, keep)
+            nb["row_top"][rows] = idx.cpu().numpy()
+            nb["row_cos"][rows] = val.cpu().double().numpy()
     return finish_neighbours(nb, k)
 
 
