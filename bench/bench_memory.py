@@ -185,7 +185,8 @@ def main() -> None:
         job.start()
         peak, stage, info = queue.get()
         job.join()
-        request = match_memory_bytes(F, args.d, "llama-scope", args.solver)
+        request = match_memory_bytes(F, args.d, "llama-scope", args.solver,
+                                     stored=True if args.solver == "sparse" else None)
         rows.append((F, path, stage, peak, request, info))
         print(f"F={F}: {path}, to {stage}, peak {peak / 2**30:.2f} GiB, requested {request / 2**30:.2f} GiB, "
               f"{info}", flush=True)

@@ -191,3 +191,11 @@ def test_the_requested_memory_of_a_131k_bf16_pair_is_its_stored_saes_plus_little
     # float32 SAEs (Gemma Scope's npz, or projected att SAEs) are requested at 4 bytes per parameter
     wide = LAPJV_MAX_N + 1
     assert match_memory_bytes(wide, 4096, "gemma-scope") - match_memory_bytes(wide, 4096) > 1.25 * 2 * 2 * wide * 4096 * 2 - 1
+
+
+def test_a_feature_whose_streamed_costs_would_overflow_is_refused_naming_it(tmp_path):
+    (w0, h0), (w1, h1) = pair(tmp_path, F=200)
+    src, dst = load_llama_scope_stored(str(w0), str(h0)), load_llama_scope_stored(str(w1), str(h1))
+    src.threshold[7] = 1e-36  # folding divides the encoder by θ: ‖x‖² beyond float32
+    with pytest.raises(SaeError, match=r"layer L, src\) feature 7 .*overflow"):
+        match_pair(src, dst, solver="sparse", k=4, chunk_size=64, device="cpu")

@@ -80,6 +80,8 @@ def assign(X, Y, path: str = "dense", k: int = 32, chunk_size: int = 2048, devic
         if isinstance(X, torch.Tensor) and isinstance(Y, torch.Tensor):  # RowFiles: sparse.prepare checks
             nx, ny = feature_norms(X), feature_norms(Y)
             check_norms(nx, ny, describe)
+        elif hasattr(X, "norms") and hasattr(Y, "norms"):  # FeatureRows: one streamed pass per side
+            check_norms(X.norms(), Y.norms(), describe)
         if path == "dense":
             t = time.perf_counter()
             cost = dense_cost(X, Y, chunk_size, on_block, split)

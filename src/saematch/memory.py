@@ -13,9 +13,10 @@ VERDICT_BLOCKS = 2**29  # the streamed verdict's blocks of scores and unit rows
 
 def match_memory_bytes(n_features: int, d_model: int, fmt: str = "llama-scope", solver: str = "auto",
                        dense_max_gb: float = 6.0, k: int = 32, chunk_size: int = 2048, partial: bool = False,
-                       projected: bool = False, col_chunk: int = 8192) -> int:
+                       projected: bool = False, col_chunk: int = 8192, stored: bool | None = None) -> int:
     """Peak host bytes of the match job for an F × F pair of width d (d_in = d), with headroom.
 
+    ``stored``: the SAEs are held as saematch.sae.StoredSae (None: as load_pair decides).
     Dense path (float32 SAEs): both SAEs and their folds (16·F·d bytes each side), the feature
     vectors X, Y (4·F·(2d+1) each), the float32 cost matrix 4·F² (the partial assignment's
     (2F)² beside it), two chunk_size × F blocks. Sparse path: X and Y are made block by block
@@ -31,7 +32,8 @@ def match_memory_bytes(n_features: int, d_model: int, fmt: str = "llama-scope", 
         matrix = 4 * F * F + (4 * (2 * F) ** 2 if partial else 0)
         need = matrix + 48 * F * d + 8 * chunk_size * F
     else:
-        stored = fmt == "llama-scope" and not projected and F > LAPJV_MAX_N
+        if stored is None:  # saematch.load.load_pair's choice
+            stored = fmt == "llama-scope" and not projected and F > LAPJV_MAX_N
         p = 2 * d + 1
         solve = 4 * F * p + 64 * F * k + 16 * chunk_size * p + 12 * chunk_size * col_chunk
         verdict = (2 * 2 * F * d * 2 if stored else 0) + VERDICT_BLOCKS
