@@ -39,7 +39,7 @@ with logs.job(snakemake):
         import torch
 
         from saematch.config import site_options
-        from saematch.devices import job_device, match_device_key
+        from saematch.devices import gpu_sections, host_has_gpu, match_device_key
         from saematch.load import load_pair
         from saematch.match import match_pair
         from saematch.write import write_matches
@@ -50,8 +50,11 @@ with logs.job(snakemake):
         load_seconds = time.perf_counter() - t0
 
         device = site_options(snakemake.config, wc.model, wc.site)["device"]  # a resource, not a param
-        with job_device(snakemake.resources.gpu > 0, device, match_device_key(snakemake.config, wc.site)) as dev:
-            columns, stats = match_pair(src, dst, device=dev, **snakemake.params.options)
+        # a cluster job was given its GPU (resource gpu); a local one shares this host's GPUs with the
+        # other jobs, holding memory on one only around its GPU stages (saematch.devices.gpu_sections)
+        use_gpu = snakemake.resources.gpu > 0 or (device != "cpu" and host_has_gpu())
+        gpu = gpu_sections(use_gpu, device, match_device_key(snakemake.config, wc.site))
+        columns, stats = match_pair(src, dst, gpu=gpu, **snakemake.params.options)
         stats["seconds"] = {"load": round(load_seconds, 4), **stats["seconds"]}
         stats["seconds"]["total"] = round(time.perf_counter() - t0, 4)
         provenance.update(versions=logs.versions(), peak_rss_bytes=logs.peak_rss_bytes(), **stats)

@@ -654,3 +654,19 @@ def test_the_verdict_names_a_feature_near_duplicate_only_where_its_encoder_agree
     cols, _ = verdict(U, E, V, W, planted, rows=32)
     dup = [u is not None and u.startswith("near-duplicate") for u in cols["unjudged"]]
     assert not dup[0] and not dup[1] and dup[2] and dup[3]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_isotonic_fit_is_scipys_pool_adjacent_violators(seed):
+    """Oracle: scipy.optimize.isotonic_regression on the same labels and weights (ties, equal
+    and unequal weights, long runs of violators)."""
+    from scipy.optimize import isotonic_regression
+
+    from saematch.verdict import isotonic_increasing
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    y = rng.integers(0, 2, n).astype(float) if seed % 2 else np.round(rng.normal(size=n), 1)
+    w = rng.choice([0.25, 1.0, 3.0], n) if seed > 1 else np.ones(n)
+    np.testing.assert_allclose(isotonic_increasing(y, w), isotonic_regression(y, weights=w, increasing=True).x,
+                               rtol=1e-12, atol=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import time
 
 import numpy as np
@@ -58,6 +59,19 @@ def pair_vectors(src: Sae, dst: Sae, weights: str, device: torch.device):
     return feature_vectors(src, weights).to(device), feature_vectors(dst, weights).to(device)
 
 
+def huge_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """np.empty of ``shape``, in anonymous memory advised to use transparent huge pages where the
+    kernel offers them: writing a fresh 1 GiB cost matrix page by page costs about 2 s of page
+    faults on 4 KiB pages, 0.4 s on 2 MiB ones (2 cores)."""
+    count = int(np.prod(shape))
+    nbytes = count * np.dtype(dtype).itemsize
+    if nbytes < 2**21 or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.empty(shape, dtype)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+
+
 def dense_cost(X: torch.Tensor, Y: torch.Tensor, chunk_size: int = 2048, on_block=None, split: int = 0):
     """Squared distances of rows, C[i, j] = ‖X_i − Y_j‖², in row chunks: (n_src, n_dst) float32 on the host.
 
@@ -72,10 +86,13 @@ def dense_cost(X: torch.Tensor, Y: torch.Tensor, chunk_size: int = 2048, on_bloc
     """
     x2, y2 = (X * X).sum(dim=1), (Y * Y).sum(dim=1)  # (n_src,), (n_dst,)
     n_src, n_dst = X.shape[0], Y.shape[0]
-    cost = np.empty((n_src, n_dst), dtype=np.float32)
+    cost = huge_empty((n_src, n_dst))
     cost_t = torch.from_numpy(cost)  # shares memory: CPU blocks are written in place
     on_cpu = X.device.type == "cpu"
-    buffer = None if on_cpu else torch.empty((min(chunk_size, n_src), n_dst), device=X.device)
+    block = (min(chunk_size, n_src), n_dst)
+    buffer = None if on_cpu else torch.empty(block, device=X.device)
+    products = None if on_block is None else (
+        torch.from_numpy(huge_empty(block)) if on_cpu else torch.empty(block, device=X.device))
     t0, last = time.perf_counter(), 0.0
     with torch.no_grad():
         for start in range(0, n_src, chunk_size):
@@ -84,7 +101,7 @@ def dense_cost(X: torch.Tensor, Y: torch.Tensor, chunk_size: int = 2048, on_bloc
             torch.add(x2[rows, None], y2[None, :], out=out)  # ‖x‖² + ‖y‖² − 2 x·y
             x, y = X[rows], Y
             if on_block is not None:
-                P = x[:, :split] @ y[:, :split].T
+                P = torch.mm(x[:, :split], y[:, :split].T, out=products[: rows.stop - start])
                 out.add_(P, alpha=-2.0)
                 on_block(rows, P)
                 x, y = x[:, split:], y[:, split:]

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
 
 from .certify import certify_dense
-from .cost import dense_cost, pair_vectors, pick_device
+from .cost import dense_cost, dense_cost_bytes, pair_vectors, pick_device
 from .fold import fold as fold_sae
 from .fold import pair_rows
+from .devices import fixed_device
 from .sae import Sae, SaeError, StoredSae, materialize
 from .solve import choose_solver, solve_lap
-from .sparse import ImpreciseFeatures, solve_sparse
+from .sparse import ImpreciseFeatures, solve_sparse, sparse_device_bytes
 from .verdict import (directions, finish_neighbours, neighbour_collector, neighbours, opt_out_costs, partial_assignment,
                       stored_directions, unjudge, verdict)
 
@@ -61,7 +63,7 @@ def explain_nonfinite(cost: np.ndarray, nx: np.ndarray, ny: np.ndarray, describe
 
 
 def assign(X, Y, path: str = "dense", k: int = 32, chunk_size: int = 2048, device=None, describe=None,
-           on_block=None, split: int = 0):
+           on_block=None, split: int = 0, section=None):
     """Certified minimum-cost assignment of the rows of X (n_src, p) to those of Y (n_dst, p).
 
     Cost C_ij = ‖X_i − Y_j‖². Returns match (n_src,) int32 (−1 unmatched), matched cost per row
@@ -72,8 +74,14 @@ def assign(X, Y, path: str = "dense", k: int = 32, chunk_size: int = 2048, devic
     (file, layer, threshold: match_pair passes one). Features whose float32 costs overflow are
     refused (SaeError); those too large for float32 to resolve their candidates are flagged in
     the certificate (saematch.certify.imprecise_features), which is then not certified.
+
+    ``section(need_bytes, stage)`` (saematch.devices.gpu_sections) holds the device for the
+    stages that use it and yields it: the dense path's products (X and Y are copied there and
+    freed after), or the whole sparse solve; lapjv and the certificate run outside it, on the
+    host. Default: ``device`` (None: where X and Y are) for every stage.
     """
     describe = describe or _default_describe
+    section = section or (lambda need_bytes, stage: nullcontext(device))
     seconds = {}
     with torch.no_grad():
         nx = ny = None
@@ -84,7 +92,8 @@ def assign(X, Y, path: str = "dense", k: int = 32, chunk_size: int = 2048, devic
             check_norms(X.norms(), Y.norms(), describe)
         if path == "dense":
             t = time.perf_counter()
-            cost = dense_cost(X, Y, chunk_size, on_block, split)
+            with section(dense_cost_bytes(len(X), len(Y), X.shape[1], chunk_size, on_block), "products") as dev:
+                cost = dense_cost(X.to(dev) if dev else X, Y.to(dev) if dev else Y, chunk_size, on_block, split)
             if not np.isfinite(cost).all():
                 raise SaeError(explain_nonfinite(cost, nx, ny, describe))
             seconds["cost"] = time.perf_counter() - t
@@ -101,7 +110,8 @@ def assign(X, Y, path: str = "dense", k: int = 32, chunk_size: int = 2048, devic
             matched_cost[rows] = cost[rows, match[rows]]
             return match, matched_cost, certificate, seconds
         try:
-            return solve_sparse(X, Y, k=k, chunk=chunk_size, device=device)
+            with section(sparse_device_bytes(X, Y, k, chunk_size), "sparse solve") as dev:
+                return solve_sparse(X, Y, k=k, chunk=chunk_size, device=dev)
         except ImpreciseFeatures as exc:
             named = [describe(side, i) for side in ("src", "dst") for i in exc.precision[f"imprecise_{side}"]]
             raise SaeError(f"{exc}; features: " + "; ".join(named)) from exc
@@ -121,6 +131,7 @@ def match_pair(
     null_rows: int = 1024,
     null_draws: int = 2,
     partial: bool = False,
+    gpu=None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Match the features of ``src`` (layer L) to those of ``dst`` (layer L+1).
 
@@ -136,10 +147,14 @@ def match_pair(
     less than its opt-out cost (:func:`saematch.verdict.opt_out_costs`); dense path only.
     stats : total_cost (float64 sum of the squared differences), n_params (per feature),
         the optimality certificate (saematch.certify), device, peak memory, seconds per stage
+
+    ``gpu``: ``section(need_bytes, stage)`` → a context manager yielding the device to use
+    (saematch.devices.gpu_sections), taken only around the stages that use it: the cost
+    products and the verdict (the sparse path: its whole solve); folding, lapjv, the
+    certificate and the scores run on the host in between, holding no GPU. Default: every
+    stage on ``device``. ``stats["gpu_need_bytes"]`` gives what each section asked for.
     """
-    dev = pick_device(device)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+    section, needs = _sections(gpu or fixed_device(str(pick_device(device))))
     seconds = {}
     t = time.perf_counter()
     path = choose_solver(src.n_features, dst.n_features, solver, dense_max_gb)
@@ -155,7 +170,8 @@ def match_pair(
         raise SaeError(f"{src.source.get('where', 'layer L')}: match.partial needs the dense solver (it solves "
                        f"one (n_src + n_dst)² problem); this pair of {src.n_features} features takes the sparse path")
     t = time.perf_counter()
-    X, Y = pair_vectors(a, b, weights, dev) if path == "dense" else pair_rows(src, dst, weights, fold, dev)
+    X, Y = pair_vectors(a, b, weights, torch.device("cpu")) if path == "dense" \
+        else pair_rows(src, dst, weights, fold)  # dense: copied to the device by its section
     n_params = X.shape[1]
     seconds["vectors"] = time.perf_counter() - t
     where = {"src": src.source.get("where", "layer L"), "dst": dst.source.get("where", "layer L+1")}
@@ -167,41 +183,50 @@ def match_pair(
                 f"{'' if fold else ', not folded'})")
 
     d = a.d_out  # X's first d columns are the decoders: their cosines come from the cost pass
-    on_block, nb = neighbour_collector(feature_norms(X[:, :d]), feature_norms(Y[:, :d]), device=dev) \
+    on_block, nb = neighbour_collector(feature_norms(X[:, :d]), feature_norms(Y[:, :d])) \
         if path == "dense" else (None, None)
     match, matched_cost, certificate, assign_seconds = assign(
-        X, Y, path, k=k, chunk_size=chunk_size, describe=describe, on_block=on_block, split=d)
+        X, Y, path, k=k, chunk_size=chunk_size, describe=describe, on_block=on_block, split=d, section=section)
     seconds.update(assign_seconds)
     t = time.perf_counter()
-    (Ud, Ed), (Vd, Wd) = (directions(s.W_dec.to(dev), None if s.W_enc is None else s.W_enc.to(dev))
-                          if path == "dense" else stored_directions(s, dev)  # sparse: rows made on demand
-                          for s in (src, dst))
-    verdict_seconds = {"directions": time.perf_counter() - t}
-    if nb is None:
-        nb = neighbours(Ud, Vd, chunk=chunk_size)
-    else:  # the collector's seconds were spent inside the cost pass: count them here
-        nb = finish_neighbours(nb)
-        seconds["cost"] -= nb["seconds"]
-        t -= nb["seconds"]
-    verdict_seconds["neighbours"] = time.perf_counter() - t - verdict_seconds["directions"]
-    top1, top1_cosine = nb["top1"], nb["top1_cosine"]
     partial_stats = None
-    if partial:
+    if partial:  # opt-out costs and the (n_src + n_dst)² costs on the device, their LAP on the host
         d_enc = 0 if weights == "dec" else a.W_enc.shape[0]
-        tau_src, tau_dst, partial_stats = opt_out_costs(X, Y, match, matched_cost, a.d_out, d_enc,
-                                                        rows=null_rows, draws=null_draws)
-        cost = dense_cost(X, Y, chunk_size=chunk_size)
+        with section(dense_cost_bytes(len(X), len(Y), n_params, chunk_size), "partial products") as dev:
+            Xd, Yd = (X, Y) if dev is None else (X.to(dev), Y.to(dev))
+            tau_src, tau_dst, partial_stats = opt_out_costs(Xd, Yd, match, matched_cost, a.d_out, d_enc,
+                                                            rows=null_rows, draws=null_draws)
+            cost = dense_cost(Xd, Yd, chunk_size=chunk_size)
+            del Xd, Yd
         match, matched_cost, certificate = partial_assignment(cost, tau_src, tau_dst)
         del cost
     del X, Y
-    verdict_columns, verdict_stats = verdict(Ud, Ed, Vd, Wd, match, nb, cut=cut, rows=null_rows, draws=null_draws)
+    d_in = min(_encoder_width(src), _encoder_width(dst))
+    with section(verdict_bytes(src.n_features, dst.n_features, d, d_in), "verdict") as dev:
+        t_dir = time.perf_counter()
+        (Ud, Ed), (Vd, Wd) = (directions(s.W_dec.to(dev), None if s.W_enc is None else s.W_enc.to(dev))
+                              if path == "dense" else stored_directions(s, dev)  # sparse: rows made on demand
+                              for s in (src, dst))
+        verdict_seconds = {"directions": time.perf_counter() - t_dir}
+        collected = 0.0
+        if nb is None:
+            nb = neighbours(Ud, Vd, chunk=chunk_size)
+        else:  # the collector's seconds were spent inside the cost pass: count them here
+            nb = finish_neighbours(nb)
+            collected = nb["seconds"]
+            seconds["cost"] -= collected
+            t -= collected
+        verdict_seconds["neighbours"] = time.perf_counter() - t_dir - verdict_seconds["directions"] + collected
+        verdict_columns, verdict_stats = verdict(Ud, Ed, Vd, Wd, match, nb, cut=cut, rows=null_rows,
+                                                 draws=null_draws)
+        del Ud, Ed, Vd, Wd
+    top1, top1_cosine = nb["top1"], nb["top1_cosine"]
     if src.source.get("projected") or dst.source.get("projected"):
         unjudge(verdict_columns, "attention SAE mapped through W_O: its encoder is a pseudo-inverse, not the "
                                  "residual stream's (saematch.load.project_att); no calibrated verdict")
     verdict_stats["seconds"] = {**{k: round(v, 4) for k, v in verdict_seconds.items()}, **verdict_stats["seconds"]}
     if partial_stats:
         verdict_stats["partial"] = partial_stats
-    del Ud, Ed, Vd, Wd
     seconds["verdict"] = time.perf_counter() - t
     _report_imprecise(certificate, describe)
     total = float(matched_cost.sum())
@@ -234,11 +259,44 @@ def match_pair(
         "n_dst": dst.n_features,
         "certificate": certificate,
         "verdict": verdict_stats,
-        "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
-        "peak_gpu_memory_bytes": int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else None,
+        "device": needs["verdict"]["device"],
+        "peak_gpu_memory_bytes": max((r["peak_bytes"] for r in needs.values() if r["peak_bytes"] is not None),
+                                     default=None),
+        "gpu_sections": needs,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
     }
     return columns, stats
+
+
+def verdict_bytes(n_src: int, n_dst: int, d: int, d_in: int) -> int:
+    """Device memory of the verdict: unit decoders and encoders of both SAEs (float32), the copy
+    of one SAE's weights they are made from, the null's blocks of scores and its rotations."""
+    from .verdict import BLOCK
+
+    per_feature = 4 * (d + d_in)
+    return per_feature * (n_src + n_dst + max(n_src, n_dst)) + 16 * BLOCK + 8 * (d * d + d_in * d_in) + 2**26
+
+
+def _sections(section):
+    """``section`` (see :func:`match_pair`'s ``gpu``) that also records, per stage, the device it
+    yielded, the bytes it asked for and (CUDA) the peak bytes allocated while it was held."""
+    record = {}
+
+    @contextmanager
+    def recorded(need_bytes: int, stage: str):
+        with section(need_bytes, stage) as dev:
+            cuda = dev is not None and torch.device(dev).type == "cuda"
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
+            try:
+                yield dev
+            finally:
+                record[stage] = {
+                    "device": f"{dev} ({torch.cuda.get_device_name(dev)})" if cuda else str(dev),
+                    "need_bytes": int(need_bytes),
+                    "peak_bytes": int(torch.cuda.max_memory_allocated(dev)) if cuda else None}
+
+    return recorded, record
 
 
 def _encoder_width(sae) -> int:

@@ -481,3 +481,11 @@ def sparse_certificate(S: dict, primal: float, u, v, x, matched_cost, row_min, v
         precision = precision_report(nx, ny)
     return certificate(primal, u, v, row_min, violated, "sparse lapmod + pricing", rounds, eps, unslack=unslack,
                        precision=precision, worst_violation_rel=worst)
+
+
+def sparse_device_bytes(X, Y, k: int = 32, chunk: int = 1024, col_chunk: int = 8192) -> int:
+    """Device memory of :func:`solve_sparse`: Y's float32 unit rows, a bf16 column tile and its
+    float32 step, a chunk × col_chunk block of products (float32, three at once while screening),
+    X's rows of one chunk, and 256 MiB for norms, candidates and slack."""
+    n, p = _n_p(Y)
+    return 4 * n * p + 6 * col_chunk * p + 12 * chunk * col_chunk + 4 * chunk * p + 2**28

@@ -311,6 +311,24 @@ def null_scores(U, E, V, W, rows: int = 1024, draws: int = 2, seed: int = 0,
     return np.concatenate(t0), 1.0 / max(var, 1e-12)
 
 
+def isotonic_increasing(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence closest to ``y`` (n,) in ``w``-weighted least squares (pool
+    adjacent violators): what scipy.optimize.isotonic_regression returns, without importing
+    scipy (about 0.5 s of every match job's start)."""
+    means, weights, counts = [], [], []
+    for yi, wi in zip(np.asarray(y, np.float64).tolist(), np.asarray(w, np.float64).tolist()):
+        means.append(yi)
+        weights.append(wi)
+        counts.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:  # a violator: pool it with the block before
+            m, wt, c = means.pop(), weights.pop(), counts.pop()
+            total = weights[-1] + wt
+            means[-1] = (means[-1] * weights[-1] + m * wt) / total
+            weights[-1] = total
+            counts[-1] += c
+    return np.repeat(np.asarray(means, np.float64), counts)
+
+
 def fit_lfdr(t_obs: np.ndarray, t_null: np.ndarray, lam: float = STOREY_LAMBDA):
     """Local false discovery rate lfdr(t) = π0·f0(t)/f(t) as a non-increasing function of the score.
 
@@ -324,8 +342,6 @@ def fit_lfdr(t_obs: np.ndarray, t_null: np.ndarray, lam: float = STOREY_LAMBDA):
     certainty (without it, an unrelated pair's best score, above every null draw half the
     time, would get lfdr 0).
     """
-    from scipy.optimize import isotonic_regression  # here: flow jobs import this module but not scipy
-
     t_obs, t_null = np.asarray(t_obs, np.float64), np.sort(np.asarray(t_null, np.float64))
     n, m = len(t_obs), len(t_null)
     p = (m - np.searchsorted(t_null, t_obs, side="left") + 1) / (m + 1)
@@ -336,7 +352,7 @@ def fit_lfdr(t_obs: np.ndarray, t_null: np.ndarray, lam: float = STOREY_LAMBDA):
     label = np.concatenate([np.ones(n), np.zeros(m)])
     weight = np.concatenate([np.full(n, 1.0 / max(n, 1)), np.full(m, 1.0 / m)])
     order = np.argsort(scores, kind="stable")
-    q = isotonic_regression(label[order], weights=weight[order], increasing=True).x
+    q = isotonic_increasing(label[order], weight[order])
     with np.errstate(divide="ignore", invalid="ignore"):
         lfdr = np.where(q > 0, np.clip(pi0 * (1 - q) / q, 0.0, 1.0), 1.0)
     x, first = np.unique(scores[order], return_index=True)
@@ -362,8 +378,17 @@ def row_competitor_scores(E, W, nb) -> np.ndarray:
     if E is None:
         return m
     cols = nb["row_top"]
-    rows = np.repeat(np.arange(len(cols)), cols.shape[1])
-    return np.minimum(m, pair_scores(E, None, W, None, rows, cols.reshape(-1)).reshape(cols.shape))
+    # a row's k columns at once: one batched product per 128 rows, each e_i read once (3× faster
+    # than gathering pairs); the same products for matrices and UnitRows
+    enc = np.empty(cols.shape, np.float32)
+    index = torch.from_numpy(np.ascontiguousarray(cols, np.int64))
+    with torch.no_grad():
+        for s in range(0, len(cols), 128):
+            rows = slice(s, min(s + 128, len(cols)))
+            idx = index[rows]
+            w = W[idx.reshape(-1).to(W.device)].reshape(*idx.shape, -1)
+            enc[rows] = torch.bmm(w, E[rows][:, :, None])[:, :, 0].cpu().numpy()
+    return np.minimum(m, enc)
 
 
 def scores_at(U, E, V, W, nb, row_m, i, j) -> np.ndarray:

@@ -13,14 +13,10 @@ def match_device(wc):
 
 
 def match_gpu(wc):
-    """1: the job runs on a GPU. `auto` asks for one on a cluster, and locally only where the
-    host has an NVIDIA GPU, so CPU-only runs are not serialised by a `gpu` cap."""
-    device = match_device(wc)
-    if device == "cpu":
-        return 0
-    if device == "auto" and workflow.local_exec:
-        return int(saematch.devices.host_has_gpu())
-    return 1
+    """1: the job needs a GPU of its own, on a cluster (unless `cpu`). Locally 0: match jobs share
+    the host's GPUs, each holding memory on one only around its GPU stages
+    (saematch.devices.gpu_sections), so the `gpu` cap does not serialise them."""
+    return int(match_device(wc) != "cpu" and not workflow.local_exec)
 
 
 def match_threads(wc):
