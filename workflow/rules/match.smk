@@ -27,14 +27,23 @@ def match_threads(wc):
 def match_mem_mb(wc, attempt):
     """Host memory of one pair (saematch.memory.match_memory_bytes, the formula
     bench/bench_memory.py checks against measured peaks), doubled on each retry after a resource
-    failure (not after an input error, which is not worth more memory: saematch.logs.failed_on_input)."""
+    failure (not after an input error, which is not worth more memory: saematch.logs.failed_on_input).
+    """
     from saematch.memory import match_memory_bytes
 
     F, d = n_features(wc.model), config["catalog"][wc.model]["d_model"]
     opts = cfg.site_options(config, wc.model, wc.site)
     need = match_memory_bytes(
-        F, d, config["catalog"][wc.model].get("format", "gemma-scope"), opts["solver"], opts["dense_max_gb"],
-        opts["k"], opts["chunk_size"], opts["partial"], projects_att(wc.model, wc.site))
+        F,
+        d,
+        config["catalog"][wc.model].get("format", "gemma-scope"),
+        opts["solver"],
+        opts["dense_max_gb"],
+        opts["k"],
+        opts["chunk_size"],
+        opts["partial"],
+        projects_att(wc.model, wc.site),
+    )
     if saematch.logs.failed_on_input(MATCH_LOG.format(**wc)):
         attempt = 1
     return int(need / 1e6 * 2 ** (attempt - 1))
