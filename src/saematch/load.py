@@ -218,8 +218,8 @@ def _safetensors_header(path: str) -> dict[str, dict]:
     return header
 
 
-def _read_safetensors(path: str, keys) -> dict[str, torch.Tensor]:
-    """Tensors ``keys`` of a safetensors file as float32 (F16, BF16, F32 or F64 on disk)."""
+def _float_header(path: str, keys) -> dict[str, dict]:
+    """The header of a safetensors file that holds every tensor of ``keys``, each a float one."""
     header = _safetensors_header(path)
     missing = [k for k in keys if k not in header]
     if missing:
@@ -228,6 +228,12 @@ def _read_safetensors(path: str, keys) -> dict[str, torch.Tensor]:
         if header[k]["dtype"] not in ST_FLOATS:
             raise SaeError(f"{path}: tensor {k!r} has dtype {header[k]['dtype']}; "
                            f"expected a float tensor ({', '.join(ST_FLOATS)})")
+    return header
+
+
+def _read_safetensors(path: str, keys) -> dict[str, torch.Tensor]:
+    """Tensors ``keys`` of a safetensors file as float32 (F16, BF16, F32 or F64 on disk)."""
+    header = _float_header(path, keys)
     try:
         with safe_open(path, framework="pt") as fh:
             return {k: fh.get_tensor(k).to(torch.float32) for k in keys}
@@ -312,14 +318,7 @@ def _read_stored(path: str, keys, transpose=()) -> dict[str, torch.Tensor]:
     """Tensors ``keys`` of a safetensors file in their on-disk dtype (F16, BF16, F32 or F64),
     read with plain reads into their final buffers; those in ``transpose`` (2-D) come back
     transposed and contiguous, made through a reused 8 MiB buffer of the file's rows."""
-    header = _safetensors_header(path)
-    missing = [k for k in keys if k not in header]
-    if missing:
-        raise SaeError(f"{path}: missing key(s) {missing} (file has {sorted(header)})")
-    for k in keys:
-        if header[k]["dtype"] not in ST_FLOATS:
-            raise SaeError(f"{path}: tensor {k!r} has dtype {header[k]['dtype']}; "
-                           f"expected a float tensor ({', '.join(ST_FLOATS)})")
+    header = _float_header(path, keys)
     out = {}
     try:
         with open(path, "rb") as fh:

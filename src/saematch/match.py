@@ -152,7 +152,7 @@ def match_pair(
     (saematch.devices.gpu_sections), taken only around the stages that use it: the cost
     products and the verdict (the sparse path: its whole solve); folding, lapjv, the
     certificate and the scores run on the host in between, holding no GPU. Default: every
-    stage on ``device``. ``stats["gpu_need_bytes"]`` gives what each section asked for.
+    stage on ``device``. ``stats["gpu_sections"]`` gives what each section asked for and used.
     """
     section, needs = _sections(gpu or fixed_device(str(pick_device(device))))
     seconds = {}
