@@ -33,6 +33,7 @@ STARTED = time.time()
 
 
 onstart:
+    no_local_rate_limit()
     check_run_devices()
     check_outputs_writable(workflow.dag.needrun_jobs())
 

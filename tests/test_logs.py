@@ -31,3 +31,50 @@ def test_a_spawned_child_reports_its_own_peak_not_its_parents():
     parent_block = np.ones(2**27)  # 1 GiB in the parent at spawn time
     before, _ = in_spawned_child(0)
     assert before < 0.5 * parent_block.nbytes
+
+
+JOB = """
+import atexit, logging, sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from saematch import logs
+
+class Teardown:
+    def __del__(self):
+        Path({teardown!r}).write_text("torn down")
+
+kept = Teardown()  # a module global: the interpreter's teardown would delete it
+snakemake = SimpleNamespace(log=[{log!r}], resources=SimpleNamespace(attempt=1))
+with logs.job(snakemake):
+    atexit.register(lambda: Path({handler!r}).write_text("ran"))
+    logging.info("work done")
+    print("no newline", end="")
+    {body}
+"""
+
+
+def run_job(tmp_path, body="pass"):
+    import subprocess
+    import sys
+
+    paths = {k: str(tmp_path / k) for k in ("log", "teardown", "handler")}
+    code = JOB.format(body=body, **paths)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return proc, {k: tmp_path / k for k in paths}
+
+
+def test_a_job_that_succeeds_exits_0_with_its_log_output_and_exit_handlers_but_no_teardown(tmp_path):
+    proc, paths = run_job(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "no newline"
+    assert "work done" in paths["log"].read_text()
+    assert paths["handler"].read_text() == "ran"
+    assert not paths["teardown"].exists()  # torch's teardown (about 1 s) is skipped
+
+
+def test_a_job_that_fails_exits_1_with_one_console_line(tmp_path):
+    proc, paths = run_job(tmp_path, body="raise ValueError('bad value')")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("saematch: error: ValueError: bad value")
+    assert "Traceback" in paths["log"].read_text()

@@ -8,6 +8,7 @@ traceback), and ends the log with the same line.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -102,6 +103,22 @@ def job(snakemake):
         last = traceback.extract_tb(exc.__traceback__)[-1:]
         where = f" ({Path(last[0].filename).name}:{last[0].lineno})" if last else ""
         _fail(f"{type(exc).__name__}: {exc}{where}; traceback in {log_path}")
+    _finish()
+
+
+def _finish() -> None:
+    """End a job that succeeded without the interpreter's teardown: exit handlers run, logs
+    and streams are flushed, then the process ends. Tearing down torch's modules costs about
+    1 s per job on a 2-core machine (`import torch` alone: 2.7 s to exit normally, 1.9 s this
+    way), which is most of a small pair's time."""
+    atexit._run_exitfuncs()  # noqa: SLF001 - CPython's own, what a normal exit runs first
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 def _fail(message: str) -> None:

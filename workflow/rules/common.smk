@@ -231,6 +231,16 @@ with cfg.stop_in_one_line():
             )
 
 
+def no_local_rate_limit():
+    """Jobs run on this host start without Snakemake's submission rate limiter (100 jobs/s by
+    default, for cluster queues). Its 1 s re-check timer re-arms after every scheduling round,
+    so each finished job adds a chain of rounds that re-evaluate every waiting job's resources
+    (snakemake/snakemake#3744); no command-line value turns it off. Cluster runs keep it.
+    """
+    if workflow.local_exec:
+        workflow.scheduler.job_rate_limiter = None
+
+
 # cuda asked of a host without it: an error before any job, auto on the CPU: one line. Only
 # onstart knows whether jobs run here or on a cluster; a dry run (which cannot tell) warns.
 def check_run_devices(dryrun=False):
