@@ -1,9 +1,14 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from saematch.write import read_provenance, write_matches
+from saematch.write import arrow_array, read_provenance, write_matches
 
 
 def columns(n=6, unmatched=()):
@@ -60,3 +65,44 @@ def test_hive_paths_give_partition_columns_that_are_not_in_the_files(tmp_path):
                          hive_schema={"model": pl.String, "site": pl.String, "layer": pl.Int32}).collect()
     assert df.height == 12 and set(df["layer"]) == {0, 1}
     assert "layer" not in pq.read_schema(tmp_path / "model=m/site=res/layer=0/part-0.parquet").names
+
+
+@pytest.mark.parametrize("type_, values", [
+    (pa.int32(), np.array([3, -1, 7, 0, 2**31 - 1])),
+    (pa.int64(), np.array([3, -1, 2**40, 0, 5])),
+    (pa.float32(), np.array([0.5, np.nan, -2.0, np.inf, 1e-8])),
+    (pa.float64(), np.array([0.5, np.nan, -2.0, np.inf, 1e-300])),
+    (pa.bool_(), np.array([True, False, True, True, False, False, True, False, True])),
+    (pa.string(), np.array(["persists", None, "", "dead ünïcode", None], object)),
+])
+@pytest.mark.parametrize("masked", [False, True])
+def test_arrow_arrays_built_from_buffers_equal_pyarrows_own(type_, values, masked):
+    mask = (np.arange(len(values)) % 3 == 1) if masked else None
+    expected = pa.array(values, type=type_, mask=mask, from_pandas=False)
+    got = arrow_array(values, type_, mask)
+    assert got.validate(full=True) is None
+    assert got.type == expected.type
+    assert [repr(v) for v in got.to_pylist()] == [repr(v) for v in expected.to_pylist()]  # NaN is NaN
+    assert got.null_count == expected.null_count
+
+
+def test_an_integer_column_refuses_values_it_cannot_hold():
+    with pytest.raises(ValueError, match="do not fit int32"):
+        arrow_array(np.array([1, 2**31]), pa.int32())
+    with pytest.raises(ValueError, match="do not fit int32"):
+        arrow_array(np.array([1.5, 2.0]), pa.int32())
+
+
+def test_writing_a_matches_file_does_not_import_pandas(tmp_path):
+    """pa.array would import pandas (0.6 s of a small match job); the matches writer must not."""
+    code = (
+        "import sys, numpy as np\n"
+        "from test_write import columns\n"
+        "from saematch.write import write_matches\n"
+        f"write_matches({str(tmp_path / 'm.parquet')!r}, columns(6), {{'model': 'x'}})\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
