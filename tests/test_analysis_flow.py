@@ -171,3 +171,14 @@ def test_a_quantile_cut_may_be_written_without_its_leading_zero():
 
     s = {"s_res": np.linspace(0, 1, 101), "s_mlp": None, "s_att": None}
     assert thresholds(s, {"res": "q.25", "mlp": 0.1, "att": 0.1})["res"] == pytest.approx(0.25)
+
+
+def test_the_flow_summary_reads_parquet_without_importing_torch():
+    """flow_summary jobs import saematch.flow for its summary only (torch is 2 s of such a job)."""
+    import subprocess
+    import sys
+
+    code = "import sys\nfrom saematch.flow import summarize\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -23,11 +23,17 @@ selection) counts as low, and its columns are null.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .config import DEFAULT_FLOW
-from .verdict import neighbours
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (and saematch.verdict, which imports it) is imported where the scores are computed:
+# the flow summary jobs read Parquet only, and `import torch` is 2 s of such a job
 
 MODULES = ("res", "mlp", "att")  # res: layer L − 1's residual SAE; mlp, att: layer L's
 TOP_K = DEFAULT_FLOW["top_k"]
@@ -43,6 +49,10 @@ def predecessor_scores(W_dec: torch.Tensor, modules: dict[str, torch.Tensor | No
     float32 its cosine, ``P_top`` (F, k) int32 and ``s_P_top`` (F, k) float32 (descending);
     None for a module that is missing.
     """
+    import torch
+
+    from .verdict import neighbours
+
     U = torch.nn.functional.normalize(W_dec.float(), dim=1)
     out: dict[str, np.ndarray | None] = {}
     for name in MODULES:
