@@ -1,5 +1,7 @@
 """Feature Flow's predecessor scores and cases for the residual features of one layer; write Parquet.
 
+A `flow` job does one layer; a small model's `flow_layers_*` job (group_below) does all its layers one
+after another in one process, writing the same files.
 A layer already computed by another variant from the same SAE files, options and algorithm
 version is copied instead (its provenance says `reused_from`).
 """
@@ -14,22 +16,31 @@ from saematch import ALGO_VERSION, logs
 from saematch.write import reuse_identical
 
 with logs.job(snakemake):
-    t0 = time.perf_counter()
-    wc, opts = snakemake.wildcards, snakemake.params.options
-    layer = int(wc.layer)
-    read = lambda p: json.loads(Path(p).read_text())  # noqa: E731
-    names = [m for m in ("target", "res", "mlp", "att") if m in snakemake.input.keys()]
-    provenance = {"model": wc.model, "variant": wc.variant, "layer": layer,
-                  **{m: read(snakemake.input[m]) for m in names},
-                  "options": opts, "algo_version": ALGO_VERSION,
-                  "neuronpedia": snakemake.params.neuronpedia}
-    if "model" in snakemake.input.keys():
-        provenance["model_files"] = read(snakemake.input.model)
-    others = glob(f"results/model={wc.model}/variant=*/flow/{wc.modules}/layer={layer}.parquet")
-    reused = reuse_identical(snakemake.output[0], others, provenance)
-    if reused:
-        logging.info("same SAE files, options and algorithm as %s: copied", reused)
+    params = snakemake.params
+    if hasattr(params, "layers"):  # a small model's job: every layer, one output each
+        model, variant, jobs = params.model, params.variant, params.layers
     else:
+        wc = snakemake.wildcards
+        model, variant = wc.model, wc.variant
+        inputs = {k: snakemake.input[k] for k in snakemake.input.keys()}
+        jobs = [{"layer": int(wc.layer), "modules": wc.modules, "inputs": inputs, "options": params.options,
+                 "neuronpedia": params.neuronpedia}]
+    read = lambda p: json.loads(Path(p).read_text())  # noqa: E731
+    for job, output in zip(jobs, snakemake.output):
+        t0 = time.perf_counter()
+        layer, opts, inputs = job["layer"], job["options"], job["inputs"]
+        names = [m for m in ("target", "res", "mlp", "att") if m in inputs]
+        provenance = {"model": model, "variant": variant, "layer": layer,
+                      **{m: read(inputs[m]) for m in names},
+                      "options": opts, "algo_version": ALGO_VERSION,
+                      "neuronpedia": job["neuronpedia"]}
+        if "model" in inputs:
+            provenance["model_files"] = read(inputs["model"])
+        others = glob(f"results/model={model}/variant=*/flow/{job['modules']}/layer={layer}.parquet")
+        reused = reuse_identical(output, others, provenance)
+        if reused:
+            logging.info("layer %d: same SAE files, options and algorithm as %s: copied", layer, reused)
+            continue
         import torch
 
         from saematch.devices import job_device
@@ -42,7 +53,7 @@ with logs.job(snakemake):
         saes = {m: load_sae(provenance[m]) for m in names}
         if "att" in saes and "model_files" in provenance:
             files = resolve_files(provenance["model_files"])
-            saes["att"] = project_att(saes["att"], *load_att_projection(files, layer), where=str(snakemake.input.att))
+            saes["att"] = project_att(saes["att"], *load_att_projection(files, layer), where=str(inputs["att"]))
         device = snakemake.config["match"]["device"]  # a resource, not a param: moving to a GPU reruns nothing
         with job_device(snakemake.resources.gpu > 0, device) as dev:
             columns, stats = flow_layer(saes["target"].W_dec.to(dev),
@@ -50,4 +61,4 @@ with logs.job(snakemake):
                                         k=opts["top_k"], high=opts["high"],
                                         encoders={m: saes[m].W_enc for m in ("target", "res") if m in saes})
         provenance.update(versions=logs.versions(), seconds=round(time.perf_counter() - t0, 4), **stats)
-        write_flow(snakemake.output[0], columns, opts["top_k"], provenance)
+        write_flow(output, columns, opts["top_k"], provenance)

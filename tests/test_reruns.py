@@ -29,7 +29,9 @@ pytestmark = pytest.mark.workflow
 @pytest.fixture(scope="module")
 def wf(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("reruns"))
-    edit_config(workdir, lambda c: c.update(models=["demo"], layers=[0, 1, 2, 3, 4], sites=["res", "mlp"]))
+    # one job per pair, as for real widths (the demo's pairs are grouped per site by default)
+    edit_config(workdir, lambda c: c.update(models=["demo"], layers=[0, 1, 2, 3, 4], sites=["res", "mlp"],
+                                            group_below=0))
     smk(workdir)
     return workdir
 
@@ -316,4 +318,22 @@ def test_an_interrupted_forced_rerun_rebuilds_missing_matches_in_a_plain_run(wf)
     smk(wf, "--unlock")
     smk(wf)
     assert [p for p in every if not p.exists()] == []
+    assert nothing_to_do(wf)
+
+
+def test_one_job_per_site_and_per_model_write_the_same_files_as_one_job_per_pair_and_layer(wf):
+    """group_below: the demo's pairs in one process per site and its flow layers in one (the
+    default) give the very tables the pair and layer jobs gave; only timings differ."""
+    every = sorted(wf.glob("results/model=demo/variant=1k/matches/site=*/layer=*/part-0.parquet"))
+    every += sorted(wf.glob("results/model=demo/variant=1k/flow/*/layer=*.parquet"))
+    before = {p: pl.read_parquet(p) for p in every}
+    edit_config(wf, lambda c: c.update(group_below=4096))
+    sites = {p.parent.parent.name.removeprefix("site=") for p in every if "/matches/" in str(p)}
+    jobs = planned_jobs(wf)
+    assert jobs.get("match_site_demo") == len(sites) and jobs.get("flow_layers_demo") == 1
+    assert "match_pair" not in jobs and "flow" not in jobs
+    smk(wf)
+    for p in every:
+        assert pl.read_parquet(p).equals(before[p]), p
+    assert all((wf / f"logs/match_site/model=demo/variant=1k/site={s}.log").exists() for s in sites)
     assert nothing_to_do(wf)

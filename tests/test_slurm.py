@@ -127,7 +127,7 @@ def slurm_jobs() -> list[dict[str, str]]:
 
 
 def test_demo_on_real_slurm_equals_a_local_run_and_only_match_jobs_get_a_gpu(slurm, tmp_path):
-    config = ["--config", "models=[demo]", "layers=[0,1,2]"]
+    config = ["--config", "models=[demo]", "layers=[0,1,2]", "group_below=0"]  # one job per pair
     local = copy_workflow(tmp_path / "local")
     smk(local, *config)
     cluster = copy_workflow(tmp_path / "cluster")

@@ -230,7 +230,7 @@ def test_a_dry_run_says_what_it_will_download_which_repos_are_gated_and_whether_
 
 
 def test_cpu_only_hosts_do_not_serialise_match_jobs_on_a_gpu_resource(pristine):
-    out = smk(pristine, "-n", "--config", "layers=[0,1]", "sites=[res]")
+    out = smk(pristine, "-n", "--config", "layers=[0,1]", "sites=[res]", "group_below=0")  # one job per pair
     assert re.search(r"rule match_pair:(.|\n)*?resources: .*gpu=0", out.stdout)  # this host has no GPU
 
 
@@ -378,7 +378,7 @@ def test_the_demo_summary_shows_what_folding_does(demo_run):
     assert (summary["planted_recovered_folded"] == summary["planted_recovered"]).all()
     assert summary["certified"].all() and (summary["solver"] == "lapjv").all()
     assert (demo_run / summary_path("demo", DEMO, "res+mlp+att.L0-5", "png")).stat().st_size > 10_000
-    assert (demo_run / f"logs/match_pair/model=demo/variant={DEMO}/site=att/layer=0.log").read_text()
+    assert (demo_run / f"logs/match_site/model=demo/variant={DEMO}/site=att.log").read_text()  # one job per site
 
 
 def test_demo_provenance_names_both_saes_options_versions_and_timings(demo_run):
@@ -577,7 +577,7 @@ def test_a_failed_job_says_why_on_the_console_is_not_retried_and_leaves_no_parti
     blob = demo_blob(demo_run, "mlp", 4, 44)
     good = blob.read_bytes()
     out_file = demo_run / match_path("demo", DEMO, "mlp", 3)
-    log_file = demo_run / f"logs/match_pair/model=demo/variant={DEMO}/site=mlp/layer=3.log"
+    log_file = demo_run / f"logs/match_site/model=demo/variant={DEMO}/site=mlp.log"
     try:
         blob.write_bytes(good[: len(good) // 3])
         out = smk(demo_run, "--forcerun", str(out_file.relative_to(demo_run)), check=False)

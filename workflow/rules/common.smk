@@ -320,6 +320,22 @@ def n_features(model):
     return num * {"k": 1024, "m": 1024 * 1024, "x": entry["d_model"]}[unit]
 
 
+def grouped(model):
+    """Whether a model's pairs run one job per site and its flow one job for all layers: its SAEs
+    have fewer features than config group_below."""
+    return n_features(model) < config.get("group_below", 0)
+
+
+def rule_of(kind, model):
+    """The rule of one small model's grouped jobs, e.g. match_site_demo (names are identifiers)."""
+    return f"{kind}_{re.sub('[^0-9A-Za-z_]', '_', model)}"
+
+
+def any_of(names):
+    """A wildcard constraint matching exactly these names (none: matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
 def flow_path(model, L):
     modules = "+".join(cfg.flow_modules(config, model, L))
     return FLOW.format(model=model, variant=VARIANT[model], modules=modules, layer=L)

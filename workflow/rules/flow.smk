@@ -1,6 +1,7 @@
 # Feature Flow: one job per residual layer L, scoring its features against res L−1, mlp L and
 # att L (whichever are selected). Its params are its own slice of the config, so a rerun
-# recomputes only the layers whose SAEs or flow options changed.
+# recomputes only the layers whose SAEs or flow options changed. A small model's layers
+# (group_below) are one job, all its layers in one process, the same files.
 
 
 def flow_input(wc):
@@ -62,6 +63,8 @@ rule flow:
         "logs/flow/model={model}/variant={variant}/{modules}/layer={layer}.log",
     benchmark:
         "benchmarks/flow/model={model}/variant={variant}/{modules}/layer={layer}.tsv"
+    wildcard_constraints:
+        model=any_of(m for m in config["catalog"] if not grouped(m)),
     conda:
         "../../envs/pipeline.yaml"
     threads: lambda wc: 1 if n_features(wc.model) < 8192 else 4
@@ -79,6 +82,55 @@ rule flow:
         algo_version=saematch.ALGO_VERSION,
     script:
         "../../scripts/flow.py"
+
+
+def flow_layer_job(model, L):
+    """One layer's part of a small model's flow job: what the layer's own job would get."""
+    from types import SimpleNamespace
+
+    wc = SimpleNamespace(
+        model=model,
+        variant=VARIANT[model],
+        modules="+".join(cfg.flow_modules(config, model, L)),
+        layer=str(L),
+    )
+    return {
+        "layer": L,
+        "modules": wc.modules,
+        "inputs": flow_input(wc),
+        "options": flow_options(wc),
+        "neuronpedia": flow_neuronpedia(wc),
+    }
+
+
+for _model in [
+    m for m in config["models"] if grouped(m) and cfg.flow_layers(config, m)
+]:
+    _layers = [flow_layer_job(_model, L) for L in cfg.flow_layers(config, _model)]
+
+    rule:
+        name:
+            rule_of("flow_layers", _model)
+        input:
+            sorted({p for job in _layers for p in job["inputs"].values()}),
+        output:
+            [flow_path(_model, job["layer"]) for job in _layers],
+        log:
+            f"logs/flow/model={_model}/variant={VARIANT[_model]}/all-layers.log",
+        benchmark:
+            f"benchmarks/flow/model={_model}/variant={VARIANT[_model]}/all-layers.tsv"
+        conda:
+            "../../envs/pipeline.yaml"
+        threads: 1
+        resources:
+            gpu=0,
+        params:
+            model=_model,
+            variant=VARIANT[_model],
+            layers=_layers,
+            algo_version=saematch.ALGO_VERSION,
+        script:
+            "../../scripts/flow.py"
 
 
 def flow_files(wc):

@@ -121,7 +121,8 @@ def ablation_input(wc):
 
 
 # Demo only: planted truth against folding (the demo plants JumpReLU's scale symmetry between
-# layers), the verdict and the partial assignment (saematch.ablation).
+# layers), the verdict and the partial assignment (saematch.ablation). It reads the SAEs, not
+# the matches, so it starts early (priority) instead of ending the run alone.
 rule ablation:
     input:
         unpack(ablation_input),
@@ -131,6 +132,7 @@ rule ablation:
         "logs/ablation/model={model}/variant={variant}/{selection}.log",
     benchmark:
         "benchmarks/ablation/model={model}/variant={variant}/{selection}.tsv"
+    priority: 1
     conda:
         "../../envs/pipeline.yaml"
     params:
