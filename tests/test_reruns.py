@@ -324,16 +324,24 @@ def test_an_interrupted_forced_rerun_rebuilds_missing_matches_in_a_plain_run(wf)
 def test_one_job_per_site_and_per_model_write_the_same_files_as_one_job_per_pair_and_layer(wf):
     """group_below: the demo's pairs in one process per site and its flow layers in one (the
     default) give the very tables the pair and layer jobs gave; only timings differ."""
+    for other in wf.glob("results/model=demo/variant=1k_*"):  # no copies from other variants: all computed
+        shutil.rmtree(other)
     every = sorted(wf.glob("results/model=demo/variant=1k/matches/site=*/layer=*/part-0.parquet"))
-    every += sorted(wf.glob("results/model=demo/variant=1k/flow/*/layer=*.parquet"))
+    every += sorted(wf.glob("results/model=demo/variant=1k/flow/res+mlp+att/layer=*.parquet"))
+    every += sorted(wf.glob("results/model=demo/variant=1k/flow/mlp+att/layer=0.parquet"))
     before = {p: pl.read_parquet(p) for p in every}
-    edit_config(wf, lambda c: c.update(group_below=4096))
     sites = {p.parent.parent.name.removeprefix("site=") for p in every if "/matches/" in str(p)}
-    jobs = planned_jobs(wf)
-    assert jobs.get("match_site_demo") == len(sites) and jobs.get("flow_layers_demo") == 1
-    assert "match_pair" not in jobs and "flow" not in jobs
-    smk(wf)
-    for p in every:
-        assert pl.read_parquet(p).equals(before[p]), p
-    assert all((wf / f"logs/match_site/model=demo/variant=1k/site={s}.log").exists() for s in sites)
-    assert nothing_to_do(wf)
+    assert sites == {"res", "mlp", "att"} and len(every) == 15 + 6
+    edit_config(wf, lambda c: c.update(group_below=4096))
+    try:
+        jobs = planned_jobs(wf)
+        assert jobs.get("match_site_demo") == 3 and jobs.get("flow_layers_demo") == 1
+        assert "match_pair" not in jobs and "flow" not in jobs
+        smk(wf)
+        for p in every:
+            assert pl.read_parquet(p).equals(before[p]), p
+            assert "reused_from" not in read_provenance(p), p
+        assert all((wf / f"logs/match_site/model=demo/variant=1k/site={s}.log").exists() for s in sites)
+        assert nothing_to_do(wf)
+    finally:
+        edit_config(wf, lambda c: c.update(group_below=0))

@@ -573,6 +573,19 @@ def demo_blob(workdir: Path, site: str, layer: int, l0: int) -> Path:
     return Path(os.path.realpath(snap / pointer["commit"] / pointer["files"]["params"]["filename"]))
 
 
+def test_a_narrower_run_of_a_small_model_remakes_none_of_its_grouped_files(demo_run):
+    """The demo's site and flow jobs (group_below) cover every layer whatever the selection: a
+    narrower run finds their files made, adds only its own (layer 1 scored without res 0), and
+    the full run after it has nothing to do."""
+    narrow = ["--config", "models=[demo]", "layers=[1,2,3]"]
+    jobs = planned_jobs(demo_run, *narrow)
+    assert jobs.get("flow") == 1
+    assert not {"match_site_demo", "flow_layers_demo", "match_pair"} & set(jobs), jobs
+    smk(demo_run, *narrow)
+    out = smk(demo_run, "-n")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
 def test_a_failed_job_says_why_on_the_console_is_not_retried_and_leaves_no_partial_output(demo_run):
     blob = demo_blob(demo_run, "mlp", 4, 44)
     good = blob.read_bytes()

@@ -86,11 +86,15 @@ def test_arrow_arrays_built_from_buffers_equal_pyarrows_own(type_, values, maske
     assert got.null_count == expected.null_count
 
 
-def test_an_integer_column_refuses_values_it_cannot_hold():
+def test_an_integer_column_refuses_values_it_cannot_hold_but_not_in_null_slots():
     with pytest.raises(ValueError, match="do not fit int32"):
         arrow_array(np.array([1, 2**31]), pa.int32())
     with pytest.raises(ValueError, match="do not fit int32"):
         arrow_array(np.array([1.5, 2.0]), pa.int32())
+    got = arrow_array(np.array([1.0, np.nan, 3.0]), pa.int32(), np.array([False, True, False]))
+    assert got.to_pylist() == [1, None, 3]
+    with pytest.raises(ValueError, match="one-dimensional"):
+        arrow_array(np.zeros((2, 3)), pa.float32())
 
 
 def test_writing_a_matches_file_does_not_import_pandas(tmp_path):

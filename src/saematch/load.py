@@ -233,7 +233,7 @@ def _float_header(path: str, keys) -> dict[str, dict]:
 
 def _read_safetensors(path: str, keys) -> dict[str, torch.Tensor]:
     """Tensors ``keys`` of a safetensors file as float32 (F16, BF16, F32 or F64 on disk)."""
-    header = _float_header(path, keys)
+    _float_header(path, keys)  # the keys and dtypes checked before any tensor is read
     try:
         with safe_open(path, framework="pt") as fh:
             return {k: fh.get_tensor(k).to(torch.float32) for k in keys}

@@ -43,6 +43,8 @@ def arrow_array(values, type: pa.DataType, mask: np.ndarray | None = None) -> pa
     job's 3 s). An integer column must hold its values exactly (no float or overflowing input).
     """
     values = np.asarray(values)
+    if values.ndim != 1:
+        raise ValueError(f"a column is one-dimensional, not of shape {values.shape}")
     valid = None if mask is None else ~np.asarray(mask, bool)
     if pa.types.is_string(type):
         present = np.array([v is not None for v in values.tolist()], bool)
@@ -54,6 +56,8 @@ def arrow_array(values, type: pa.DataType, mask: np.ndarray | None = None) -> pa
     elif pa.types.is_boolean(type):
         buffers = [pa.py_buffer(np.packbits(values.astype(bool), bitorder="little"))]
     else:
+        if pa.types.is_integer(type) and valid is not None:
+            values = np.where(valid, values, 0)  # what a null slot holds does not matter
         data = np.ascontiguousarray(values, dtype=_NUMPY_OF[type])
         if pa.types.is_integer(type) and values.size and not np.array_equal(data, values):
             raise ValueError(f"{values.dtype} values do not fit {type} exactly")

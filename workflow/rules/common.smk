@@ -174,10 +174,42 @@ def model_spec(model):
 pointer_path = cfg.pointer_path
 
 
+def n_features(model):
+    """Features per SAE from the width label: 16k → 16384, 1m → 1048576, 8x → 8·d_model."""
+    entry = config["catalog"][model]
+    num, unit = int(entry["width"][:-1]), entry["width"][-1]
+    return num * {"k": 1024, "m": 1024 * 1024, "x": entry["d_model"]}[unit]
+
+
+def grouped(model):
+    """Whether a model's pairs run one job per site and its flow one job for all layers: its SAEs
+    have fewer features than config group_below. Such a job covers every layer of the model,
+    whatever the selection, so that a narrower run finds its files made and remakes none.
+    """
+    return n_features(model) < config.get("group_below", 0)
+
+
+def all_layers(model):
+    return list(range(config["catalog"][model]["n_layers"]))
+
+
+def rule_of(kind, model):
+    """The rule of one small model's grouped jobs, e.g. match_site_demo (names are identifiers)."""
+    return f"{kind}_{re.sub('[^0-9A-Za-z_]', '_', model)}"
+
+
+def any_of(names):
+    """A wildcard constraint matching exactly these names (none: matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
 def read_layers(model, site):
     """The layers whose SAE of this site a job reads: both layers of each pair, and Feature
     Flow's residual targets and their predecessor modules (a selected layer in neither is not
-    downloaded)."""
+    downloaded); every layer of a small model, whose grouped jobs cover them all (group_below).
+    """
+    if grouped(model):
+        return all_layers(model)
     used = {layer for L in cfg.pair_layers(config, model) for layer in (L, L + 1)}
     for L in cfg.flow_layers(config, model):
         modules = cfg.flow_modules(config, model, L)
@@ -237,7 +269,7 @@ def no_local_rate_limit():
     so each finished job adds a chain of rounds that re-evaluate every waiting job's resources
     (snakemake/snakemake#3744); no command-line value turns it off. Cluster runs keep it.
     """
-    if workflow.local_exec:
+    if workflow.local_exec and hasattr(workflow.scheduler, "job_rate_limiter"):
         workflow.scheduler.job_rate_limiter = None
 
 
@@ -311,29 +343,6 @@ def options_of(model, site):
     opts = cfg.site_options(config, model, site)
     del opts["device"]
     return opts
-
-
-def n_features(model):
-    """Features per SAE from the width label: 16k → 16384, 1m → 1048576, 8x → 8·d_model."""
-    entry = config["catalog"][model]
-    num, unit = int(entry["width"][:-1]), entry["width"][-1]
-    return num * {"k": 1024, "m": 1024 * 1024, "x": entry["d_model"]}[unit]
-
-
-def grouped(model):
-    """Whether a model's pairs run one job per site and its flow one job for all layers: its SAEs
-    have fewer features than config group_below."""
-    return n_features(model) < config.get("group_below", 0)
-
-
-def rule_of(kind, model):
-    """The rule of one small model's grouped jobs, e.g. match_site_demo (names are identifiers)."""
-    return f"{kind}_{re.sub('[^0-9A-Za-z_]', '_', model)}"
-
-
-def any_of(names):
-    """A wildcard constraint matching exactly these names (none: matches nothing)."""
-    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def flow_path(model, L):

@@ -1,7 +1,8 @@
 # Feature Flow: one job per residual layer L, scoring its features against res L−1, mlp L and
 # att L (whichever are selected). Its params are its own slice of the config, so a rerun
 # recomputes only the layers whose SAEs or flow options changed. A small model's layers
-# (group_below) are one job, all its layers in one process, the same files.
+# (group_below) are one job: every layer, whatever the selection, in one process, the same
+# files (a changed flow option reruns that job: seconds).
 
 
 def flow_input(wc):
@@ -54,6 +55,15 @@ def flow_gpu(wc):
     return int(saematch.devices.host_has_gpu()) if device == "auto" else 1
 
 
+def flow_mem_mb(wc):
+    return flow_model_mem_mb(wc.model)
+
+
+def flow_model_mem_mb(model):
+    """A layer's four float32 F × d decoders, plus 1 GB."""
+    return 1024 + 16 * n_features(model) * config["catalog"][model]["d_model"] // 2**20
+
+
 rule flow:
     input:
         unpack(flow_input),
@@ -63,19 +73,12 @@ rule flow:
         "logs/flow/model={model}/variant={variant}/{modules}/layer={layer}.log",
     benchmark:
         "benchmarks/flow/model={model}/variant={variant}/{modules}/layer={layer}.tsv"
-    wildcard_constraints:
-        model=any_of(m for m in config["catalog"] if not grouped(m)),
     conda:
         "../../envs/pipeline.yaml"
-    threads: lambda wc: 1 if n_features(wc.model) < 8192 else 4
+    threads: match_threads
     resources:
         gpu=flow_gpu,
-        mem_mb=lambda wc: 1024
-        + 4
-        * 4
-        * n_features(wc.model)
-        * config["catalog"][wc.model]["d_model"]
-        // 2**20,
+        mem_mb=flow_mem_mb,
     params:
         options=flow_options,
         neuronpedia=flow_neuronpedia,
@@ -84,15 +87,12 @@ rule flow:
         "../../scripts/flow.py"
 
 
-def flow_layer_job(model, L):
+def flow_layer_job(model, L, modules):
     """One layer's part of a small model's flow job: what the layer's own job would get."""
     from types import SimpleNamespace
 
     wc = SimpleNamespace(
-        model=model,
-        variant=VARIANT[model],
-        modules="+".join(cfg.flow_modules(config, model, L)),
-        layer=str(L),
+        model=model, variant=VARIANT[model], modules="+".join(modules), layer=str(L)
     )
     return {
         "layer": L,
@@ -103,10 +103,17 @@ def flow_layer_job(model, L):
     }
 
 
+# A small model's flow files for every layer, scored against the selected sites (the files of
+# a run with all layers selected); a narrower selection's own files (another predecessor set,
+# e.g. layer 1 without res 0) come from `flow`, which this rule outranks where both could.
 for _model in [
     m for m in config["models"] if grouped(m) and cfg.flow_layers(config, m)
 ]:
-    _layers = [flow_layer_job(_model, L) for L in cfg.flow_layers(config, _model)]
+    _layers = [
+        flow_layer_job(_model, L, modules)
+        for L in all_layers(_model)
+        if (modules := cfg.predecessor_modules(config["sites"], all_layers(_model), L))
+    ]
 
     rule:
         name:
@@ -114,16 +121,25 @@ for _model in [
         input:
             sorted({p for job in _layers for p in job["inputs"].values()}),
         output:
-            [flow_path(_model, job["layer"]) for job in _layers],
+            [
+                FLOW.format(
+                    model=_model,
+                    variant=VARIANT[_model],
+                    modules=job["modules"],
+                    layer=job["layer"],
+                )
+                for job in _layers
+            ],
         log:
             f"logs/flow/model={_model}/variant={VARIANT[_model]}/all-layers.log",
         benchmark:
             f"benchmarks/flow/model={_model}/variant={VARIANT[_model]}/all-layers.tsv"
         conda:
             "../../envs/pipeline.yaml"
-        threads: 1
+        threads: pair_threads(_model)
         resources:
-            gpu=0,
+            gpu=flow_gpu,
+            mem_mb=flow_model_mem_mb(_model),
         params:
             model=_model,
             variant=VARIANT[_model],
@@ -131,6 +147,8 @@ for _model in [
             algo_version=saematch.ALGO_VERSION,
         script:
             "../../scripts/flow.py"
+
+    workflow.ruleorder(rule_of("flow_layers", _model), "flow")
 
 
 def flow_files(wc):

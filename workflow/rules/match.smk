@@ -1,5 +1,6 @@
 # One job per pair (L, L+1), site and variant; a small model's pairs (SAEs narrower than
-# group_below) one job per site instead, all its pairs in one process, the same files.
+# group_below) one job per site instead: every pair of the model, whatever the layers selected,
+# in one process, the same files.
 # Retried once after a resource failure (an out-of-memory kill) with twice the memory; a second
 # attempt after an input error stops at once (saematch.logs.job), without reading the inputs
 # again or asking for more memory.
@@ -107,17 +108,14 @@ rule match_pair:
 
 
 def match_site_input(model, site):
-    """A site job's SAE pointers (one per layer, params.sae_layers) and the model's files."""
+    """A site job's SAE pointers (one per layer of the model, params.sae_layers) and the model's
+    files."""
     inputs = {
-        "saes": [pointer_path(sae_spec(model, site, L)) for L in sae_layers(model)]
+        "saes": [pointer_path(sae_spec(model, site, L)) for L in all_layers(model)]
     }
     if projects_att(model, site):
         inputs["model"] = pointer_path(model_spec(model))
     return inputs
-
-
-def sae_layers(model):
-    return sorted({x for L in cfg.pair_layers(config, model) for x in (L, L + 1)})
 
 
 MATCH_SITE_LOG = "logs/match_site/model={model}/variant={variant}/site={site}.log"
@@ -134,7 +132,7 @@ for _model in [
         input:
             unpack(lambda wc, m=_model: match_site_input(m, wc.site)),
         output:
-            [MATCHES.format(**_where, layer=L) for L in cfg.pair_layers(config, _model)],
+            [MATCHES.format(**_where, layer=L) for L in all_layers(_model)[:-1]],
         log:
             MATCH_SITE_LOG.format(**_where),
         benchmark:
@@ -157,14 +155,14 @@ for _model in [
                 m,
                 MATCH_SITE_LOG.format(model=m, variant=VARIANT[m], site=wc.site),
                 attempt,
-                pairs=len(cfg.pair_layers(config, m)),
+                pairs=len(all_layers(m)) - 1,
             ),
             attempt=lambda wc, attempt: attempt,
         params:
             model=_model,
             variant=VARIANT[_model],
-            layers=cfg.pair_layers(config, _model),
-            sae_layers=sae_layers(_model),
+            layers=all_layers(_model)[:-1],
+            sae_layers=all_layers(_model),
             options=lambda wc, m=_model: options_of(m, wc.site),
             algo_version=saematch.ALGO_VERSION,
         script:
