@@ -193,6 +193,17 @@ def all_layers(model):
     return list(range(config["catalog"][model]["n_layers"]))
 
 
+def grouped_flow_layers(model):
+    """(layer, modules) of a small model's flow job: every layer, scored against the selected
+    sites as when all layers are selected."""
+    out = []
+    for L in all_layers(model):
+        modules = cfg.predecessor_modules(config["sites"], all_layers(model), L)
+        if modules:
+            out.append((L, "+".join(modules)))
+    return out
+
+
 def rule_of(kind, model):
     """The rule of one small model's grouped jobs, e.g. match_site_demo (names are identifiers)."""
     return f"{kind}_{re.sub('[^0-9A-Za-z_]', '_', model)}"
@@ -235,6 +246,15 @@ def _downloads():
             or STEER.get(model)
         ):
             specs.append(model_spec(model))
+        if model in LOCAL_GROUPED:  # every file of the model, whatever the selection
+            specs = [
+                *(
+                    sae_spec(model, s, L)
+                    for s in config["catalog"][model]["sites"]
+                    for L in all_layers(model)
+                ),
+                model_spec(model),
+            ]
         if model in EVALUATE and cfg.dataset_spec(EVALUATE[model]["data"]):
             specs.append(cfg.dataset_spec(EVALUATE[model]["data"]))
         for spec in specs:
@@ -294,6 +314,9 @@ def projects_att(model, site):
     return config["catalog"][model]["sites"][site].get("project_att", False)
 
 
+# small models whose Hub repos the pipeline writes itself: one job writes all their pointers
+LOCAL_GROUPED = [m for m in config["models"] if grouped(m) and is_local(m)]
+
 with cfg.stop_in_one_line():
     DOWNLOADS = _downloads()
 
@@ -320,10 +343,13 @@ def download_spec(wc):
 def download_input(wc):
     """Demo and tiny models are first written into their local Hub cache."""
     spec = _download(wc)
-    if not spec.get("demo"):
-        return []
-    kind = "tiny" if "tiny" in config["catalog"][spec["demo"]] else "demo"
-    return f"resources/{kind}/{spec['demo']}/hub.json"
+    return local_hub(spec["demo"]) if spec.get("demo") else []
+
+
+def local_hub(model):
+    """The record the demo or tiny writer leaves once a local model's Hub cache is written."""
+    kind = "tiny" if "tiny" in config["catalog"][model] else "demo"
+    return f"resources/{kind}/{model}/hub.json"
 
 
 def check_variant(wc):
@@ -486,6 +512,19 @@ def result_files(model):
     if cfg.flow_layers(config, model):
         files += [flow_path(model, L) for L in cfg.flow_layers(config, model)]
         files += [f"{prefix}.flow.{ext}" for ext in ("parquet", "tsv", "html")]
+    if grouped(model):  # its grouped jobs make every layer's files, each a target too
+        variant = VARIANT[model]
+        if cfg.pair_layers(config, model):
+            files += [
+                MATCHES.format(model=model, variant=variant, site=s, layer=L)
+                for s in config["sites"]
+                for L in all_layers(model)[:-1]
+            ]
+        if cfg.flow_layers(config, model):
+            files += [
+                FLOW.format(model=model, variant=variant, modules=m, layer=L)
+                for L, m in grouped_flow_layers(model)
+            ]
     if is_demo(model):
         files.append(
             f"results/model={model}/variant={VARIANT[model]}/demo/ablation.{SELECTION[model]}.parquet"

@@ -41,3 +41,34 @@ rule download_model:
         spec=download_spec,
     script:
         "../../scripts/download.py"
+
+
+# A small local model's pointers (the demo's, the tiny model's: files the pipeline wrote into
+# its own Hub cache) in one job, every file of the model whatever the selection; it outranks
+# the per-file rules for them.
+for _model in LOCAL_GROUPED:
+    _pointers = sorted(p for p, spec in DOWNLOADS.items() if spec.get("demo") == _model)
+
+    rule:
+        name:
+            rule_of("download_local", _model)
+        input:
+            local_hub(_model),
+        output:
+            _pointers,
+        log:
+            f"logs/download_local/{_model}.log",
+        benchmark:
+            f"benchmarks/download_local/{_model}.tsv"
+        conda:
+            "../../envs/pipeline.yaml"
+        params:
+            specs=[
+                {k: v for k, v in DOWNLOADS[p].items() if k != "demo"}
+                for p in _pointers
+            ],
+        script:
+            "../../scripts/download.py"
+
+    for _rule in ("download_sae", "download_model"):
+        workflow.ruleorder(rule_of("download_local", _model), _rule)

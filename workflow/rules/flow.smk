@@ -92,7 +92,7 @@ def flow_layer_job(model, L, modules):
     from types import SimpleNamespace
 
     wc = SimpleNamespace(
-        model=model, variant=VARIANT[model], modules="+".join(modules), layer=str(L)
+        model=model, variant=VARIANT[model], modules=modules, layer=str(L)
     )
     return {
         "layer": L,
@@ -109,11 +109,7 @@ def flow_layer_job(model, L, modules):
 for _model in [
     m for m in config["models"] if grouped(m) and cfg.flow_layers(config, m)
 ]:
-    _layers = [
-        flow_layer_job(_model, L, modules)
-        for L in all_layers(_model)
-        if (modules := cfg.predecessor_modules(config["sites"], all_layers(_model), L))
-    ]
+    _layers = [flow_layer_job(_model, L, m) for L, m in grouped_flow_layers(_model)]
 
     rule:
         name:
